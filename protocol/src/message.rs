@@ -1,0 +1,286 @@
+//! The messages. Field names are the documented CBOR map keys (docs/PROTOCOL.md); each
+//! message travels as a one-entry map `{ "<kind>": { ...fields } }`. Unknown keys are ignored
+//! (so later minor additions stay readable by old peers); missing keys are an error.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::*;
+
+/// Everything an agent sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// First frame, answering the master's `challenge`.
+    Hello(Hello),
+    /// One fresh sample.
+    Sample(Sample),
+    /// Samples replayed from the spool, oldest first.
+    Batch(Batch),
+    /// Planned stop: the master marks the host `stopped` instead of letting it go `stale`.
+    Goodbye(Goodbye),
+}
+
+/// Everything a master sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MasterMessage {
+    /// First frame on every connection: the master's version and a fresh nonce.
+    Challenge(Challenge),
+    /// The handshake succeeded.
+    Welcome(Welcome),
+    /// The handshake (or a later frame) was refused; the master closes the connection.
+    Refused(Refused),
+    /// Cumulative acknowledgement.
+    Ack(Ack),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// The master's protocol version.
+    pub version: u16,
+    /// Fresh random bytes for this connection; the agent's proof covers them.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the agent speaks.
+    pub version: u16,
+    /// Stable identity of the host: 32 lowercase hex digits (128 bits).
+    pub agent_id: String,
+    /// Random per agent process start; sequence numbers count from 1 within a run.
+    pub run_id: u64,
+    pub hostname: String,
+    /// The agent's sampling cadence; liveness is judged against it.
+    pub interval_ms: u32,
+    /// The agent's wall clock (unix milliseconds) when it sent this frame.
+    pub clock_ms: u64,
+    pub agent_version: String,
+    pub host: HostInfo,
+    /// HMAC-SHA256(token, "sentinel-auth-v1" || nonce || agent_id).
+    #[serde(with = "serde_bytes")]
+    pub proof: Vec<u8>,
+}
+
+/// Facts about the host that do not change while the agent runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HostInfo {
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpu_model: String,
+    pub cpu_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Highest sequence number of this agent's current run that the master already holds
+    /// (0 if none); the agent resumes after it.
+    pub last_seq: u64,
+    /// The master's wall clock (unix ms), so the agent can log a large offset.
+    pub clock_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refused {
+    /// One of "version", "auth", "invalid", "busy", "conflict".
+    pub code: String,
+    /// A sentence for the agent's log.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Every sample of the current run with a sequence number <= this is stored.
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Goodbye {
+    /// Sequence number of the last sample the agent produced in this run.
+    pub last_seq: u64,
+    pub reason: String,
+}
+
+/// One reading of a host. Counters (`*_bytes` of disks and interfaces) are cumulative since
+/// boot; the master derives rates from consecutive samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Sample {
+    /// Per run, starting at 1, no gaps: the spool's and the master's bookkeeping rely on it.
+    pub seq: u64,
+    /// Agent wall clock when the sample was taken (unix ms).
+    pub ts_ms: u64,
+    /// Samples this run dropped from a full spool before this one (cumulative).
+    pub dropped: u64,
+    pub cpu_percent: f32,
+    pub cpu_user_percent: f32,
+    pub cpu_system_percent: f32,
+    pub cpu_iowait_percent: f32,
+    pub cpu_steal_percent: f32,
+    pub cpu_cores_percent: Vec<f32>,
+    pub load1: f32,
+    pub load5: f32,
+    pub load15: f32,
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    pub mem_used_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub swap_used_bytes: u64,
+    pub filesystems: Vec<Filesystem>,
+    pub interfaces: Vec<Interface>,
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
+    pub uptime_s: u64,
+    pub boot_time_s: u64,
+    pub processes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Filesystem {
+    pub mount: String,
+    pub fs_type: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Interface {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// Why a well-formed message is still unacceptable.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Invalid {
+    #[error("field {field} is {len} bytes long, the limit is {max}")]
+    TooLong { field: &'static str, len: usize, max: usize },
+    #[error("field {field} has {len} entries, the limit is {max}")]
+    TooMany { field: &'static str, len: usize, max: usize },
+    #[error("field {field} is not a finite number in 0..=100")]
+    BadPercent { field: &'static str },
+    #[error("field {field} is not a finite non-negative number")]
+    BadNumber { field: &'static str },
+    #[error("agent_id must be 32 lowercase hex digits")]
+    BadAgentId,
+    #[error("interval_ms {0} is outside {MIN_INTERVAL_MS}..={MAX_INTERVAL_MS}")]
+    BadInterval(u32),
+    #[error("proof must be {expected} bytes, got {got}")]
+    BadProof { expected: usize, got: usize },
+    #[error("hostname is empty")]
+    EmptyHostname,
+    #[error("seq must start at 1")]
+    ZeroSeq,
+    #[error("batch holds {0} samples, the limit is {MAX_BATCH_SAMPLES}")]
+    BatchTooLarge(usize),
+    #[error("batch is empty")]
+    EmptyBatch,
+}
+
+fn text(field: &'static str, s: &str, max: usize) -> Result<(), Invalid> {
+    if s.len() > max {
+        return Err(Invalid::TooLong { field, len: s.len(), max });
+    }
+    Ok(())
+}
+
+fn count(field: &'static str, len: usize, max: usize) -> Result<(), Invalid> {
+    if len > max {
+        return Err(Invalid::TooMany { field, len, max });
+    }
+    Ok(())
+}
+
+fn percent(field: &'static str, v: f32) -> Result<(), Invalid> {
+    // A little over 100 happens when the kernel's tick accounting races the reader.
+    if !(v.is_finite() && (0.0..=100.5).contains(&v)) {
+        return Err(Invalid::BadPercent { field });
+    }
+    Ok(())
+}
+
+fn non_negative(field: &'static str, v: f32) -> Result<(), Invalid> {
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(Invalid::BadNumber { field });
+    }
+    Ok(())
+}
+
+/// True for the agent-id format: 32 lowercase hex digits.
+pub fn is_valid_agent_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Hello {
+    /// Checks every limit of docs/PROTOCOL.md except the version and the proof's value.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !is_valid_agent_id(&self.agent_id) {
+            return Err(Invalid::BadAgentId);
+        }
+        if self.hostname.is_empty() {
+            return Err(Invalid::EmptyHostname);
+        }
+        text("hostname", &self.hostname, MAX_HOSTNAME_BYTES)?;
+        if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&self.interval_ms) {
+            return Err(Invalid::BadInterval(self.interval_ms));
+        }
+        text("agent_version", &self.agent_version, MAX_TEXT_BYTES)?;
+        text("host.os", &self.host.os, MAX_TEXT_BYTES)?;
+        text("host.kernel", &self.host.kernel, MAX_TEXT_BYTES)?;
+        text("host.arch", &self.host.arch, MAX_TEXT_BYTES)?;
+        text("host.cpu_model", &self.host.cpu_model, MAX_TEXT_BYTES)?;
+        if self.proof.len() != crate::auth::PROOF_BYTES {
+            return Err(Invalid::BadProof { expected: crate::auth::PROOF_BYTES, got: self.proof.len() });
+        }
+        Ok(())
+    }
+}
+
+impl Sample {
+    /// Checks every limit of docs/PROTOCOL.md: lengths, counts, finite and ranged numbers.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.seq == 0 {
+            return Err(Invalid::ZeroSeq);
+        }
+        percent("cpu_percent", self.cpu_percent)?;
+        percent("cpu_user_percent", self.cpu_user_percent)?;
+        percent("cpu_system_percent", self.cpu_system_percent)?;
+        percent("cpu_iowait_percent", self.cpu_iowait_percent)?;
+        percent("cpu_steal_percent", self.cpu_steal_percent)?;
+        count("cpu_cores_percent", self.cpu_cores_percent.len(), MAX_CORES)?;
+        for &c in &self.cpu_cores_percent {
+            percent("cpu_cores_percent", c)?;
+        }
+        non_negative("load1", self.load1)?;
+        non_negative("load5", self.load5)?;
+        non_negative("load15", self.load15)?;
+        count("filesystems", self.filesystems.len(), MAX_FILESYSTEMS)?;
+        for fs in &self.filesystems {
+            text("filesystems.mount", &fs.mount, MAX_TEXT_BYTES)?;
+            text("filesystems.fs_type", &fs.fs_type, MAX_TEXT_BYTES)?;
+        }
+        count("interfaces", self.interfaces.len(), MAX_INTERFACES)?;
+        for i in &self.interfaces {
+            text("interfaces.name", &i.name, MAX_TEXT_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+impl Batch {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.samples.is_empty() {
+            return Err(Invalid::EmptyBatch);
+        }
+        if self.samples.len() > MAX_BATCH_SAMPLES {
+            return Err(Invalid::BatchTooLarge(self.samples.len()));
+        }
+        self.samples.iter().try_for_each(Sample::validate)
+    }
+}
