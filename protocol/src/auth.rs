@@ -17,7 +17,8 @@ pub type Proof = [u8; PROOF_BYTES];
 
 fn mac(token: &[u8], nonce: &Nonce, agent_id: &str) -> Hmac<Sha256> {
     // HMAC accepts keys of any length (including empty), so this cannot fail.
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(token).expect("HMAC takes any key length");
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(token).expect("HMAC takes any key length");
     mac.update(DOMAIN);
     mac.update(nonce);
     mac.update(agent_id.as_bytes());

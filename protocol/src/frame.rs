@@ -36,7 +36,9 @@ pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, FrameError> {
     if len > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(len));
     }
-    Ok(buf.get(PREFIX_BYTES..PREFIX_BYTES + len).map(|body| (body, PREFIX_BYTES + len)))
+    Ok(buf
+        .get(PREFIX_BYTES..PREFIX_BYTES + len)
+        .map(|body| (body, PREFIX_BYTES + len)))
 }
 
 /// Decodes one frame body. Bounded nesting, and no bytes may follow the item.
@@ -123,7 +125,10 @@ mod tests {
         assert_eq!(decode_body::<MasterMessage>(body).unwrap(), msg);
         let mut with_tail = body.to_vec();
         with_tail.push(0);
-        assert!(matches!(decode_body::<MasterMessage>(&with_tail), Err(FrameError::TrailingBytes(1))));
+        assert!(matches!(
+            decode_body::<MasterMessage>(&with_tail),
+            Err(FrameError::TrailingBytes(1))
+        ));
     }
 
     #[test]
@@ -134,7 +139,11 @@ mod tests {
 
     #[test]
     fn random_and_wrong_typed_bodies_are_errors() {
-        for body in [&b"\xff\xff\xff"[..], b"hello", &[0xa1, 0x63, b'a', b'c', b'k', 0x01]] {
+        for body in [
+            &b"\xff\xff\xff"[..],
+            b"hello",
+            &[0xa1, 0x63, b'a', b'c', b'k', 0x01],
+        ] {
             assert!(decode_body::<MasterMessage>(body).is_err(), "{body:?}");
         }
     }

@@ -53,6 +53,7 @@ pub const MAX_CBOR_DEPTH: usize = 16;
 
 /// Idle timeout for an agent declaring `interval_ms`.
 pub fn idle_timeout(interval_ms: u32) -> Duration {
-    let by_interval = Duration::from_millis(u64::from(interval_ms) * u64::from(IDLE_TIMEOUT_INTERVALS));
+    let by_interval =
+        Duration::from_millis(u64::from(interval_ms) * u64::from(IDLE_TIMEOUT_INTERVALS));
     by_interval.max(MIN_IDLE_TIMEOUT)
 }

@@ -160,9 +160,17 @@ pub struct Interface {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Invalid {
     #[error("field {field} is {len} bytes long, the limit is {max}")]
-    TooLong { field: &'static str, len: usize, max: usize },
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("field {field} has {len} entries, the limit is {max}")]
-    TooMany { field: &'static str, len: usize, max: usize },
+    TooMany {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("field {field} is not a finite number in 0..=100")]
     BadPercent { field: &'static str },
     #[error("field {field} is not a finite non-negative number")]
@@ -185,7 +193,11 @@ pub enum Invalid {
 
 fn text(field: &'static str, s: &str, max: usize) -> Result<(), Invalid> {
     if s.len() > max {
-        return Err(Invalid::TooLong { field, len: s.len(), max });
+        return Err(Invalid::TooLong {
+            field,
+            len: s.len(),
+            max,
+        });
     }
     Ok(())
 }
@@ -236,7 +248,10 @@ impl Hello {
         text("host.arch", &self.host.arch, MAX_TEXT_BYTES)?;
         text("host.cpu_model", &self.host.cpu_model, MAX_TEXT_BYTES)?;
         if self.proof.len() != crate::auth::PROOF_BYTES {
-            return Err(Invalid::BadProof { expected: crate::auth::PROOF_BYTES, got: self.proof.len() });
+            return Err(Invalid::BadProof {
+                expected: crate::auth::PROOF_BYTES,
+                got: self.proof.len(),
+            });
         }
         Ok(())
     }
