@@ -1,1 +1,416 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: real `sentinel-master` and `sentinel-agent`
+//! processes on loopback, a tiny HTTP client, and waiting on conditions with deadlines.
+//!
+//! Every process a test starts is owned by a guard that kills it by PID on drop, and every
+//! master gets its own shared-memory segment name, so a failing test leaves nothing behind.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const TOKEN: &str = "e2e-fleet-token";
+
+/// Directory of the binaries under test: `SENTINEL_BIN_DIR`, else the cargo profile directory
+/// this test binary was built into (`target/<profile>/deps/..`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SENTINEL_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (the README test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET path` over HTTP/1.0 (so the server answers without chunking and closes).
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {head:?}")))?;
+    Ok((status, body.to_string()))
+}
+
+pub fn http_json(addr: SocketAddr, path: &str) -> Option<Value> {
+    let (status, body) = http_get(addr, path, Duration::from_secs(2)).ok()?;
+    if status != 200 {
+        return None;
+    }
+    serde_json::from_str(&body).ok()
+}
+
+/// Kills a process we started and reaps it.
+fn stop_child(child: &mut Child, signal: Signal) {
+    if let Ok(None) = child.try_wait() {
+        let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        let _ = child.wait();
+    }
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    // A zombie still answers signal 0; read its state to tell it apart.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// PIDs of every live process running `exe` whose ancestry includes `root` (inclusive).
+pub fn process_tree_running(root: u32, exe: &Path) -> Vec<u32> {
+    let exe = fs::canonicalize(exe).unwrap_or(exe.to_path_buf());
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if !process_alive(pid)
+            || fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() != Some(&exe)
+        {
+            continue;
+        }
+        let mut p = pid;
+        while p > 1 {
+            if p == root {
+                found.push(pid);
+                break;
+            }
+            p = parent_of(p).unwrap_or(0);
+        }
+    }
+    found.sort();
+    found
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A `sentinel-master` supervisor with its own ports, token and segment.
+pub struct Master {
+    pub child: Child,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub shm_name: String,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+    pub token_file: PathBuf,
+}
+
+impl Master {
+    pub fn start() -> Master {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("fleet-token");
+        fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let shm_name = unique("sentinel-e2e");
+        let log = dir.path().join("master-0.log");
+        let child = spawn_master(&dir, &token_file, listen, http, &shm_name, &log);
+        let m = Master {
+            child,
+            listen,
+            http,
+            shm_name,
+            dir,
+            log,
+            token_file,
+        };
+        m.wait_healthy(Duration::from_secs(10));
+        m
+    }
+
+    /// Stops this master (SIGTERM, waits for the exit), pauses, and starts a new one on the
+    /// same ports, token and segment name.
+    pub fn restart_after(&mut self, pause: Duration) {
+        self.terminate();
+        std::thread::sleep(pause);
+        self.log = self.dir.path().join(format!(
+            "master-{}.log",
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        ));
+        self.child = spawn_master(
+            &self.dir,
+            &self.token_file,
+            self.listen,
+            self.http,
+            &self.shm_name,
+            &self.log,
+        );
+        self.wait_healthy(Duration::from_secs(10));
+    }
+
+    pub fn wait_healthy(&self, timeout: Duration) -> Value {
+        wait_for(timeout, "master /healthz to answer ok", || {
+            let h = http_json(self.http, "/healthz")?;
+            (h["status"] == "ok").then_some(h)
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn collector_pid(&self) -> Option<u32> {
+        http_json(self.http, "/healthz")?["collector_pid"]
+            .as_u64()
+            .map(|p| p as u32)
+    }
+
+    pub fn hosts(&self) -> Option<Vec<Value>> {
+        http_json(self.http, "/api/v1/hosts")?["hosts"]
+            .as_array()
+            .cloned()
+    }
+
+    pub fn host(&self, hostname: &str) -> Option<Value> {
+        self.hosts()?
+            .into_iter()
+            .find(|h| h["hostname"] == hostname)
+    }
+
+    pub fn host_detail(&self, id: &str) -> Option<Value> {
+        http_json(self.http, &format!("/api/v1/hosts/{id}"))
+    }
+
+    pub fn segment_path(&self) -> PathBuf {
+        PathBuf::from("/dev/shm").join(&self.shm_name)
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait for the supervisor to exit; returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "master did not exit within 10 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn spawn_master(
+    dir: &tempfile::TempDir,
+    token_file: &Path,
+    listen: SocketAddr,
+    http: SocketAddr,
+    shm_name: &str,
+    log: &Path,
+) -> Child {
+    // An empty config file: defaults, whatever /etc/sentinel holds on the test machine.
+    let config = dir.path().join("master.toml");
+    fs::write(&config, "").unwrap();
+    Command::new(bin("sentinel-master"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", &listen.to_string(), "--http", &http.to_string()])
+        .arg("--token-file")
+        .arg(token_file)
+        .args(["--shm-name", shm_name])
+        .env("SENTINEL_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start sentinel-master")
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let children = process_tree_running(self.pid(), &bin("sentinel-master"));
+        stop_child(&mut self.child, Signal::SIGKILL);
+        for pid in children {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let _ = fs::remove_file(self.segment_path());
+    }
+}
+
+/// A `sentinel-agent` streaming to a master.
+pub struct Agent {
+    pub child: Child,
+    pub hostname: String,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    pub fn start(master: &Master, hostname: &str, interval: &str) -> Agent {
+        Self::start_to(master.listen, &master.token_file, hostname, interval)
+    }
+
+    pub fn start_to(
+        master: SocketAddr,
+        token_file: &Path,
+        hostname: &str,
+        interval: &str,
+    ) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("agent.log");
+        let config = dir.path().join("agent.toml");
+        fs::write(&config, "").unwrap();
+        let child = Command::new(bin("sentinel-agent"))
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--master",
+                &master.to_string(),
+                "--hostname",
+                hostname,
+                "--interval",
+                interval,
+            ])
+            .arg("--token-file")
+            .arg(token_file)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .args(["--reconnect-max", "1s"])
+            .env("SENTINEL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start sentinel-agent");
+        Agent {
+            child,
+            hostname: hostname.to_string(),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Waits for the agent to exit after a signal; returns whether it exited successfully.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_for(timeout, "agent to exit", || self.child.try_wait().unwrap())
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Signal::SIGKILL);
+    }
+}
+
+/// MemTotal of this machine in bytes.
+pub fn mem_total_bytes() -> u64 {
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    kib * 1024
+}
+
+pub fn u64_field(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("field {key} missing or not an integer in {v}"))
+}
+
+/// Asserts the table's bookkeeping for one host of a single run: every sequence number from 1
+/// to `last_seq` is accounted for exactly once, and nothing is missing or dropped.
+pub fn assert_sequence_complete(host: &Value) {
+    let name = &host["hostname"];
+    let last = u64_field(host, "last_seq");
+    let received = u64_field(host, "samples_received");
+    let dropped = u64_field(host, "samples_dropped");
+    let missing = u64_field(host, "samples_missing");
+    assert!(last > 0, "{name}: no samples at all");
+    assert_eq!(
+        missing, 0,
+        "{name}: sequence gap, {missing} samples missing: {host}"
+    );
+    assert_eq!(dropped, 0, "{name}: agent dropped samples: {host}");
+    assert_eq!(
+        received, last,
+        "{name}: samples_received != last_seq (lost or counted twice): {host}"
+    );
+}
