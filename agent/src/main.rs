@@ -1,1 +1,137 @@
-fn main() {}
+//! sentinel-agent: samples this host's health and streams it to a Sentinel master.
+//! See docs/CONTRACT.md for the command line and config, and the modules for each concern:
+//! `config` (flags + agent.toml), `identity` (agent-id), `collect` (sysinfo + /proc),
+//! `spool` (unacked samples), `ship` (the connection and event loop).
+
+mod backoff;
+mod collect;
+mod config;
+mod identity;
+mod ship;
+mod spool;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use sentinel_protocol::limits::MAX_HOSTNAME_BYTES;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Cli, Settings};
+use crate::identity::Loaded;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "sentinel-agent cannot start.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr (journald picks them up), filtered by `SENTINEL_LOG` (default `info`).
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("SENTINEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = config::load_file(cli.config.as_deref())?;
+    let settings = Settings::resolve(&cli, file)?;
+    let hostname = hostname(&settings)?;
+    let agent_id = agent_id(&settings.state_dir, &hostname)?;
+    let mut collector = collect::Collector::new().context("cannot initialise collection")?;
+    let host = collector.host_info();
+    if cli.once {
+        return print_once(collector, &hostname, &agent_id, &host);
+    }
+    let token = read_token(settings.token_file.as_deref())?;
+    let master = settings.master.clone().ok_or_else(|| anyhow!("invalid master: is required"))?;
+    let id = ship::Identity {
+        agent_id: agent_id.as_str().to_owned(),
+        hostname,
+        host,
+        token,
+        run_id: fastrand::u64(..),
+        interval: settings.interval,
+    };
+    let opts =
+        ship::Options { master, spool_samples: settings.spool_samples, reconnect_max: settings.reconnect_max };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(ship::Agent::new(id, opts, collector).run())?;
+    Ok(())
+}
+
+fn hostname(settings: &Settings) -> anyhow::Result<String> {
+    let name = match &settings.hostname {
+        Some(h) => h.trim().to_owned(),
+        None => sysinfo::System::host_name()
+            .map_err(|e| anyhow!("cannot read the system hostname ({e}); set --hostname"))?
+            .trim()
+            .to_owned(),
+    };
+    if name.is_empty() {
+        return Err(anyhow!("the system hostname is empty; set --hostname"));
+    }
+    Ok(collect::truncate_text(name, MAX_HOSTNAME_BYTES))
+}
+
+fn agent_id(state_dir: &Path, hostname: &str) -> anyhow::Result<identity::AgentId> {
+    let loaded = identity::load_or_create(state_dir, hostname)?;
+    match &loaded {
+        Loaded::Existing(_) => {}
+        Loaded::Created(id) => {
+            tracing::info!(agent_id = %id, state_dir = %state_dir.display(), "Created this host's agent id.")
+        }
+        Loaded::Unsaved(id, error) => {
+            tracing::warn!(agent_id = %id, %error, "Cannot persist the agent id; using the derived one.")
+        }
+    }
+    Ok(loaded.id().clone())
+}
+
+/// The fleet token: file content without trailing whitespace; no file = empty token.
+fn read_token(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    let Some(path) = path else {
+        tracing::info!("No --token-file: using the empty token.");
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read(path).with_context(|| format!("cannot read token file {}", path.display()))?;
+    let end = text.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+    Ok(text[..end].to_vec())
+}
+
+/// The `--once` JSON: every `Sample` field under its own name, plus who took it.
+#[derive(serde::Serialize)]
+struct OnceOutput<'a> {
+    #[serde(flatten)]
+    sample: &'a sentinel_protocol::Sample,
+    hostname: &'a str,
+    agent_id: &'a str,
+    host: &'a sentinel_protocol::HostInfo,
+}
+
+/// `--once --format json`: one real sample plus who took it, on stdout.
+fn print_once(
+    mut collector: collect::Collector,
+    hostname: &str,
+    agent_id: &identity::AgentId,
+    host: &sentinel_protocol::HostInfo,
+) -> anyhow::Result<()> {
+    std::thread::sleep(collect::PRIMING_DELAY);
+    let mut sample = collector.sample().context("cannot take a sample")?;
+    sample.seq = 1;
+    sample.ts_ms = ship::unix_ms();
+    let out = OnceOutput { sample: &sample, hostname, agent_id: agent_id.as_str(), host };
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}

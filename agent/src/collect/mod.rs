@@ -1,0 +1,176 @@
+//! Collection: one small module per subsystem, each filling its part of a [`Sample`].
+//! sysinfo where it has the figure, /proc directly where it does not. Only what is reported is
+//! refreshed (never `System::new_all()`, which walks every process). One failing collector is
+//! logged (rate-limited) and leaves its fields at zero; it does not cost the sample.
+
+mod cpu;
+mod disk;
+mod filesystems;
+mod load;
+mod memory;
+mod network;
+mod system;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sentinel_protocol::{HostInfo, Sample};
+use sysinfo::{Disks, Networks, System};
+
+/// How often one collector's repeated failure is logged again.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// sysinfo needs two CPU readings this far apart for a meaningful usage figure; the first
+/// sample after start waits this long after the priming reading.
+pub const PRIMING_DELAY: Duration = sysinfo::MINIMUM_CPU_UPDATE_INTERVAL;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("cannot read {what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+    #[error("cannot parse {what}")]
+    Parse { what: &'static str },
+    #[error("sysinfo cannot read {what}: {reason}")]
+    Sysinfo { what: &'static str, reason: String },
+    /// An all-zero reading: typically a chroot or container without /proc.
+    #[error("{what} reads as zero (no /proc?)")]
+    Zero { what: &'static str },
+}
+
+impl CollectError {
+    fn sysinfo(what: &'static str, e: impl std::fmt::Display) -> Self {
+        CollectError::Sysinfo { what, reason: e.to_string() }
+    }
+}
+
+/// The state kept between samples: sysinfo handles and previous /proc counters.
+pub struct Collector {
+    sys: System,
+    disks: Disks,
+    networks: Networks,
+    /// Previous /proc/stat reading: the user/system/iowait/steal split is a delta.
+    cpu_split: cpu::Split,
+    /// Last time each collector's error was logged, so a broken one does not flood the log.
+    error_logged: HashMap<&'static str, Instant>,
+}
+
+impl Collector {
+    /// Creates the handles and takes the priming CPU reading. Wait [`PRIMING_DELAY`] before
+    /// the first [`Collector::sample`] for real CPU figures.
+    pub fn new() -> Result<Self, CollectError> {
+        let sys = System::new().map_err(|e| CollectError::sysinfo("system", e))?;
+        let disks = Disks::new().map_err(|e| CollectError::sysinfo("disks", e))?;
+        let networks = Networks::new().map_err(|e| CollectError::sysinfo("networks", e))?;
+        let mut c = Collector { sys, disks, networks, cpu_split: cpu::Split::default(), error_logged: HashMap::new() };
+        cpu::prime(&mut c.sys, &mut c.cpu_split);
+        Ok(c)
+    }
+
+    /// Facts that do not change while the agent runs.
+    pub fn host_info(&mut self) -> HostInfo {
+        system::host_info(&mut self.sys)
+    }
+
+    /// One reading. `seq`, `ts_ms` and `dropped` are left for the caller. Fails only when
+    /// the reading is meaningless (all zero), never for one broken collector.
+    pub fn sample(&mut self) -> Result<Sample, CollectError> {
+        let mut s = Sample::default();
+        let results = [
+            ("cpu", cpu::collect(&mut self.sys, &mut self.cpu_split, &mut s)),
+            ("memory", memory::collect(&mut self.sys, &mut s)),
+            ("load", load::collect(&mut s)),
+            ("filesystems", filesystems::collect(&mut self.disks, &mut s)),
+            ("network", network::collect(&mut self.networks, &mut s)),
+            ("disk", disk::collect(&mut s)),
+            ("system", system::collect(&mut s)),
+        ];
+        let mut memory_failed = None;
+        for (name, result) in results {
+            if let Err(error) = result {
+                if name == "memory" {
+                    memory_failed = Some(error);
+                    continue;
+                }
+                self.log_error(name, &error);
+            }
+        }
+        if let Some(error) = memory_failed {
+            // Memory is the one figure every host has: without it the whole reading is void.
+            return Err(error);
+        }
+        Ok(s)
+    }
+
+    fn log_error(&mut self, collector: &'static str, error: &CollectError) {
+        let now = Instant::now();
+        let due = self.error_logged.get(collector).is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_EVERY);
+        if due {
+            self.error_logged.insert(collector, now);
+            tracing::warn!(collector, %error, "A collector failed; its fields are zero in this sample.");
+        } else {
+            tracing::debug!(collector, %error, "A collector failed again.");
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary (protocol text limits).
+pub fn truncate_text(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// Reads a /proc file into a string, naming it in the error.
+pub(crate) fn read_proc(what: &'static str, path: &str) -> Result<String, CollectError> {
+    std::fs::read_to_string(path).map_err(|source| CollectError::Io { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_real_sample_is_plausible_and_valid() {
+        let mut c = Collector::new().unwrap();
+        std::thread::sleep(PRIMING_DELAY);
+        let mut s = c.sample().unwrap();
+        s.seq = 1;
+        s.validate().unwrap();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert_eq!(s.mem_total_bytes, kib * 1024);
+        assert!(s.mem_available_bytes > 0 && s.mem_available_bytes <= s.mem_total_bytes);
+        assert_eq!(s.mem_used_bytes, s.mem_total_bytes - s.mem_available_bytes);
+        assert!(!s.cpu_cores_percent.is_empty());
+        assert!(s.uptime_s > 0 && s.boot_time_s > 1_500_000_000, "{s:?}");
+        assert!(s.processes > 0);
+        assert!(s.interfaces.iter().all(|i| i.name != "lo"));
+        assert!(s.filesystems.iter().all(|f| f.total_bytes > 0 && !f.fs_type.contains("tmpfs")));
+        if std::path::Path::new("/sys/block").exists() {
+            assert!(s.disk_read_bytes > 0, "a booted machine has read from some disk");
+        }
+    }
+
+    #[test]
+    fn host_info_is_filled() {
+        let mut c = Collector::new().unwrap();
+        let h = c.host_info();
+        assert!(h.cpu_count > 0);
+        assert!(!h.kernel.is_empty() && !h.arch.is_empty() && !h.os.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate_text("héllo".into(), 2), "h");
+        assert_eq!(truncate_text("abc".into(), 5), "abc");
+    }
+}

@@ -1,0 +1,295 @@
+//! Command line and `agent.toml`: what the operator asked for, resolved into [`Settings`].
+//! Flags override the file; a wrong file fails at start naming the file and the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+use sentinel_protocol::limits::{MAX_INTERVAL_MS, MIN_INTERVAL_MS};
+
+/// Where the agent looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sentinel/agent.toml";
+
+/// Default sampling cadence.
+pub const fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// Default directory for the persisted agent id.
+pub fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/sentinel")
+}
+
+/// One hour of samples at the default 1 s cadence.
+pub const fn default_spool_samples() -> usize {
+    3600
+}
+
+/// Cap of the reconnect backoff: a restarted master sees its fleet back within ~10 s.
+pub const fn default_reconnect_max() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// sentinel-agent: samples this host's health and streams it to a Sentinel master.
+#[derive(Debug, Parser)]
+#[command(name = "sentinel-agent", version, about)]
+pub struct Cli {
+    /// Config file (TOML). Default /etc/sentinel/agent.toml; a missing default file means
+    /// defaults, a missing explicit file is an error.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The master's agent listener, HOST:PORT (required unless in the config or with --once).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub master: Option<String>,
+    /// Sampling cadence, e.g. "1s", "500ms" (100ms..=300s).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub interval: Option<Duration>,
+    /// Hostname reported to the master (default: the system hostname).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// File holding the fleet token (trailing whitespace trimmed). None = empty token.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Directory holding the persisted `agent-id` (default /var/lib/sentinel).
+    #[arg(long, value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
+    /// Unacknowledged samples kept for replay (default 3600); the oldest are dropped beyond it.
+    #[arg(long, value_name = "N")]
+    pub spool_samples: Option<usize>,
+    /// Cap of the exponential reconnect backoff (default 10s).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub reconnect_max: Option<Duration>,
+    /// Print one real sample and exit (needs no master and no token).
+    #[arg(long)]
+    pub once: bool,
+    /// Output format of --once.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Json,
+}
+
+/// `agent.toml`. Every key is optional; a flag given on the command line wins.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The master's agent listener as "host:port", e.g. "sentinel.example.net:7410".
+    pub master: Option<String>,
+    /// Sampling cadence in human units ("1s", "500ms"); 100ms..=300s. Default "1s".
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Hostname reported to the master. Default: the system hostname.
+    pub hostname: Option<String>,
+    /// File holding the fleet token; its trailing whitespace is trimmed. Default: no token
+    /// (an empty token, which only a master without a token accepts).
+    pub token_file: Option<PathBuf>,
+    /// Directory holding `agent-id`, this host's stable identity. Default "/var/lib/sentinel".
+    pub state_dir: Option<PathBuf>,
+    /// How many unacknowledged samples are kept for replay after a reconnect. Default 3600
+    /// (one hour at 1 s). When full, the oldest are dropped and the drop is reported.
+    pub spool_samples: Option<usize>,
+    /// Cap of the reconnect backoff (starts at 250ms, doubles, +-20% jitter). Default "10s".
+    #[serde(default, with = "humantime_serde")]
+    pub reconnect_max: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// The resolved settings the agent runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// None only with `--once`, which never connects.
+    pub master: Option<String>,
+    pub interval: Duration,
+    /// None = ask the system.
+    pub hostname: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub spool_samples: usize,
+    pub reconnect_max: Duration,
+}
+
+/// Parses `agent.toml` text; `path` only names the file in errors.
+pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+}
+
+/// Reads the config file: explicit path must exist; the default path may be missing.
+pub fn load_file(explicit: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    let path = explicit.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_file(path, &text),
+        Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+        Err(source) => Err(ConfigError::Read { path: path.to_owned(), source }),
+    }
+}
+
+impl Settings {
+    /// Merges flags over the file and checks every value.
+    pub fn resolve(cli: &Cli, file: FileConfig) -> Result<Settings, ConfigError> {
+        let settings = Settings {
+            master: cli.master.clone().or(file.master),
+            interval: cli.interval.or(file.interval).unwrap_or(default_interval()),
+            hostname: cli.hostname.clone().or(file.hostname),
+            token_file: cli.token_file.clone().or(file.token_file),
+            state_dir: cli.state_dir.clone().or(file.state_dir).unwrap_or_else(default_state_dir),
+            spool_samples: cli.spool_samples.or(file.spool_samples).unwrap_or(default_spool_samples()),
+            reconnect_max: cli.reconnect_max.or(file.reconnect_max).unwrap_or(default_reconnect_max()),
+        };
+        settings.validate(cli.once)?;
+        Ok(settings)
+    }
+
+    fn validate(&self, once: bool) -> Result<(), ConfigError> {
+        let ms = self.interval.as_millis();
+        if !(u128::from(MIN_INTERVAL_MS)..=u128::from(MAX_INTERVAL_MS)).contains(&ms) {
+            return Err(invalid(
+                "interval",
+                format!(
+                    "{} is outside {}..={}",
+                    humantime::format_duration(self.interval),
+                    humantime::format_duration(Duration::from_millis(MIN_INTERVAL_MS.into())),
+                    humantime::format_duration(Duration::from_millis(MAX_INTERVAL_MS.into())),
+                ),
+            ));
+        }
+        match &self.master {
+            Some(m) => check_master(m)?,
+            None if !once => {
+                return Err(invalid("master", "is required (--master HOST:PORT or `master` in the config)".into()))
+            }
+            None => {}
+        }
+        if let Some(h) = &self.hostname {
+            if h.trim().is_empty() {
+                return Err(invalid("hostname", "is empty".into()));
+            }
+            if h.len() > sentinel_protocol::limits::MAX_HOSTNAME_BYTES {
+                return Err(invalid(
+                    "hostname",
+                    format!("is longer than {} bytes", sentinel_protocol::limits::MAX_HOSTNAME_BYTES),
+                ));
+            }
+        }
+        if self.spool_samples == 0 {
+            return Err(invalid("spool_samples", "must be at least 1".into()));
+        }
+        if self.reconnect_max.is_zero() {
+            return Err(invalid("reconnect_max", "must be greater than zero".into()));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(key: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid { key, reason }
+}
+
+/// "host:port" with a numeric port; the host is resolved at connect time (DNS may change).
+fn check_master(m: &str) -> Result<(), ConfigError> {
+    let Some((host, port)) = m.rsplit_once(':') else {
+        return Err(invalid("master", format!("{m:?} is not HOST:PORT")));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(invalid("master", format!("{m:?} is not HOST:PORT")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("sentinel-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn config_files_parse_or_name_the_bad_key() {
+        // (file text, Ok(expected check) or Err(substrings the message must contain))
+        let cases: &[(&str, Result<FileConfig, &[&str]>)] = &[
+            ("", Ok(FileConfig::default())),
+            (
+                "master = \"m:7410\"\ninterval = \"500ms\"\nhostname = \"h\"\ntoken_file = \"/t\"\n\
+                 state_dir = \"/s\"\nspool_samples = 10\nreconnect_max = \"2s\"\n",
+                Ok(FileConfig {
+                    master: Some("m:7410".into()),
+                    interval: Some(Duration::from_millis(500)),
+                    hostname: Some("h".into()),
+                    token_file: Some("/t".into()),
+                    state_dir: Some("/s".into()),
+                    spool_samples: Some(10),
+                    reconnect_max: Some(Duration::from_secs(2)),
+                }),
+            ),
+            ("mastr = \"m:1\"\n", Err(&["/etc/x.toml", "mastr"])),
+            ("interval = \"fast\"\n", Err(&["/etc/x.toml", "interval"])),
+            ("spool_samples = \"many\"\n", Err(&["/etc/x.toml", "spool_samples"])),
+            ("interval = 5\n", Err(&["/etc/x.toml", "interval"])),
+        ];
+        for (text, want) in cases {
+            let got = parse_file(Path::new("/etc/x.toml"), text);
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(&got, want, "{text}"),
+                (Err(e), Err(needles)) => {
+                    let msg = e.to_string();
+                    for n in *needles {
+                        assert!(msg.contains(n), "{msg:?} should contain {n:?}");
+                    }
+                }
+                (got, want) => panic!("{text:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file = FileConfig {
+            master: Some("file:1".into()),
+            interval: Some(Duration::from_secs(5)),
+            ..FileConfig::default()
+        };
+        let s = Settings::resolve(&cli(&["--master", "flag:2"]), file).unwrap();
+        assert_eq!(s.master.as_deref(), Some("flag:2"));
+        assert_eq!(s.interval, Duration::from_secs(5));
+        assert_eq!(s.spool_samples, 3600);
+        assert_eq!(s.reconnect_max, Duration::from_secs(10));
+        assert_eq!(s.state_dir, PathBuf::from("/var/lib/sentinel"));
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected_by_key() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--master", "m:1", "--interval", "50ms"], "interval"),
+            (&["--master", "m:1", "--interval", "301s"], "interval"),
+            (&[], "master"),
+            (&["--master", "nocolon"], "master"),
+            (&["--master", "m:1", "--spool-samples", "0"], "spool_samples"),
+            (&["--master", "m:1", "--hostname", ""], "hostname"),
+        ];
+        for (args, key) in cases {
+            let err = Settings::resolve(&cli(args), FileConfig::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{args:?}: {err}");
+        }
+        assert!(Settings::resolve(&cli(&["--once"]), FileConfig::default()).is_ok());
+        assert!(Settings::resolve(&cli(&["--master", "m:1", "--interval", "100ms"]), FileConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn missing_explicit_config_is_an_error_but_missing_default_is_not() {
+        let err = load_file(Some(Path::new("/nonexistent/agent.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/agent.toml"));
+    }
+}
