@@ -1,0 +1,170 @@
+//! `cargo xtask demo`: the README's first command. Builds Sentinel, starts a master and an
+//! agent for this machine under target/demo, prints the dashboard URL, and stops both on
+//! Ctrl-C (or, with `--check`, as soon as this host shows `up`, for a smoke test).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+struct Options {
+    listen: String,
+    http: String,
+    check: bool,
+    release: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options { listen: "127.0.0.1:7410".into(), http: "127.0.0.1:7411".into(), check: false, release: true };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--listen" => o.listen = it.next().ok_or("--listen needs ADDR")?.clone(),
+            "--http" => o.http = it.next().ok_or("--http needs ADDR")?.clone(),
+            "--check" => o.check = true,
+            "--debug" => o.release = false,
+            "-h" | "--help" => {
+                println!(
+                    "cargo xtask demo [--listen ADDR] [--http ADDR] [--check] [--debug]\n\
+                     Builds and starts a master and an agent for this machine; Ctrl-C stops them.\n\
+                     --http 0.0.0.0:7411 makes the dashboard reachable from other machines.\n\
+                     --check exits 0 once this host is `up` (smoke test); --debug skips the release build."
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)").into()),
+        }
+    }
+    Ok(o)
+}
+
+/// Kills a child we started on drop, so an early error leaves nothing running.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SIGTERM: the master unlinks its segment, the agent says goodbye.
+            let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.starts_with("HTTP/1.1 200").then_some(text)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn spawn(bin: &Path, args: &[&str], log: &Path) -> Result<Guard> {
+    let child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        // Own process group: Ctrl-C reaches only xtask, which stops the children in order.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    Ok(Guard(child))
+}
+
+use std::os::unix::process::CommandExt;
+
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let root = crate::workspace_root();
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build.current_dir(&root).args(["build", "-p", "sentinel-master", "-p", "sentinel-agent"]);
+    if o.release {
+        build.arg("--release");
+    }
+    if !build.status()?.success() {
+        return Err("cargo build failed".into());
+    }
+    let bins = root.join("target").join(if o.release { "release" } else { "debug" });
+    let dir: PathBuf = root.join("target/demo");
+    std::fs::create_dir_all(dir.join("agent-state"))?;
+    let token = dir.join("fleet-token");
+    if !token.exists() {
+        let mut bytes = [0u8; 24];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        std::fs::write(&token, bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())?;
+    }
+    // Empty config files: defaults plus the flags below, whatever /etc/sentinel holds.
+    for f in ["master.toml", "agent.toml"] {
+        std::fs::write(dir.join(f), "")?;
+    }
+    let http: SocketAddr = o.http.parse().map_err(|e| format!("--http {}: {e}", o.http))?;
+    let probe = if http.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], http.port())) } else { http };
+    let d = |p: &str| dir.join(p).to_string_lossy().into_owned();
+
+    let _master = spawn(
+        &bins.join("sentinel-master"),
+        &[
+            "--config", &d("master.toml"), "--listen", &o.listen, "--http", &o.http,
+            "--token-file", &d("fleet-token"), "--shm-name", "sentinel-demo",
+        ],
+        &dir.join("master.log"),
+    )?;
+    wait_for("the master's /healthz (see target/demo/master.log)", Duration::from_secs(15), || {
+        http_get(probe, "/healthz").is_some()
+    })?;
+    let agent_target = o.listen.replace("0.0.0.0", "127.0.0.1");
+    let _agent = spawn(
+        &bins.join("sentinel-agent"),
+        &[
+            "--config", &d("agent.toml"), "--master", &agent_target, "--token-file", &d("fleet-token"),
+            "--state-dir", &d("agent-state"),
+        ],
+        &dir.join("agent.log"),
+    )?;
+    wait_for("this host to show up (see target/demo/agent.log)", Duration::from_secs(15), || {
+        http_get(probe, "/api/v1/hosts").is_some_and(|t| t.contains("\"status\":\"up\""))
+    })?;
+
+    println!("Sentinel is running: master and one agent for this machine.");
+    println!("Dashboard: http://{probe}/");
+    println!("API:       http://{probe}/api/v1/hosts");
+    println!("Logs:      {}/master.log, agent.log", dir.display());
+    if o.check {
+        return Ok(());
+    }
+    println!("Press Ctrl-C to stop.");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("Stopping.");
+    Ok(())
+}
