@@ -1,0 +1,404 @@
+//! `sentinel-loadgen`: many simulated agents speaking the real protocol (handshake with the
+//! HMAC proof, samples or replay batches, cumulative acks) against a master, and a null sink
+//! that only reads and discards whole frames, so a run can be compared with the cost of the
+//! network and framing alone. Reports what was sent and acknowledged, and ack latency.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use sentinel_protocol::frame::{codec, PREFIX_BYTES};
+use sentinel_protocol::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Simulated agents against a master (or a sink).
+    Run(RunArgs),
+    /// A receiver that completes the handshake, then reads and discards whole frames, acking
+    /// each one; the baseline for `run`.
+    Sink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    #[arg(long)]
+    master: SocketAddr,
+    /// Number of simulated agents (one TCP connection each).
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Cadence of each agent; ignored with --flood.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// How long to stream after all agents connected.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    /// Send as fast as acks allow, keeping up to --window frames unacknowledged per agent.
+    #[arg(long)]
+    flood: bool,
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    /// Samples per frame: 1 sends `sample` frames, more sends replay `batch` frames.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Prefix of the simulated hostnames and ids, so several generators can share a master.
+    #[arg(long, default_value_t = 0)]
+    id_base: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Counters shared by every simulated agent.
+#[derive(Default)]
+struct Totals {
+    connected: AtomicU64,
+    failed: AtomicU64,
+    samples_sent: AtomicU64,
+    samples_acked: AtomicU64,
+}
+
+/// A plausible, varying sample for agent `i`.
+fn sample(i: u64, seq: u64, rng: &mut fastrand::Rng) -> Sample {
+    let cpu = rng.f32() * 60.0;
+    let t = seq * 1000;
+    Sample {
+        seq,
+        ts_ms: unix_ms(),
+        dropped: 0,
+        cpu_percent: cpu,
+        cpu_user_percent: cpu * 0.7,
+        cpu_system_percent: cpu * 0.25,
+        cpu_iowait_percent: cpu * 0.04,
+        cpu_steal_percent: cpu * 0.01,
+        cpu_cores_percent: (0..4).map(|_| rng.f32() * 100.0).collect(),
+        load1: rng.f32() * 4.0,
+        load5: 1.5,
+        load15: 1.2,
+        mem_total_bytes: 16 << 30,
+        mem_available_bytes: (8 << 30) + rng.u64(0..1 << 30),
+        mem_used_bytes: (7 << 30) + rng.u64(0..1 << 30),
+        swap_total_bytes: 2 << 30,
+        swap_used_bytes: 1 << 20,
+        filesystems: vec![
+            Filesystem {
+                mount: "/".into(),
+                fs_type: "ext4".into(),
+                total_bytes: 100 << 30,
+                available_bytes: 40 << 30,
+            },
+            Filesystem {
+                mount: "/var".into(),
+                fs_type: "xfs".into(),
+                total_bytes: 500 << 30,
+                available_bytes: 90 << 30,
+            },
+        ],
+        interfaces: vec![Interface {
+            name: "eth0".into(),
+            rx_bytes: t * 12_000 + i,
+            tx_bytes: t * 3_000,
+        }],
+        disk_read_bytes: t * 4096,
+        disk_write_bytes: t * 16_384,
+        uptime_s: 100_000 + seq,
+        boot_time_s: 1_764_000_000,
+        processes: 180 + rng.u32(0..20),
+    }
+}
+
+fn encode(msg: &AgentMessage) -> Result<Bytes> {
+    let mut buf = Vec::new();
+    encode_frame(msg, &mut buf)?;
+    Ok(Bytes::from(buf).slice(PREFIX_BYTES..))
+}
+
+async fn read_master(conn: &mut Framed<TcpStream, LengthDelimitedCodec>) -> Result<MasterMessage> {
+    let body = conn
+        .next()
+        .await
+        .ok_or_else(|| anyhow!("master closed the connection"))??;
+    Ok(decode_body(&body)?)
+}
+
+async fn connect(
+    args: &RunArgs,
+    i: u64,
+    token: &[u8],
+) -> Result<Framed<TcpStream, LengthDelimitedCodec>> {
+    let stream = TcpStream::connect(args.master).await?;
+    stream.set_nodelay(true)?;
+    let mut conn = Framed::new(stream, codec());
+    let MasterMessage::Challenge(ch) = read_master(&mut conn).await? else {
+        bail!("expected challenge")
+    };
+    let nonce: Nonce = ch.nonce.as_slice().try_into()?;
+    let agent_id = format!(
+        "{:032x}",
+        (0x5e47_0000u128 << 64) | u128::from(args.id_base + i)
+    );
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        agent_id: agent_id.clone(),
+        run_id: fastrand::u64(..),
+        hostname: format!("load-{:05}", args.id_base + i),
+        interval_ms: args.interval.as_millis().clamp(100, 300_000) as u32,
+        clock_ms: unix_ms(),
+        agent_version: concat!("loadgen-", env!("CARGO_PKG_VERSION")).into(),
+        host: HostInfo {
+            os: "Loadgen Linux".into(),
+            kernel: "6.1.0".into(),
+            arch: "x86_64".into(),
+            cpu_model: "sim".into(),
+            cpu_count: 4,
+        },
+        proof: proof(token, &nonce, &agent_id).to_vec(),
+    };
+    conn.send(encode(&AgentMessage::Hello(hello))?).await?;
+    match read_master(&mut conn).await? {
+        MasterMessage::Welcome(_) => Ok(conn),
+        MasterMessage::Refused(r) => bail!("refused: {} {}", r.code, r.reason),
+        _ => bail!("expected welcome"),
+    }
+}
+
+/// One simulated agent: streams until `end`, returns ack latencies in microseconds.
+async fn agent(
+    args: Arc<RunArgs>,
+    i: u64,
+    token: Arc<Vec<u8>>,
+    totals: Arc<Totals>,
+    end: Instant,
+) -> Result<Vec<u32>> {
+    let mut conn = connect(&args, i, &token).await?;
+    totals.connected.fetch_add(1, Ordering::Relaxed);
+    let mut rng = fastrand::Rng::with_seed(i);
+    let mut seq = 0u64;
+    let mut acked = 0u64;
+    // (last seq of the frame, when it was sent), oldest first.
+    let mut in_flight: std::collections::VecDeque<(u64, Instant)> = Default::default();
+    let mut latencies = Vec::new();
+    let mut tick = tokio::time::interval(args.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Stagger the agents over one interval, as a real fleet is.
+    tokio::time::sleep(args.interval.mul_f64(rng.f64())).await;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let can_send = if args.flood {
+            in_flight.len() < args.window
+        } else {
+            false
+        };
+        if can_send {
+            let frame = next_frame(&args, i, &mut seq, &mut rng)?;
+            conn.feed(frame).await?;
+            in_flight.push_back((seq, Instant::now()));
+            totals
+                .samples_sent
+                .fetch_add(args.batch as u64, Ordering::Relaxed);
+            if in_flight.len() < args.window {
+                continue;
+            }
+            SinkExt::<Bytes>::flush(&mut conn).await?;
+        }
+        tokio::select! {
+            _ = tick.tick(), if !args.flood => {
+                let frame = next_frame(&args, i, &mut seq, &mut rng)?;
+                conn.send(frame).await?;
+                in_flight.push_back((seq, Instant::now()));
+                totals.samples_sent.fetch_add(args.batch as u64, Ordering::Relaxed);
+            }
+            msg = conn.next() => {
+                let body = msg.ok_or_else(|| anyhow!("master closed the connection"))??;
+                match decode_body::<MasterMessage>(&body)? {
+                    MasterMessage::Ack(a) => {
+                        // The null sink acks each frame with u64::MAX; a master acks by seq.
+                        let upto = if a.seq == u64::MAX { in_flight.front().map_or(acked, |f| f.0) } else { a.seq };
+                        while let Some(&(s, t)) = in_flight.front() {
+                            if s > upto { break; }
+                            latencies.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                            in_flight.pop_front();
+                        }
+                        if upto > acked {
+                            totals.samples_acked.fetch_add(upto - acked, Ordering::Relaxed);
+                            acked = upto;
+                        }
+                    }
+                    MasterMessage::Refused(r) => bail!("refused: {} {}", r.code, r.reason),
+                    _ => bail!("unexpected message after welcome"),
+                }
+            }
+            _ = tokio::time::sleep_until(end.into()) => break,
+        }
+    }
+    let _ = conn
+        .send(encode(&AgentMessage::Goodbye(Goodbye {
+            last_seq: seq,
+            reason: "loadgen done".into(),
+        }))?)
+        .await;
+    Ok(latencies)
+}
+
+fn next_frame(args: &RunArgs, i: u64, seq: &mut u64, rng: &mut fastrand::Rng) -> Result<Bytes> {
+    if args.batch <= 1 {
+        *seq += 1;
+        return encode(&AgentMessage::Sample(sample(i, *seq, rng)));
+    }
+    let samples = (0..args.batch.min(limits::MAX_BATCH_SAMPLES))
+        .map(|_| {
+            *seq += 1;
+            sample(i, *seq, rng)
+        })
+        .collect();
+    encode(&AgentMessage::Batch(Batch { samples }))
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    f64::from(sorted[idx]) / 1000.0
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let token = match &args.token_file {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("token file {}", p.display()))?
+            .trim_end()
+            .as_bytes()
+            .to_vec(),
+        None => Vec::new(),
+    };
+    let (args, token, totals) = (Arc::new(args), Arc::new(token), Arc::new(Totals::default()));
+    // Connect gradually (a fleet does not reconnect in one instant) and give everyone time.
+    let ramp = Duration::from_millis((args.agents as u64).min(10_000) / 2);
+    let start = Instant::now();
+    let end = start + ramp + args.interval + args.duration;
+    let mut tasks = Vec::with_capacity(args.agents);
+    for i in 0..args.agents as u64 {
+        if i % 500 == 499 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let (a, t, tot) = (args.clone(), token.clone(), totals.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = agent(a, i, t, tot.clone(), end).await;
+            if r.is_err() {
+                tot.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            r
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut first_error = None;
+    for t in tasks {
+        match t.await? {
+            Ok(l) => latencies.extend(l),
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let acked = totals.samples_acked.load(Ordering::Relaxed);
+    let report = serde_json::json!({
+        "agents": args.agents,
+        "connected": totals.connected.load(Ordering::Relaxed),
+        "failed": totals.failed.load(Ordering::Relaxed),
+        "first_error": first_error,
+        "samples_sent": totals.samples_sent.load(Ordering::Relaxed),
+        "samples_acked": acked,
+        "seconds": elapsed,
+        "acked_per_second": acked as f64 / args.duration.as_secs_f64().max(0.001),
+        "ack_latency_ms_p50": percentile(&latencies, 0.50),
+        "ack_latency_ms_p99": percentile(&latencies, 0.99),
+        "ack_latency_ms_max": percentile(&latencies, 1.0),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+async fn sink(listen: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    eprintln!("null sink listening on {}", listener.local_addr()?);
+    let mut ack = Vec::new();
+    encode_frame(&MasterMessage::Ack(Ack { seq: u64::MAX }), &mut ack)?;
+    let ack = Bytes::from(ack).slice(PREFIX_BYTES..);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let ack = ack.clone();
+        tokio::spawn(async move {
+            let mut conn = Framed::new(stream, codec());
+            let challenge = MasterMessage::Challenge(Challenge {
+                version: PROTOCOL_VERSION,
+                nonce: vec![0; 32],
+            });
+            let mut buf = Vec::new();
+            encode_frame(&challenge, &mut buf).ok()?;
+            conn.send(Bytes::from(buf).slice(PREFIX_BYTES..))
+                .await
+                .ok()?;
+            conn.next().await?.ok()?; // hello: not checked, this is a null sink
+            let mut welcome = Vec::new();
+            encode_frame(
+                &MasterMessage::Welcome(Welcome {
+                    last_seq: 0,
+                    clock_ms: unix_ms(),
+                }),
+                &mut welcome,
+            )
+            .ok()?;
+            conn.send(Bytes::from(welcome).slice(PREFIX_BYTES..))
+                .await
+                .ok()?;
+            while let Some(Ok(_frame)) = conn.next().await {
+                conn.send(ack.clone()).await.ok()?;
+            }
+            Some(())
+        });
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Run(args) => rt.block_on(run(args)),
+        Cmd::Sink { listen } => rt.block_on(sink(listen)),
+    }
+}
