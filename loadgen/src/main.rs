@@ -33,6 +33,10 @@ enum Cmd {
     Sink {
         #[arg(long)]
         listen: SocketAddr,
+        /// Copy every received frame after the handshake (prefix included) to stdout, so the
+        /// bytes an agent puts on the wire can be counted (docs/BENCHMARKS.md).
+        #[arg(long)]
+        dump: bool,
     },
 }
 
@@ -351,7 +355,7 @@ async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-async fn sink(listen: SocketAddr) -> Result<()> {
+async fn sink(listen: SocketAddr, dump: bool) -> Result<()> {
     let listener = TcpListener::bind(listen).await?;
     eprintln!("null sink listening on {}", listener.local_addr()?);
     let mut ack = Vec::new();
@@ -384,7 +388,14 @@ async fn sink(listen: SocketAddr) -> Result<()> {
             conn.send(Bytes::from(welcome).slice(PREFIX_BYTES..))
                 .await
                 .ok()?;
-            while let Some(Ok(_frame)) = conn.next().await {
+            while let Some(Ok(frame)) = conn.next().await {
+                if dump {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&(frame.len() as u32).to_be_bytes()).ok()?;
+                    out.write_all(&frame).ok()?;
+                    out.flush().ok()?;
+                }
                 conn.send(ack.clone()).await.ok()?;
             }
             Some(())
@@ -399,6 +410,6 @@ fn main() -> Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Run(args) => rt.block_on(run(args)),
-        Cmd::Sink { listen } => rt.block_on(sink(listen)),
+        Cmd::Sink { listen, dump } => rt.block_on(sink(listen, dump)),
     }
 }
