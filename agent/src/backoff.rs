@@ -18,7 +18,10 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(cap: Duration) -> Self {
-        Backoff { next: BACKOFF_START.min(cap), cap }
+        Backoff {
+            next: BACKOFF_START.min(cap),
+            cap,
+        }
     }
 
     pub fn next_delay(&mut self) -> Duration {
@@ -80,7 +83,10 @@ mod tests {
         let bases = [250, 500, 1000, 2000, 2000];
         for base in bases {
             let d = b.next_delay().as_millis() as f64;
-            assert!((base as f64 * 0.8..=base as f64 * 1.2).contains(&d), "{d} vs {base}");
+            assert!(
+                (base as f64 * 0.8..=base as f64 * 1.2).contains(&d),
+                "{d} vs {base}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(300));
@@ -96,6 +102,10 @@ mod tests {
         }
         assert_eq!(f.failed_at(t0 + LOG_EVERY), Some(9));
         assert_eq!(f.succeeded(), 11);
-        assert_eq!(f.failed_at(t0 + LOG_EVERY), Some(0), "a new run logs its first failure");
+        assert_eq!(
+            f.failed_at(t0 + LOG_EVERY),
+            Some(0),
+            "a new run logs its first failure"
+        );
     }
 }

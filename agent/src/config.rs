@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use serde::Deserialize;
 use sentinel_protocol::limits::{MAX_INTERVAL_MS, MIN_INTERVAL_MS};
+use serde::Deserialize;
 
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sentinel/agent.toml";
@@ -99,10 +99,16 @@ pub struct FileConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("invalid config file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("cannot read config file {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("invalid config file {path}: {error}")]
+    Parse {
+        path: PathBuf,
+        error: toml::de::Error,
+    },
     #[error("invalid {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
@@ -123,7 +129,10 @@ pub struct Settings {
 
 /// Parses `agent.toml` text; `path` only names the file in errors.
 pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+    toml::from_str(text).map_err(|error| ConfigError::Parse {
+        path: path.to_owned(),
+        error,
+    })
 }
 
 /// Reads the config file: explicit path must exist; the default path may be missing.
@@ -131,8 +140,13 @@ pub fn load_file(explicit: Option<&Path>) -> Result<FileConfig, ConfigError> {
     let path = explicit.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
     match std::fs::read_to_string(path) {
         Ok(text) => parse_file(path, &text),
-        Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
-        Err(source) => Err(ConfigError::Read { path: path.to_owned(), source }),
+        Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(FileConfig::default())
+        }
+        Err(error) => Err(ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        }),
     }
 }
 
@@ -144,9 +158,19 @@ impl Settings {
             interval: cli.interval.or(file.interval).unwrap_or(default_interval()),
             hostname: cli.hostname.clone().or(file.hostname),
             token_file: cli.token_file.clone().or(file.token_file),
-            state_dir: cli.state_dir.clone().or(file.state_dir).unwrap_or_else(default_state_dir),
-            spool_samples: cli.spool_samples.or(file.spool_samples).unwrap_or(default_spool_samples()),
-            reconnect_max: cli.reconnect_max.or(file.reconnect_max).unwrap_or(default_reconnect_max()),
+            state_dir: cli
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(default_state_dir),
+            spool_samples: cli
+                .spool_samples
+                .or(file.spool_samples)
+                .unwrap_or(default_spool_samples()),
+            reconnect_max: cli
+                .reconnect_max
+                .or(file.reconnect_max)
+                .unwrap_or(default_reconnect_max()),
         };
         settings.validate(cli.once)?;
         Ok(settings)
@@ -168,7 +192,10 @@ impl Settings {
         match &self.master {
             Some(m) => check_master(m)?,
             None if !once => {
-                return Err(invalid("master", "is required (--master HOST:PORT or `master` in the config)".into()))
+                return Err(invalid(
+                    "master",
+                    "is required (--master HOST:PORT or `master` in the config)".into(),
+                ))
             }
             None => {}
         }
@@ -179,7 +206,10 @@ impl Settings {
             if h.len() > sentinel_protocol::limits::MAX_HOSTNAME_BYTES {
                 return Err(invalid(
                     "hostname",
-                    format!("is longer than {} bytes", sentinel_protocol::limits::MAX_HOSTNAME_BYTES),
+                    format!(
+                        "is longer than {} bytes",
+                        sentinel_protocol::limits::MAX_HOSTNAME_BYTES
+                    ),
                 ));
             }
         }
@@ -276,7 +306,10 @@ mod tests {
             (&["--master", "m:1", "--interval", "301s"], "interval"),
             (&[], "master"),
             (&["--master", "nocolon"], "master"),
-            (&["--master", "m:1", "--spool-samples", "0"], "spool_samples"),
+            (
+                &["--master", "m:1", "--spool-samples", "0"],
+                "spool_samples",
+            ),
             (&["--master", "m:1", "--hostname", ""], "hostname"),
         ];
         for (args, key) in cases {
@@ -284,7 +317,11 @@ mod tests {
             assert!(err.to_string().contains(key), "{args:?}: {err}");
         }
         assert!(Settings::resolve(&cli(&["--once"]), FileConfig::default()).is_ok());
-        assert!(Settings::resolve(&cli(&["--master", "m:1", "--interval", "100ms"]), FileConfig::default()).is_ok());
+        assert!(Settings::resolve(
+            &cli(&["--master", "m:1", "--interval", "100ms"]),
+            FileConfig::default()
+        )
+        .is_ok());
     }
 
     #[test]

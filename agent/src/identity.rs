@@ -30,12 +30,18 @@ impl std::fmt::Display for AgentId {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path} does not hold 32 lowercase hex digits")]
     Malformed { path: PathBuf },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {error}")]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// The id derived from a machine id and a hostname; random when there is no machine id.
@@ -84,7 +90,11 @@ pub fn load_or_create(state_dir: &Path, hostname: &str) -> Result<Loaded, Identi
     load_or_create_with(state_dir, hostname, read_machine_id().as_deref())
 }
 
-fn load_or_create_with(state_dir: &Path, hostname: &str, machine_id: Option<&str>) -> Result<Loaded, IdentityError> {
+fn load_or_create_with(
+    state_dir: &Path,
+    hostname: &str,
+    machine_id: Option<&str>,
+) -> Result<Loaded, IdentityError> {
     let path = state_dir.join(ID_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -95,12 +105,12 @@ fn load_or_create_with(state_dir: &Path, hostname: &str, machine_id: Option<&str
             return Ok(Loaded::Existing(AgentId(id.to_owned())));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(IdentityError::Read { path, source }),
+        Err(error) => return Err(IdentityError::Read { path, error }),
     }
     let id = derive(machine_id, hostname);
     match write_atomically(state_dir, &path, &id) {
         Ok(()) => Ok(Loaded::Created(id)),
-        Err(source) => Ok(Loaded::Unsaved(id, IdentityError::Write { path, source })),
+        Err(error) => Ok(Loaded::Unsaved(id, IdentityError::Write { path, error })),
     }
 }
 
@@ -129,7 +139,10 @@ mod tests {
     #[test]
     fn derived_id_matches_the_documented_formula() {
         let digest = Sha256::digest(b"abc\nhost");
-        assert_eq!(derive(Some("abc"), "host").as_str(), hex::encode(&digest[..16]));
+        assert_eq!(
+            derive(Some("abc"), "host").as_str(),
+            hex::encode(&digest[..16])
+        );
     }
 
     #[test]
@@ -141,7 +154,11 @@ mod tests {
 
     #[test]
     fn id_file_is_created_once_then_reused() {
-        let dir = std::env::temp_dir().join(format!("sentinel-id-test-{}-{}", std::process::id(), fastrand::u64(..)));
+        let dir = std::env::temp_dir().join(format!(
+            "sentinel-id-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         let first = load_or_create_with(&dir, "h1", Some("m")).unwrap();
         assert!(matches!(first, Loaded::Created(_)));
         // Even another hostname reuses the persisted id: the file is the identity.
@@ -152,7 +169,10 @@ mod tests {
         assert_eq!(text, format!("{}\n", first.id()));
 
         std::fs::write(dir.join(ID_FILE), "not an id\n").unwrap();
-        assert!(matches!(load_or_create_with(&dir, "h1", Some("m")), Err(IdentityError::Malformed { .. })));
+        assert!(matches!(
+            load_or_create_with(&dir, "h1", Some("m")),
+            Err(IdentityError::Malformed { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -55,7 +55,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return print_once(collector, &hostname, &agent_id, &host);
     }
     let token = read_token(settings.token_file.as_deref())?;
-    let master = settings.master.clone().ok_or_else(|| anyhow!("invalid master: is required"))?;
+    let master = settings
+        .master
+        .clone()
+        .ok_or_else(|| anyhow!("invalid master: is required"))?;
     let id = ship::Identity {
         agent_id: agent_id.as_str().to_owned(),
         hostname,
@@ -64,9 +67,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         run_id: fastrand::u64(..),
         interval: settings.interval,
     };
-    let opts =
-        ship::Options { master, spool_samples: settings.spool_samples, reconnect_max: settings.reconnect_max };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let opts = ship::Options {
+        master,
+        spool_samples: settings.spool_samples,
+        reconnect_max: settings.reconnect_max,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(ship::Agent::new(id, opts, collector).run())?;
     Ok(())
 }
@@ -105,8 +113,12 @@ fn read_token(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
         tracing::info!("No --token-file: using the empty token.");
         return Ok(Vec::new());
     };
-    let text = std::fs::read(path).with_context(|| format!("cannot read token file {}", path.display()))?;
-    let end = text.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+    let text = std::fs::read(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let end = text
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
     Ok(text[..end].to_vec())
 }
 
@@ -131,7 +143,12 @@ fn print_once(
     let mut sample = collector.sample().context("cannot take a sample")?;
     sample.seq = 1;
     sample.ts_ms = ship::unix_ms();
-    let out = OnceOutput { sample: &sample, hostname, agent_id: agent_id.as_str(), host };
+    let out = OnceOutput {
+        sample: &sample,
+        hostname,
+        agent_id: agent_id.as_str(),
+        host,
+    };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }

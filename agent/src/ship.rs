@@ -15,8 +15,8 @@ use futures_util::{SinkExt, StreamExt};
 use sentinel_protocol::frame::{codec, encode_body, FrameError, PREFIX_BYTES};
 use sentinel_protocol::limits::{HANDSHAKE_TIMEOUT, MAX_BATCH_SAMPLES};
 use sentinel_protocol::{
-    decode_body, encode_frame, AgentMessage, Batch, Goodbye, Hello, HostInfo, MasterMessage, Nonce, Sample,
-    PROTOCOL_VERSION,
+    decode_body, encode_frame, AgentMessage, Batch, Goodbye, Hello, HostInfo, MasterMessage, Nonce,
+    Sample, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::signal::unix::{signal, SignalKind};
@@ -76,7 +76,10 @@ pub enum ShipError {
     #[error("the master refused us: code={code} reason={reason}")]
     Refused { code: String, reason: String },
     #[error("expected {expected} from the master, got {got}")]
-    Unexpected { expected: &'static str, got: &'static str },
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
     #[error("the master's nonce has {0} bytes, expected 32")]
     BadNonce(usize),
     #[error("the handshake took longer than {0:?}")]
@@ -93,7 +96,9 @@ fn kind(m: &MasterMessage) -> &'static str {
 }
 
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn read_msg(conn: &mut Conn) -> Result<MasterMessage, ShipError> {
@@ -118,15 +123,31 @@ struct Session {
 }
 
 async fn handshake(master: String, id: Arc<Identity>) -> Result<Session, ShipError> {
-    let stream = TcpStream::connect(&master).await.map_err(ShipError::Connect)?;
+    let stream = TcpStream::connect(&master)
+        .await
+        .map_err(ShipError::Connect)?;
     stream.set_nodelay(true)?;
     let mut conn = Framed::new(stream, codec());
     let challenge = match read_msg(&mut conn).await? {
         MasterMessage::Challenge(c) => c,
-        MasterMessage::Refused(r) => return Err(ShipError::Refused { code: r.code, reason: r.reason }),
-        other => return Err(ShipError::Unexpected { expected: "challenge", got: kind(&other) }),
+        MasterMessage::Refused(r) => {
+            return Err(ShipError::Refused {
+                code: r.code,
+                reason: r.reason,
+            })
+        }
+        other => {
+            return Err(ShipError::Unexpected {
+                expected: "challenge",
+                got: kind(&other),
+            })
+        }
     };
-    let nonce: Nonce = challenge.nonce.as_slice().try_into().map_err(|_| ShipError::BadNonce(challenge.nonce.len()))?;
+    let nonce: Nonce = challenge
+        .nonce
+        .as_slice()
+        .try_into()
+        .map_err(|_| ShipError::BadNonce(challenge.nonce.len()))?;
     let hello = Hello {
         version: PROTOCOL_VERSION,
         agent_id: id.agent_id.clone(),
@@ -140,11 +161,20 @@ async fn handshake(master: String, id: Arc<Identity>) -> Result<Session, ShipErr
     };
     conn.send(encode(&AgentMessage::Hello(hello))?).await?;
     match read_msg(&mut conn).await? {
-        MasterMessage::Welcome(w) => {
-            Ok(Session { conn, last_seq: w.last_seq, master_clock_ms: w.clock_ms, master_version: challenge.version })
-        }
-        MasterMessage::Refused(r) => Err(ShipError::Refused { code: r.code, reason: r.reason }),
-        other => Err(ShipError::Unexpected { expected: "welcome", got: kind(&other) }),
+        MasterMessage::Welcome(w) => Ok(Session {
+            conn,
+            last_seq: w.last_seq,
+            master_clock_ms: w.clock_ms,
+            master_version: challenge.version,
+        }),
+        MasterMessage::Refused(r) => Err(ShipError::Refused {
+            code: r.code,
+            reason: r.reason,
+        }),
+        other => Err(ShipError::Unexpected {
+            expected: "welcome",
+            got: kind(&other),
+        }),
     }
 }
 
@@ -158,7 +188,10 @@ struct Live {
     sent_upto: Seq,
 }
 
-async fn write_loop(mut sink: SplitSink<Conn, Bytes>, mut rx: mpsc::Receiver<Bytes>) -> std::io::Result<()> {
+async fn write_loop(
+    mut sink: SplitSink<Conn, Bytes>,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> std::io::Result<()> {
     while let Some(frame) = rx.recv().await {
         sink.feed(frame).await?;
         if rx.is_empty() {
@@ -172,7 +205,9 @@ type Handshake = Pin<Box<dyn Future<Output = Result<Session, ShipError>>>>;
 
 enum State {
     /// Waiting out the backoff.
-    Idle { retry_at: Instant },
+    Idle {
+        retry_at: Instant,
+    },
     Connecting(Handshake),
     Up(Live),
 }
@@ -268,8 +303,14 @@ impl Agent {
 
     fn connect(&self) -> State {
         tracing::debug!(master = %self.opts.master, "Connecting to the master.");
-        let fut = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(self.opts.master.clone(), self.id.clone()));
-        State::Connecting(Box::pin(async move { fut.await.unwrap_or(Err(ShipError::Timeout(HANDSHAKE_TIMEOUT))) }))
+        let fut = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            handshake(self.opts.master.clone(), self.id.clone()),
+        );
+        State::Connecting(Box::pin(async move {
+            fut.await
+                .unwrap_or(Err(ShipError::Timeout(HANDSHAKE_TIMEOUT)))
+        }))
     }
 
     fn on_event(&mut self, event: Event, state: State) -> State {
@@ -277,18 +318,26 @@ impl Agent {
             (Event::RetryDue, _) => self.connect(),
             (Event::Handshake(Ok(session)), _) => self.established(session),
             (Event::Handshake(Err(e)), _) => self.failed(e),
-            (Event::Frame(Some(Ok(body))), State::Up(mut live)) => match decode_body::<MasterMessage>(&body) {
-                Ok(MasterMessage::Ack(ack)) => {
-                    self.spool.ack(Seq(ack.seq));
-                    match self.pump(&mut live) {
-                        Ok(()) => State::Up(live),
-                        Err(e) => self.disconnected(e),
+            (Event::Frame(Some(Ok(body))), State::Up(mut live)) => {
+                match decode_body::<MasterMessage>(&body) {
+                    Ok(MasterMessage::Ack(ack)) => {
+                        self.spool.ack(Seq(ack.seq));
+                        match self.pump(&mut live) {
+                            Ok(()) => State::Up(live),
+                            Err(e) => self.disconnected(e),
+                        }
                     }
+                    Ok(MasterMessage::Refused(r)) => self.failed(ShipError::Refused {
+                        code: r.code,
+                        reason: r.reason,
+                    }),
+                    Ok(other) => self.disconnected(ShipError::Unexpected {
+                        expected: "ack",
+                        got: kind(&other),
+                    }),
+                    Err(e) => self.disconnected(e.into()),
                 }
-                Ok(MasterMessage::Refused(r)) => self.failed(ShipError::Refused { code: r.code, reason: r.reason }),
-                Ok(other) => self.disconnected(ShipError::Unexpected { expected: "ack", got: kind(&other) }),
-                Err(e) => self.disconnected(e.into()),
-            },
+            }
             (Event::Frame(Some(Err(e))), _) => self.disconnected(e.into()),
             (Event::Frame(None), _) => self.disconnected(ShipError::Closed),
             (Event::WriterDone(e), _) => self.disconnected(ShipError::Io(std::io::Error::other(e))),
@@ -297,7 +346,12 @@ impl Agent {
     }
 
     fn established(&mut self, session: Session) -> State {
-        let Session { conn, last_seq, master_clock_ms, master_version } = session;
+        let Session {
+            conn,
+            last_seq,
+            master_clock_ms,
+            master_version,
+        } = session;
         let failures = self.conn_failures.succeeded();
         self.backoff.reset();
         self.spool.ack(Seq(last_seq));
@@ -307,16 +361,28 @@ impl Agent {
             "Connected to the master."
         );
         if master_version != PROTOCOL_VERSION {
-            tracing::warn!(master_version, our_version = PROTOCOL_VERSION, "The master speaks another protocol version.");
+            tracing::warn!(
+                master_version,
+                our_version = PROTOCOL_VERSION,
+                "The master speaks another protocol version."
+            );
         }
         let offset = master_clock_ms.abs_diff(unix_ms());
         if master_clock_ms != 0 && offset > CLOCK_WARN_MS {
-            tracing::warn!(offset_ms = offset, "This host's clock differs from the master's.");
+            tracing::warn!(
+                offset_ms = offset,
+                "This host's clock differs from the master's."
+            );
         }
         let (sink, reader) = conn.split();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
         let writer = tokio::spawn(write_loop(sink, rx));
-        let mut live = Live { reader, tx, writer, sent_upto: Seq(last_seq) };
+        let mut live = Live {
+            reader,
+            tx,
+            writer,
+            sent_upto: Seq(last_seq),
+        };
         match self.pump(&mut live) {
             Ok(()) => State::Up(live),
             Err(e) => self.disconnected(e),
@@ -327,7 +393,9 @@ impl Agent {
     fn failed(&mut self, error: ShipError) -> State {
         let delay = self.backoff.next_delay();
         if let Some(suppressed) = self.conn_failures.failed() {
-            let retry_in = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)).to_string();
+            let retry_in =
+                humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+                    .to_string();
             match &error {
                 ShipError::Refused { code, reason } => tracing::error!(
                     master = %self.opts.master, code = %code, reason = %reason, suppressed, retry_in,
@@ -339,7 +407,9 @@ impl Agent {
                 ),
             }
         }
-        State::Idle { retry_at: Instant::now() + delay }
+        State::Idle {
+            retry_at: Instant::now() + delay,
+        }
     }
 
     /// An established connection broke: reconnect after the backoff.
@@ -352,7 +422,9 @@ impl Agent {
             master = %self.opts.master, error = %error, unacked = self.spool.len(),
             "Lost the connection to the master; will reconnect."
         );
-        State::Idle { retry_at: Instant::now() + delay }
+        State::Idle {
+            retry_at: Instant::now() + delay,
+        }
     }
 
     /// Takes one sample and spools it.
@@ -386,9 +458,19 @@ impl Agent {
     /// Hands unsent spooled samples to the writer while its queue has room.
     fn pump(&mut self, live: &mut Live) -> Result<(), ShipError> {
         loop {
-            let pending: Vec<&[u8]> =
-                self.spool.after(live.sent_upto).take(MAX_BATCH_SAMPLES).map(|e| &e.body[..]).collect();
-            let Some(last_seq) = self.spool.after(live.sent_upto).take(pending.len()).last().map(|e| e.seq) else {
+            let pending: Vec<&[u8]> = self
+                .spool
+                .after(live.sent_upto)
+                .take(MAX_BATCH_SAMPLES)
+                .map(|e| &e.body[..])
+                .collect();
+            let Some(last_seq) = self
+                .spool
+                .after(live.sent_upto)
+                .take(pending.len())
+                .last()
+                .map(|e| e.seq)
+            else {
                 return Ok(());
             };
             let permit = match live.tx.try_reserve() {
@@ -411,10 +493,17 @@ impl Agent {
     /// Planned stop: goodbye if connected, flushed with a deadline.
     async fn stop(self, state: State, reason: &'static str) {
         let State::Up(live) = state else {
-            tracing::info!(reason, last_seq = self.seq.0, "Stopping; not connected, so no goodbye.");
+            tracing::info!(
+                reason,
+                last_seq = self.seq.0,
+                "Stopping; not connected, so no goodbye."
+            );
             return;
         };
-        let goodbye = AgentMessage::Goodbye(Goodbye { last_seq: self.seq.0, reason: reason.to_owned() });
+        let goodbye = AgentMessage::Goodbye(Goodbye {
+            last_seq: self.seq.0,
+            reason: reason.to_owned(),
+        });
         let Live { tx, writer, .. } = live;
         let sent = async {
             let frame = encode(&goodbye).map_err(|e| e.to_string())?;
@@ -427,9 +516,18 @@ impl Agent {
             }
         };
         match tokio::time::timeout(GOODBYE_FLUSH, sent).await {
-            Ok(Ok(())) => tracing::info!(reason, last_seq = self.seq.0, "Said goodbye to the master; stopping."),
-            Ok(Err(error)) => tracing::warn!(reason, %error, "Could not send the goodbye; stopping anyway."),
-            Err(_) => tracing::warn!(reason, "The goodbye did not flush in time; stopping anyway."),
+            Ok(Ok(())) => tracing::info!(
+                reason,
+                last_seq = self.seq.0,
+                "Said goodbye to the master; stopping."
+            ),
+            Ok(Err(error)) => {
+                tracing::warn!(reason, %error, "Could not send the goodbye; stopping anyway.")
+            }
+            Err(_) => tracing::warn!(
+                reason,
+                "The goodbye did not flush in time; stopping anyway."
+            ),
         }
     }
 }
@@ -452,7 +550,9 @@ fn encode_samples(mut samples: Vec<Sample>) -> (Option<Bytes>, Option<u64>) {
     let mut n = samples.len();
     loop {
         let last = samples.get(n.saturating_sub(1)).map(|s| s.seq);
-        let batch = AgentMessage::Batch(Batch { samples: samples[..n].to_vec() });
+        let batch = AgentMessage::Batch(Batch {
+            samples: samples[..n].to_vec(),
+        });
         match encode(&batch) {
             Ok(frame) => return (Some(frame), last),
             Err(FrameError::TooLarge(_)) if n > 1 => n /= 2,
@@ -471,14 +571,22 @@ mod tests {
 
     #[test]
     fn one_pending_sample_goes_as_a_sample_frame_several_as_a_batch() {
-        let s = |seq| Sample { seq, ..Sample::default() };
+        let s = |seq| Sample {
+            seq,
+            ..Sample::default()
+        };
         let (frame, last) = encode_samples(vec![s(7)]);
         let msg: AgentMessage = decode_body(&frame.unwrap()).unwrap();
         assert!(matches!(msg, AgentMessage::Sample(x) if x.seq == 7));
         assert_eq!(last, Some(7));
         let (frame, last) = encode_samples((1..=5).map(s).collect());
-        let AgentMessage::Batch(b) = decode_body(&frame.unwrap()).unwrap() else { panic!("not a batch") };
-        assert_eq!(b.samples.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        let AgentMessage::Batch(b) = decode_body(&frame.unwrap()).unwrap() else {
+            panic!("not a batch")
+        };
+        assert_eq!(
+            b.samples.iter().map(|x| x.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
         assert_eq!(last, Some(5));
     }
 
@@ -488,7 +596,10 @@ mod tests {
             seq,
             cpu_cores_percent: vec![50.0; 1024],
             filesystems: (0..64)
-                .map(|i| sentinel_protocol::Filesystem { mount: format!("/{i:0>250}"), ..Default::default() })
+                .map(|i| sentinel_protocol::Filesystem {
+                    mount: format!("/{i:0>250}"),
+                    ..Default::default()
+                })
                 .collect(),
             ..Sample::default()
         };
@@ -496,7 +607,9 @@ mod tests {
         let (frame, last) = encode_samples(samples);
         let frame = frame.unwrap();
         assert!(frame.len() <= sentinel_protocol::limits::MAX_FRAME_BYTES);
-        let AgentMessage::Batch(b) = decode_body(&frame).unwrap() else { panic!("not a batch") };
+        let AgentMessage::Batch(b) = decode_body(&frame).unwrap() else {
+            panic!("not a batch")
+        };
         assert!(b.samples.len() < 64);
         assert_eq!(last, Some(b.samples.len() as u64));
     }

@@ -29,7 +29,11 @@ impl Spool {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         // Grow on demand: a healthy agent holds only a few unacked samples.
-        Spool { entries: VecDeque::with_capacity(capacity.min(64)), capacity, dropped: 0 }
+        Spool {
+            entries: VecDeque::with_capacity(capacity.min(64)),
+            capacity,
+            dropped: 0,
+        }
     }
 
     /// Makes room for one more sample, dropping (and counting) the oldest if full. Call before
@@ -96,7 +100,10 @@ mod tests {
     fn keeps_samples_in_order() {
         let s = spool_with(10, 1..=5);
         assert_eq!(seqs(s.after(Seq(0)).cloned()), vec![1, 2, 3, 4, 5]);
-        assert_eq!(s.after(Seq(0)).map(|e| e.body[0]).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            s.after(Seq(0)).map(|e| e.body[0]).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
     }
 
     #[test]
@@ -105,7 +112,11 @@ mod tests {
         assert_eq!(s.dropped(), 4);
         assert_eq!(seqs(s.after(Seq(0)).cloned()), vec![5, 6, 7]);
         s.make_room();
-        assert_eq!(s.dropped(), 5, "make_room counts the drop before the next push");
+        assert_eq!(
+            s.dropped(),
+            5,
+            "make_room counts the drop before the next push"
+        );
         s.push(Seq(8), Box::new([]));
         assert_eq!(s.dropped(), 5);
         assert_eq!(seqs(s.after(Seq(0)).cloned()), vec![6, 7, 8]);

@@ -27,7 +27,11 @@ pub struct Split {
 /// counted in user).
 pub fn parse_stat(text: &str) -> Option<Times> {
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
     let at = |i: usize| v.get(i).copied().unwrap_or(0);
     if v.len() < 4 {
         return None;
@@ -45,7 +49,8 @@ pub fn parse_stat(text: &str) -> Option<Times> {
 }
 
 fn read_times() -> Result<Times, CollectError> {
-    parse_stat(&read_proc("/proc/stat", "/proc/stat")?).ok_or(CollectError::Parse { what: "/proc/stat" })
+    parse_stat(&read_proc("/proc/stat", "/proc/stat")?)
+        .ok_or(CollectError::Parse { what: "/proc/stat" })
 }
 
 /// Percentages of `now - prev`; None when no time passed.
@@ -83,7 +88,12 @@ pub fn prime(sys: &mut System, split: &mut Split) {
 pub fn collect(sys: &mut System, state: &mut Split, s: &mut Sample) -> Result<(), CollectError> {
     sys.refresh_cpu_specifics(usage_kind());
     s.cpu_percent = clamp_percent(sys.global_cpu_usage());
-    s.cpu_cores_percent = sys.cpus().iter().take(MAX_CORES).map(|c| clamp_percent(c.usage())).collect();
+    s.cpu_cores_percent = sys
+        .cpus()
+        .iter()
+        .take(MAX_CORES)
+        .map(|c| clamp_percent(c.usage()))
+        .collect();
     let now = read_times()?;
     if let Some([user, system, iowait, steal]) = state.prev.as_ref().and_then(|p| split(p, &now)) {
         s.cpu_user_percent = user;
@@ -102,8 +112,8 @@ mod tests {
     #[test]
     fn split_is_computed_from_stat_deltas() {
         let a = parse_stat("cpu  100 0 50 800 10 0 0 0 0 0\ncpu0 1 2 3 4\n").unwrap();
-        let b = parse_stat("cpu  150 10 70 900 20 5 5 40 0 0\n").unwrap();
-        // deltas: user 50+10, system 20+5+5, idle 100, iowait 10, steal 40; total 200
+        let b = parse_stat("cpu  150 10 70 860 20 5 5 40 0 0\n").unwrap();
+        // deltas: user 50+10, system 20+5+5, idle 60, iowait 10, steal 40; total 200
         assert_eq!(split(&a, &b), Some([30.0, 15.0, 5.0, 20.0]));
         assert_eq!(split(&b, &b), None, "no time passed");
         assert!(parse_stat("intr 1 2 3\n").is_none());

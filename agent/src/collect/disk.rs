@@ -11,7 +11,9 @@ const SECTOR_BYTES: u64 = 512;
 
 /// Devices that are not physical disks or duplicate another device's I/O.
 fn is_virtual(name: &str) -> bool {
-    ["loop", "ram", "zram", "dm-", "md", "sr", "fd", "nbd"].iter().any(|p| name.starts_with(p))
+    ["loop", "ram", "zram", "dm-", "md", "sr", "fd", "nbd"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// `is_whole_disk` decides partitions (whole disks appear in /sys/block).
@@ -42,13 +44,18 @@ fn whole_disk(name: &str) -> bool {
         // No /sys (some containers): a name ending in a digit after letters is a partition
         // (sda1); nvme/mmc partitions end in pN.
         !(name.ends_with(|c: char| c.is_ascii_digit())
-            && (name.starts_with("sd") || name.starts_with("vd") || name.starts_with("xvd") || name.contains('p')))
+            && (name.starts_with("sd")
+                || name.starts_with("vd")
+                || name.starts_with("xvd")
+                || name.contains('p')))
     }
 }
 
 pub fn collect(s: &mut Sample) -> Result<(), CollectError> {
     let text = read_proc("/proc/diskstats", "/proc/diskstats")?;
-    let (read, written) = parse(&text, whole_disk).ok_or(CollectError::Parse { what: "/proc/diskstats" })?;
+    let (read, written) = parse(&text, whole_disk).ok_or(CollectError::Parse {
+        what: "/proc/diskstats",
+    })?;
     s.disk_read_bytes = read;
     s.disk_write_bytes = written;
     Ok(())

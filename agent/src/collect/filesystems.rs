@@ -13,10 +13,37 @@ use super::{truncate_text, CollectError};
 
 /// Filesystem types that hold no operator data.
 const PSEUDO: &[&str] = &[
-    "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devpts", "devtmpfs",
-    "efivarfs", "fusectl", "fuse.lxcfs", "fuse.portal", "hugetlbfs", "mqueue", "nsfs", "overlay",
-    "proc", "pstore", "ramfs", "rpc_pipefs", "securityfs", "selinuxfs", "squashfs", "sysfs", "tmpfs",
-    "tracefs", "nfsd", "iso9660", "aufs", "rootfs",
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "efivarfs",
+    "fusectl",
+    "fuse.lxcfs",
+    "fuse.portal",
+    "hugetlbfs",
+    "mqueue",
+    "nsfs",
+    "overlay",
+    "proc",
+    "pstore",
+    "ramfs",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "sysfs",
+    "tmpfs",
+    "tracefs",
+    "nfsd",
+    "iso9660",
+    "aufs",
+    "rootfs",
 ];
 
 pub fn is_real(fs_type: &str) -> bool {
@@ -34,8 +61,14 @@ pub fn collect(disks: &mut Disks, s: &mut Sample) -> Result<(), CollectError> {
         .filter(|d| seen.insert(d.name().to_owned()))
         .take(MAX_FILESYSTEMS)
         .map(|d| Filesystem {
-            mount: truncate_text(d.mount_point().to_string_lossy().into_owned(), MAX_TEXT_BYTES),
-            fs_type: truncate_text(d.file_system().to_string_lossy().into_owned(), MAX_TEXT_BYTES),
+            mount: truncate_text(
+                d.mount_point().to_string_lossy().into_owned(),
+                MAX_TEXT_BYTES,
+            ),
+            fs_type: truncate_text(
+                d.file_system().to_string_lossy().into_owned(),
+                MAX_TEXT_BYTES,
+            ),
             total_bytes: d.total_space(),
             available_bytes: d.available_space().min(d.total_space()),
         })
@@ -47,7 +80,9 @@ pub fn collect(disks: &mut Disks, s: &mut Sample) -> Result<(), CollectError> {
 mod tests {
     #[test]
     fn pseudo_filesystems_are_not_real() {
-        for t in ["tmpfs", "proc", "overlay", "cgroup2", "squashfs", "devtmpfs", "nsfs"] {
+        for t in [
+            "tmpfs", "proc", "overlay", "cgroup2", "squashfs", "devtmpfs", "nsfs",
+        ] {
             assert!(!super::is_real(t), "{t}");
         }
         for t in ["ext4", "xfs", "btrfs", "vfat", "nfs4", "zfs"] {

@@ -7,7 +7,13 @@ use super::CollectError;
 
 pub fn collect(s: &mut Sample) -> Result<(), CollectError> {
     let load = System::load_average().map_err(|e| CollectError::sysinfo("load average", e))?;
-    let clean = |v: f64| if v.is_finite() && v >= 0.0 { v as f32 } else { 0.0 };
+    let clean = |v: f64| {
+        if v.is_finite() && v >= 0.0 {
+            v as f32
+        } else {
+            0.0
+        }
+    };
     s.load1 = clean(load.one);
     s.load5 = clean(load.five);
     s.load15 = clean(load.fifteen);

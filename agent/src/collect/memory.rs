@@ -9,7 +9,9 @@ pub fn collect(sys: &mut System, s: &mut Sample) -> Result<(), CollectError> {
     sys.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram().with_swap());
     s.mem_total_bytes = sys.total_memory();
     if s.mem_total_bytes == 0 {
-        return Err(CollectError::Zero { what: "total memory" });
+        return Err(CollectError::Zero {
+            what: "total memory",
+        });
     }
     s.mem_available_bytes = sys.available_memory().min(s.mem_total_bytes);
     s.mem_used_bytes = s.mem_total_bytes - s.mem_available_bytes;

@@ -26,8 +26,11 @@ pub const PRIMING_DELAY: Duration = sysinfo::MINIMUM_CPU_UPDATE_INTERVAL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
-    #[error("cannot read {what}: {source}")]
-    Io { what: &'static str, source: std::io::Error },
+    #[error("cannot read {what}: {error}")]
+    Io {
+        what: &'static str,
+        error: std::io::Error,
+    },
     #[error("cannot parse {what}")]
     Parse { what: &'static str },
     #[error("sysinfo cannot read {what}: {reason}")]
@@ -39,7 +42,10 @@ pub enum CollectError {
 
 impl CollectError {
     fn sysinfo(what: &'static str, e: impl std::fmt::Display) -> Self {
-        CollectError::Sysinfo { what, reason: e.to_string() }
+        CollectError::Sysinfo {
+            what,
+            reason: e.to_string(),
+        }
     }
 }
 
@@ -61,7 +67,13 @@ impl Collector {
         let sys = System::new().map_err(|e| CollectError::sysinfo("system", e))?;
         let disks = Disks::new().map_err(|e| CollectError::sysinfo("disks", e))?;
         let networks = Networks::new().map_err(|e| CollectError::sysinfo("networks", e))?;
-        let mut c = Collector { sys, disks, networks, cpu_split: cpu::Split::default(), error_logged: HashMap::new() };
+        let mut c = Collector {
+            sys,
+            disks,
+            networks,
+            cpu_split: cpu::Split::default(),
+            error_logged: HashMap::new(),
+        };
         cpu::prime(&mut c.sys, &mut c.cpu_split);
         Ok(c)
     }
@@ -76,7 +88,10 @@ impl Collector {
     pub fn sample(&mut self) -> Result<Sample, CollectError> {
         let mut s = Sample::default();
         let results = [
-            ("cpu", cpu::collect(&mut self.sys, &mut self.cpu_split, &mut s)),
+            (
+                "cpu",
+                cpu::collect(&mut self.sys, &mut self.cpu_split, &mut s),
+            ),
             ("memory", memory::collect(&mut self.sys, &mut s)),
             ("load", load::collect(&mut s)),
             ("filesystems", filesystems::collect(&mut self.disks, &mut s)),
@@ -103,7 +118,10 @@ impl Collector {
 
     fn log_error(&mut self, collector: &'static str, error: &CollectError) {
         let now = Instant::now();
-        let due = self.error_logged.get(collector).is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_EVERY);
+        let due = self
+            .error_logged
+            .get(collector)
+            .is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_EVERY);
         if due {
             self.error_logged.insert(collector, now);
             tracing::warn!(collector, %error, "A collector failed; its fields are zero in this sample.");
@@ -127,7 +145,7 @@ pub fn truncate_text(mut s: String, max: usize) -> String {
 
 /// Reads a /proc file into a string, naming it in the error.
 pub(crate) fn read_proc(what: &'static str, path: &str) -> Result<String, CollectError> {
-    std::fs::read_to_string(path).map_err(|source| CollectError::Io { what, source })
+    std::fs::read_to_string(path).map_err(|error| CollectError::Io { what, error })
 }
 
 #[cfg(test)]
@@ -154,9 +172,15 @@ mod tests {
         assert!(s.uptime_s > 0 && s.boot_time_s > 1_500_000_000, "{s:?}");
         assert!(s.processes > 0);
         assert!(s.interfaces.iter().all(|i| i.name != "lo"));
-        assert!(s.filesystems.iter().all(|f| f.total_bytes > 0 && !f.fs_type.contains("tmpfs")));
+        assert!(s
+            .filesystems
+            .iter()
+            .all(|f| f.total_bytes > 0 && !f.fs_type.contains("tmpfs")));
         if std::path::Path::new("/sys/block").exists() {
-            assert!(s.disk_read_bytes > 0, "a booted machine has read from some disk");
+            assert!(
+                s.disk_read_bytes > 0,
+                "a booted machine has read from some disk"
+            );
         }
     }
 
@@ -165,7 +189,10 @@ mod tests {
         let mut c = Collector::new().unwrap();
         let h = c.host_info();
         assert!(h.cpu_count > 0);
-        assert!(!h.kernel.is_empty() && !h.arch.is_empty() && !h.os.is_empty(), "{h:?}");
+        assert!(
+            !h.kernel.is_empty() && !h.arch.is_empty() && !h.os.is_empty(),
+            "{h:?}"
+        );
     }
 
     #[test]
