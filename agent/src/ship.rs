@@ -26,7 +26,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::backoff::{Backoff, FailureLog};
-use crate::collect::Collector;
+use crate::collect::{CollectError, Collector};
 use crate::spool::{Seq, Spool};
 
 type Conn = Framed<TcpStream, LengthDelimitedCodec>;
@@ -188,17 +188,39 @@ struct Live {
     sent_upto: Seq,
 }
 
+impl Drop for Live {
+    fn drop(&mut self) {
+        // A writer stuck on a dead socket must not outlive its connection.
+        self.writer.abort();
+    }
+}
+
 async fn write_loop(
     mut sink: SplitSink<Conn, Bytes>,
     mut rx: mpsc::Receiver<Bytes>,
 ) -> std::io::Result<()> {
     while let Some(frame) = rx.recv().await {
+        if frame.is_empty() {
+            break; // the close marker: flush and shut down after the goodbye
+        }
         sink.feed(frame).await?;
         if rx.is_empty() {
             sink.flush().await?;
         }
     }
     sink.close().await
+}
+
+/// What the blocking sampler hands back: the collector and its reading.
+type Sampled = (Collector, Result<Sample, CollectError>);
+
+async fn wait_sampling(
+    slot: &mut Option<(JoinHandle<Sampled>, u64)>,
+) -> (Result<Sampled, tokio::task::JoinError>, u64) {
+    match slot {
+        Some((task, ts_ms)) => (task.await, *ts_ms),
+        None => std::future::pending().await,
+    }
 }
 
 type Handshake = Pin<Box<dyn Future<Output = Result<Session, ShipError>>>>;
@@ -241,8 +263,15 @@ async fn next_event(state: &mut State) -> Event {
 pub struct Agent {
     id: Arc<Identity>,
     opts: Options,
-    collector: Collector,
+    /// None while a sample is being taken on the blocking pool (a hung NFS mount can block
+    /// statvfs; it must not block the connection or the goodbye).
+    collector: Option<Collector>,
+    /// The sample being taken, and when its tick fired.
+    sampling: Option<(JoinHandle<Sampled>, u64)>,
     spool: Spool,
+    /// Highest seq ever handed to a connection: a full spool evicting an older sample
+    /// does not count it as dropped (the master may well hold it).
+    handed_upto: Seq,
     /// Last produced sequence number (the goodbye reports it).
     seq: Seq,
     backoff: Backoff,
@@ -250,6 +279,8 @@ pub struct Agent {
     conn_failures: FailureLog,
     /// Rate limit for samples lost to an unusable reading.
     sample_failures: FailureLog,
+    /// Rate limit for ticks skipped because the previous sample is still being taken.
+    slow_samples: FailureLog,
 }
 
 impl Agent {
@@ -259,10 +290,13 @@ impl Agent {
             backoff: Backoff::new(opts.reconnect_max),
             id: Arc::new(id),
             opts,
-            collector,
+            collector: Some(collector),
+            sampling: None,
+            handed_upto: Seq(0),
             seq: Seq(0),
             conn_failures: FailureLog::default(),
             sample_failures: FailureLog::default(),
+            slow_samples: FailureLog::default(),
         }
     }
 
@@ -284,8 +318,10 @@ impl Agent {
             tokio::select! {
                 _ = sigterm.recv() => break "sigterm",
                 _ = sigint.recv() => break "sigint",
-                _ = ticker.tick() => {
-                    self.produce();
+                _ = ticker.tick() => self.start_sample(),
+                (done, ts_ms) = wait_sampling(&mut self.sampling), if self.sampling.is_some() => {
+                    self.sampling = None;
+                    self.finish_sample(done, ts_ms);
                     if let State::Up(live) = &mut state {
                         if let Err(e) = self.pump(live) {
                             state = self.disconnected(e);
@@ -427,9 +463,46 @@ impl Agent {
         }
     }
 
-    /// Takes one sample and spools it.
-    fn produce(&mut self) {
-        let mut sample = match self.collector.sample() {
+    /// Starts taking a sample on the blocking pool, unless the previous one is still running.
+    fn start_sample(&mut self) {
+        let Some(mut collector) = self.collector.take() else {
+            if let Some(suppressed) = self.slow_samples.failed() {
+                tracing::warn!(
+                    suppressed,
+                    "Skipped a tick: the previous sample is still being taken (a hung mount?)."
+                );
+            }
+            return;
+        };
+        let ts_ms = unix_ms();
+        let task = tokio::task::spawn_blocking(move || {
+            let result = collector.sample();
+            (collector, result)
+        });
+        self.sampling = Some((task, ts_ms));
+    }
+
+    /// Takes back the collector and spools the sample it took.
+    fn finish_sample(&mut self, done: Result<Sampled, tokio::task::JoinError>, ts_ms: u64) {
+        match done {
+            Ok((collector, result)) => {
+                self.collector = Some(collector);
+                self.slow_samples.succeeded();
+                self.produce(result, ts_ms);
+            }
+            Err(error) => {
+                tracing::error!(%error, "The sampler crashed; starting a new one.");
+                match Collector::new() {
+                    Ok(c) => self.collector = Some(c),
+                    Err(error) => tracing::error!(%error, "Cannot restart collection."),
+                }
+            }
+        }
+    }
+
+    /// Stamps one reading and spools it.
+    fn produce(&mut self, result: Result<Sample, CollectError>, ts_ms: u64) {
+        let mut sample = match result {
             Ok(s) => s,
             Err(error) => {
                 if let Some(suppressed) = self.sample_failures.failed() {
@@ -438,9 +511,9 @@ impl Agent {
                 return;
             }
         };
-        self.spool.make_room();
+        self.spool.make_room(self.handed_upto);
         sample.seq = self.seq.0 + 1;
-        sample.ts_ms = unix_ms();
+        sample.ts_ms = ts_ms;
         sample.dropped = self.spool.dropped();
         if let Err(error) = sample.validate() {
             tracing::error!(%error, "Skipped a sample that breaks a protocol limit.");
@@ -487,40 +560,37 @@ impl Agent {
                 Some(seq) => Seq(seq),
                 None => last_seq,
             };
+            self.handed_upto = self.handed_upto.max(live.sent_upto);
         }
     }
 
     /// Planned stop: goodbye if connected, flushed with a deadline.
     async fn stop(self, state: State, reason: &'static str) {
-        let State::Up(live) = state else {
-            tracing::info!(
-                reason,
-                last_seq = self.seq.0,
-                "Stopping; not connected, so no goodbye."
-            );
+        let last_seq = self.seq.0;
+        let State::Up(mut live) = state else {
+            tracing::info!(reason, last_seq, "Stopping; not connected, so no goodbye.");
             return;
         };
         let goodbye = AgentMessage::Goodbye(Goodbye {
-            last_seq: self.seq.0,
+            last_seq,
             reason: reason.to_owned(),
         });
-        let Live { tx, writer, .. } = live;
         let sent = async {
             let frame = encode(&goodbye).map_err(|e| e.to_string())?;
-            tx.send(frame).await.map_err(|e| e.to_string())?;
-            drop(tx);
-            match writer.await {
+            live.tx.send(frame).await.map_err(|e| e.to_string())?;
+            // The close marker: the writer flushes and shuts the socket down.
+            live.tx
+                .send(Bytes::new())
+                .await
+                .map_err(|e| e.to_string())?;
+            match (&mut live.writer).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(e.to_string()),
             }
         };
         match tokio::time::timeout(GOODBYE_FLUSH, sent).await {
-            Ok(Ok(())) => tracing::info!(
-                reason,
-                last_seq = self.seq.0,
-                "Said goodbye to the master; stopping."
-            ),
+            Ok(Ok(())) => tracing::info!(reason, last_seq, "Said goodbye to the master; stopping."),
             Ok(Err(error)) => {
                 tracing::warn!(reason, %error, "Could not send the goodbye; stopping anyway.")
             }

@@ -36,19 +36,25 @@ impl Spool {
         }
     }
 
-    /// Makes room for one more sample, dropping (and counting) the oldest if full. Call before
-    /// stamping a sample's `dropped` field, so that field includes this drop.
-    pub fn make_room(&mut self) {
+    /// Makes room for one more sample, evicting the oldest if full. Call before stamping a
+    /// sample's `dropped` field, so that field includes this drop. An evicted sample is
+    /// counted as dropped only if it was never handed to a connection (seq > `handed_upto`):
+    /// one the master received but did not ack yet is not lost, and counting it would make
+    /// the master's books (received + dropped + missing) add up to more than it should.
+    pub fn make_room(&mut self, handed_upto: Seq) {
         while self.entries.len() >= self.capacity {
-            self.entries.pop_front();
-            self.dropped += 1;
+            if let Some(e) = self.entries.pop_front() {
+                if e.seq > handed_upto {
+                    self.dropped += 1;
+                }
+            }
         }
     }
 
     /// Appends the newest sample. Sequence numbers must increase.
     pub fn push(&mut self, seq: Seq, body: Box<[u8]>) {
         debug_assert!(self.entries.back().is_none_or(|e| e.seq < seq));
-        self.make_room();
+        self.make_room(Seq(0));
         self.entries.push_back(Entry { seq, body });
     }
 
@@ -111,7 +117,7 @@ mod tests {
         let mut s = spool_with(3, 1..=7);
         assert_eq!(s.dropped(), 4);
         assert_eq!(seqs(s.after(Seq(0)).cloned()), vec![5, 6, 7]);
-        s.make_room();
+        s.make_room(Seq(0));
         assert_eq!(
             s.dropped(),
             5,
@@ -120,6 +126,19 @@ mod tests {
         s.push(Seq(8), Box::new([]));
         assert_eq!(s.dropped(), 5);
         assert_eq!(seqs(s.after(Seq(0)).cloned()), vec![6, 7, 8]);
+    }
+
+    #[test]
+    fn evicting_a_sample_already_sent_is_not_a_drop() {
+        let mut s = spool_with(3, 1..=3);
+        s.make_room(Seq(2));
+        s.push(Seq(4), Box::new([]));
+        assert_eq!(s.dropped(), 0, "seq 1 was sent: the master may hold it");
+        s.make_room(Seq(2));
+        s.push(Seq(5), Box::new([]));
+        s.make_room(Seq(2));
+        assert_eq!(s.dropped(), 1, "seq 3 was never sent");
+        assert_eq!(seqs(s.after(Seq(0)).cloned()), vec![4, 5]);
     }
 
     #[test]
