@@ -1,1 +1,54 @@
-fn main() {}
+//! sentinel-master: a supervisor that creates the shared-memory host table and runs the
+//! collector and the http server as separate processes (this binary with `--role`).
+
+mod collector;
+mod config;
+mod http;
+mod segment;
+mod status;
+mod supervisor;
+mod table;
+
+use clap::Parser;
+
+use config::{Cli, Config, Role};
+
+fn main() -> std::process::ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = Config::load(&cli).and_then(|config| match cli.role {
+        None => supervisor::run(config),
+        Some(Role::Collector) => collector::run(config),
+        Some(Role::Http) => http::run(config),
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "sentinel-master failed");
+            eprintln!("sentinel-master: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SENTINEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+/// Resolves on SIGTERM or SIGINT (children; the supervisor handles signals itself).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

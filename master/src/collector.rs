@@ -1,0 +1,104 @@
+//! The collector process: accepts agents, runs the handshake, validates and stores samples
+//! in the table, acks. It is the only writer of host slots.
+
+mod session;
+mod store;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::segment::{now_ms, Segment};
+use store::Store;
+
+/// How often the collector proves it is alive in the header (/healthz degrades after 2 s).
+const HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// Shared by every connection task.
+pub struct Shared {
+    pub store: std::sync::Mutex<Store>,
+    /// The fleet token; empty if none is configured.
+    pub token: Vec<u8>,
+    /// Caps concurrent agent connections (`max_connections`).
+    pub slots: Arc<Semaphore>,
+    /// Global limit on WARN lines about misbehaving peers, so a flood cannot flood the log.
+    pub log_limit: session::LogLimit,
+    pub next_conn: std::sync::atomic::AtomicU64,
+}
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let listener = crate::supervisor::inherited_listener()?;
+    let token = config.token()?;
+    let segment: &'static Segment = Box::leak(Box::new(Segment::open(&config.shm_name)?));
+    let table = segment.table();
+    let header = table.header();
+    header.collector_started_ms.store(now_ms(), Ordering::Release);
+    header.collector_heartbeat_ms.store(now_ms(), Ordering::Release);
+    let store = Store::open(table).context("cannot attach to the table")?;
+    tracing::info!(hosts = store.host_count(), pid = std::process::id(), "collector started");
+    let shared = Arc::new(Shared {
+        store: std::sync::Mutex::new(store),
+        token,
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        log_limit: session::LogLimit::default(),
+        next_conn: std::sync::atomic::AtomicU64::new(1),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("collector")
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tick.tick().await;
+                header.collector_heartbeat_ms.store(now_ms(), Ordering::Release);
+            }
+        });
+        let accept = accept_loop(listener, shared.clone());
+        tokio::select! {
+            r = accept => r,
+            _ = crate::shutdown_signal() => {
+                // Wait for any write in progress, then exit holding the store: no slot is
+                // left odd by a planned stop.
+                let _held = shared.store.lock();
+                tracing::info!("collector stopping");
+                std::process::exit(0);
+            }
+        }
+    })
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match shared.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    session::run(stream, peer, &shared).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                let shared = shared.clone();
+                tokio::spawn(async move { session::refuse_busy(stream, peer, &shared).await });
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! One agent connection: challenge, hello, welcome, then samples/batches/goodbye. Anything
+//! hostile ends this connection with a `refused` and a WARN line naming the peer; it never
+//! panics and never touches another connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use sentinel_protocol::{
+    auth, frame, limits, AgentMessage, Ack, Challenge, Hello, MasterMessage, Refused, Welcome, PROTOCOL_VERSION,
+};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use super::store::{SlotError, Superseded};
+use super::Shared;
+use crate::segment::now_ms;
+
+/// Time allowed to write a frame to a peer that does not read: a stuck peer must not hold a
+/// task forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+
+/// A reason to end a connection.
+struct Refusal {
+    code: &'static str,
+    reason: String,
+}
+
+fn refusal(code: &'static str, reason: impl Into<String>) -> Refusal {
+    Refusal { code, reason: reason.into() }
+}
+
+/// At most `BURST` WARN lines per `WINDOW_MS`; the rest are counted and summarised.
+#[derive(Default)]
+pub struct LogLimit {
+    window_start_ms: AtomicU64,
+    in_window: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+const BURST: u64 = 50;
+const WINDOW_MS: u64 = 10_000;
+
+impl LogLimit {
+    /// True if this line may be logged now.
+    pub fn allow(&self) -> bool {
+        let now = now_ms();
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(start) >= WINDOW_MS
+            && self.window_start_ms.compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.in_window.store(0, Ordering::Relaxed);
+            let n = self.suppressed.swap(0, Ordering::Relaxed);
+            if n > 0 {
+                tracing::warn!(suppressed = n, "suppressed log lines about refused or failed connections");
+            }
+        }
+        if self.in_window.fetch_add(1, Ordering::Relaxed) < BURST {
+            true
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+async fn send(conn: &mut Conn, msg: &MasterMessage) -> bool {
+    let mut buf = Vec::new();
+    if frame::encode_body(msg, &mut buf).is_err() {
+        return false;
+    }
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, conn.send(bytes::Bytes::from(buf))).await, Ok(Ok(())))
+}
+
+/// Sends `refused` (best effort), logs it, closes.
+async fn refuse(conn: &mut Conn, peer: SocketAddr, shared: &Shared, r: Refusal) {
+    if shared.log_limit.allow() {
+        tracing::warn!(peer = %peer, code = r.code, reason = %r.reason, "refused connection");
+    }
+    let msg = MasterMessage::Refused(Refused { code: r.code.to_string(), reason: r.reason });
+    let _ = send(conn, &msg).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::<bytes::Bytes>::close(conn)).await;
+}
+
+/// Over `max_connections`: refuse with `busy` and close.
+pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let mut conn = Framed::new(stream, frame::codec());
+    let r = refusal("busy", "the master is at its max_connections limit; retry later");
+    refuse(&mut conn, peer, shared, r).await;
+}
+
+/// Reads one agent message within `limit`.
+async fn read(conn: &mut Conn, limit: Duration, what: &str) -> Result<Option<AgentMessage>, Refusal> {
+    match tokio::time::timeout(limit, conn.next()).await {
+        Err(_) => Err(refusal("invalid", format!("no {what} within {} s", limit.as_secs()))),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(e))) => Err(refusal("invalid", frame_error(&e))),
+        Ok(Some(Ok(body))) => frame::decode_body::<AgentMessage>(&body)
+            .map(Some)
+            .map_err(|e| refusal("invalid", e.to_string())),
+    }
+}
+
+fn frame_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("frame size too big") {
+        format!("frame length exceeds the limit of {} bytes", limits::MAX_FRAME_BYTES)
+    } else if text.contains("bytes remaining") {
+        "truncated frame: the connection closed inside a frame".to_string()
+    } else {
+        format!("cannot read frame: {text}")
+    }
+}
+
+pub async fn run(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let mut conn = Framed::new(stream, frame::codec());
+    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let slot = match handshake(&mut conn, peer, shared, conn_id).await {
+        Ok(Some(slot)) => slot,
+        Ok(None) => return,
+        Err(r) => return refuse(&mut conn, peer, shared, r).await,
+    };
+    let result = stream_samples(&mut conn, slot.clone(), conn_id, shared).await;
+    lock(shared).disconnect(slot.0, conn_id);
+    match result {
+        Ok(end) => tracing::info!(peer = %peer, host = %slot.1, end, "agent disconnected"),
+        Err(r) => refuse(&mut conn, peer, shared, r).await,
+    }
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, super::store::Store> {
+    // A panic while holding the store would be a bug; keep serving rather than poisoning all.
+    shared.store.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// (slot, hostname, interval_ms)
+type SlotInfo = (usize, String, u32);
+
+async fn handshake(conn: &mut Conn, peer: SocketAddr, shared: &Shared, conn_id: u64) -> Result<Option<SlotInfo>, Refusal> {
+    let mut nonce = [0u8; auth::NONCE_BYTES];
+    getrandom::fill(&mut nonce).map_err(|e| refusal("busy", format!("master cannot get random bytes: {e}")))?;
+    if !send(conn, &MasterMessage::Challenge(Challenge { version: PROTOCOL_VERSION, nonce: nonce.to_vec() })).await {
+        return Ok(None);
+    }
+    let hello: Hello = match read(conn, limits::HANDSHAKE_TIMEOUT, "hello").await? {
+        None => return Ok(None),
+        Some(AgentMessage::Hello(h)) => h,
+        Some(_) => return Err(refusal("invalid", "the first frame must be a hello")),
+    };
+    if hello.version != PROTOCOL_VERSION {
+        return Err(refusal(
+            "version",
+            format!("protocol version {} is not supported; this master supports version {PROTOCOL_VERSION}", hello.version),
+        ));
+    }
+    hello.validate().map_err(|e| refusal("invalid", format!("invalid hello: {e}")))?;
+    if !auth::verify_proof(&shared.token, &nonce, &hello.agent_id, &hello.proof) {
+        return Err(refusal("auth", "authentication failed: the proof does not match the fleet token"));
+    }
+    let address = peer.to_string();
+    let result = {
+        let mut store = lock(shared);
+        if let Some((hostname, run_id)) = store.is_connected_elsewhere(&hello.agent_id) {
+            if hostname != hello.hostname && run_id != hello.run_id {
+                return Err(refusal(
+                    "conflict",
+                    format!("agent id {} is already connected as host {hostname:?}", hello.agent_id),
+                ));
+            }
+        }
+        store.handshake(&hello, &address, conn_id)
+    };
+    let (slot, last_seq) = match result {
+        Ok(x) => x,
+        Err(SlotError::Full(cap)) => {
+            return Err(refusal("busy", format!("the host table is full ({cap} hosts); raise capacity")))
+        }
+    };
+    let welcome = MasterMessage::Welcome(Welcome { last_seq, clock_ms: now_ms() });
+    if !send(conn, &welcome).await {
+        lock(shared).disconnect(slot, conn_id);
+        return Ok(None);
+    }
+    tracing::info!(peer = %peer, host = %hello.hostname, agent_id = %hello.agent_id, run_id = hello.run_id, last_seq, "agent connected");
+    Ok(Some((slot, hello.hostname, hello.interval_ms)))
+}
+
+/// Returns how the connection ended normally ("goodbye", "closed"), or a refusal.
+async fn stream_samples(conn: &mut Conn, slot: SlotInfo, conn_id: u64, shared: &Shared) -> Result<&'static str, Refusal> {
+    let (index, _, interval_ms) = slot;
+    let idle = limits::idle_timeout(interval_ms);
+    let superseded = |_: Superseded| refusal("conflict", "a newer connection of this agent took over");
+    loop {
+        let msg = match read(conn, idle, "sample").await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok("closed"),
+            Err(r) if r.reason.starts_with("no sample within") => {
+                tracing::info!(slot = index, "closing idle agent connection");
+                return Ok("idle");
+            }
+            Err(r) => return Err(r),
+        };
+        let ack = match msg {
+            AgentMessage::Sample(s) => {
+                s.validate().map_err(|e| refusal("invalid", format!("invalid sample: {e}")))?;
+                lock(shared).ingest(index, conn_id, std::slice::from_ref(&s), false).map_err(superseded)?
+            }
+            AgentMessage::Batch(b) => {
+                b.validate().map_err(|e| refusal("invalid", format!("invalid batch: {e}")))?;
+                lock(shared).ingest(index, conn_id, &b.samples, true).map_err(superseded)?
+            }
+            AgentMessage::Goodbye(_) => {
+                lock(shared).goodbye(index, conn_id).map_err(superseded)?;
+                return Ok("goodbye");
+            }
+            AgentMessage::Hello(_) => return Err(refusal("invalid", "unexpected hello after the handshake")),
+        };
+        if !send(conn, &MasterMessage::Ack(Ack { seq: ack })).await {
+            return Ok("write failed");
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The collector's side of the table: the agent-id index and every write. One `Store` per
+//! collector process, behind a mutex; each method is one short critical section.
+
+use std::collections::HashMap;
+
+use sentinel_protocol::{frame, Hello, Sample};
+
+use crate::segment::now_ms;
+use crate::table::account::{self, Outcome};
+use crate::table::layout::SAMPLE_BYTES;
+use crate::table::{Table, TableError, Writer};
+
+/// Why a handshake could not get a slot.
+#[derive(Debug, PartialEq)]
+pub enum SlotError {
+    /// Every slot is taken by another host.
+    Full(u32),
+}
+
+/// A connection lost its slot to a newer connection of the same agent.
+#[derive(Debug, PartialEq)]
+pub struct Superseded;
+
+pub struct Store {
+    writer: Writer<'static>,
+    /// agent id -> slot, rebuilt from the table at start.
+    index: HashMap<String, usize>,
+    /// slot -> the connection currently feeding it; an older connection of the same agent is
+    /// closed on its next frame.
+    owners: HashMap<usize, u64>,
+}
+
+impl Store {
+    pub fn open(table: &'static Table) -> Result<Store, TableError> {
+        let writer = table.writer()?;
+        let mut index = HashMap::new();
+        for i in 0..table.host_count() {
+            let mut rec = writer.record(i);
+            if rec.in_use != 1 {
+                continue;
+            }
+            index.insert(rec.agent_id(), i);
+            if rec.connected == 1 {
+                // Connections died with the previous collector.
+                rec.connected = 0;
+                writer.commit(i, rec, None, None);
+            }
+        }
+        Ok(Store { writer, index, owners: HashMap::new() })
+    }
+
+    pub fn host_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Finds or allocates the host's slot, applies the handshake and makes `conn` its owner.
+    /// Returns the slot and the `last_seq` for the welcome.
+    pub fn handshake(&mut self, hello: &Hello, address: &str, conn: u64) -> Result<(usize, u64), SlotError> {
+        let table = self.writer.table();
+        let (slot, fresh) = match self.index.get(&hello.agent_id) {
+            Some(&i) => (i, false),
+            None => {
+                let i = table.host_count();
+                if i >= table.capacity() as usize {
+                    return Err(SlotError::Full(table.capacity()));
+                }
+                (i, true)
+            }
+        };
+        let mut rec = if fresh { crate::table::Record::zeroed() } else { self.writer.record(slot) };
+        let last_seq = account::handshake(&mut rec, hello, address, now_ms());
+        self.writer.commit(slot, rec, None, None);
+        if fresh {
+            self.writer.publish_host_count(slot + 1);
+            self.index.insert(hello.agent_id.clone(), slot);
+        }
+        self.owners.insert(slot, conn);
+        Ok((slot, last_seq))
+    }
+
+    /// Stores validated samples (each committed before the next), returns the ack value.
+    pub fn ingest(&mut self, slot: usize, conn: u64, samples: &[Sample], replayed: bool) -> Result<u64, Superseded> {
+        self.check_owner(slot, conn)?;
+        for s in samples {
+            let mut rec = self.writer.record(slot);
+            let (outcome, point) = account::apply_sample(&mut rec, s, replayed, now_ms());
+            match outcome {
+                Outcome::Stored => {
+                    let bytes = encode_bounded(s);
+                    self.writer.commit(slot, rec, bytes.as_deref(), point);
+                }
+                Outcome::Duplicate => self.writer.commit(slot, rec, None, None),
+            }
+        }
+        Ok(self.writer.record(slot).last_seq)
+    }
+
+    pub fn goodbye(&mut self, slot: usize, conn: u64) -> Result<(), Superseded> {
+        self.check_owner(slot, conn)?;
+        let mut rec = self.writer.record(slot);
+        account::goodbye(&mut rec, now_ms());
+        self.writer.commit(slot, rec, None, None);
+        self.owners.remove(&slot);
+        Ok(())
+    }
+
+    /// A connection ended; the host shows disconnected unless a newer connection owns it.
+    pub fn disconnect(&mut self, slot: usize, conn: u64) {
+        if self.owners.get(&slot) != Some(&conn) {
+            return;
+        }
+        self.owners.remove(&slot);
+        let mut rec = self.writer.record(slot);
+        if rec.connected == 1 {
+            rec.connected = 0;
+            self.writer.commit(slot, rec, None, None);
+        }
+    }
+
+    /// True if another live connection feeds this agent's slot.
+    pub fn is_connected_elsewhere(&self, agent_id: &str) -> Option<(String, u64)> {
+        let slot = *self.index.get(agent_id)?;
+        self.owners.get(&slot)?;
+        let rec = self.writer.record(slot);
+        Some((rec.hostname.get(), rec.run_id))
+    }
+
+    fn check_owner(&self, slot: usize, conn: u64) -> Result<(), Superseded> {
+        if self.owners.get(&slot) == Some(&conn) {
+            Ok(())
+        } else {
+            Err(Superseded)
+        }
+    }
+}
+
+/// The sample's CBOR, re-encoded with shorter lists if it does not fit the slot's buffer.
+pub fn encode_bounded(s: &Sample) -> Option<Vec<u8>> {
+    let mut s = std::borrow::Cow::Borrowed(s);
+    for _ in 0..12 {
+        let mut out = Vec::with_capacity(2048);
+        if frame::encode_body(&*s, &mut out).is_ok() && out.len() <= SAMPLE_BYTES {
+            return Some(out);
+        }
+        let t = s.to_mut();
+        let half = |n: usize| n / 2;
+        t.cpu_cores_percent.truncate(half(t.cpu_cores_percent.len()));
+        t.filesystems.truncate(half(t.filesystems.len()));
+        t.interfaces.truncate(half(t.interfaces.len()));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentinel_protocol::{Filesystem, Interface};
+
+    #[test]
+    fn oversized_sample_is_stored_with_truncated_lists() {
+        let long = "x".repeat(250);
+        let s = Sample {
+            seq: 1,
+            cpu_cores_percent: vec![12.5; 1024],
+            filesystems: vec![Filesystem { mount: long.clone(), fs_type: long.clone(), ..Default::default() }; 64],
+            interfaces: vec![Interface { name: long, ..Default::default() }; 64],
+            ..Sample::default()
+        };
+        let bytes = encode_bounded(&s).unwrap();
+        assert!(bytes.len() <= SAMPLE_BYTES);
+        let back: Sample = frame::decode_body(&bytes).unwrap();
+        assert_eq!(back.seq, 1);
+        assert!(back.filesystems.len() < 64);
+    }
+}

@@ -1,0 +1,256 @@
+//! Command line and /etc/sentinel/master.toml. Flags override the file; a wrong file fails at
+//! start naming the file and the key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+/// Used when `--config` is not given; a missing default file means "all defaults".
+pub const DEFAULT_CONFIG: &str = "/etc/sentinel/master.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Collector,
+    Http,
+}
+
+/// Sentinel master: collects agent samples into a shared-memory table and serves the
+/// dashboard, the JSON API and Prometheus metrics.
+#[derive(Debug, Parser, Default)]
+#[command(name = "sentinel-master", version)]
+pub struct Cli {
+    /// Config file [default: /etc/sentinel/master.toml; a missing default file means defaults]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Agent listener address [default: 0.0.0.0:7410]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// HTTP listener address [default: 0.0.0.0:7411]
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// File holding the fleet token (trailing whitespace trimmed); none = empty token
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Shared-memory segment name: the table is /dev/shm/NAME [default: sentinel-master]
+    #[arg(long, value_name = "NAME")]
+    pub shm_name: Option<String>,
+    /// Host slots in the table [default: 4096]
+    #[arg(long, value_name = "N")]
+    pub capacity: Option<u32>,
+    /// History ring points per host [default: 600]
+    #[arg(long, value_name = "N")]
+    pub history_points: Option<u32>,
+    /// Concurrent agent connections [default: 16384]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Internal: the process role, set by the supervisor when it starts its children.
+    #[arg(long, hide = true, value_enum)]
+    pub role: Option<Role>,
+}
+
+/// The keys of master.toml (every one optional; flags override them).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Agent listener address, e.g. "0.0.0.0:7410".
+    pub listen: Option<String>,
+    /// HTTP listener address, e.g. "127.0.0.1:7411".
+    pub http: Option<String>,
+    /// Fleet token file.
+    pub token_file: Option<PathBuf>,
+    /// Shared-memory segment name (no '/').
+    pub shm_name: Option<String>,
+    /// Host slots.
+    pub capacity: Option<u32>,
+    /// History ring points per host.
+    pub history_points: Option<u32>,
+    /// Concurrent agent connections.
+    pub max_connections: Option<usize>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: String,
+    pub http: String,
+    pub token_file: Option<PathBuf>,
+    pub shm_name: String,
+    pub capacity: u32,
+    pub history_points: u32,
+    pub max_connections: usize,
+}
+
+pub fn default_listen() -> String {
+    "0.0.0.0:7410".into()
+}
+pub fn default_http() -> String {
+    "0.0.0.0:7411".into()
+}
+pub fn default_shm_name() -> String {
+    "sentinel-master".into()
+}
+pub const fn default_capacity() -> u32 {
+    4096
+}
+pub const fn default_history_points() -> u32 {
+    600
+}
+pub const fn default_max_connections() -> usize {
+    sentinel_protocol::limits::DEFAULT_MAX_CONNECTIONS
+}
+
+/// Upper bounds that keep the segment within reason (1M hosts x 1 day at 1 s would be TBs).
+const MAX_CAPACITY: u32 = 1_000_000;
+const MAX_HISTORY_POINTS: u32 = 86_400;
+
+impl Config {
+    pub fn load(cli: &Cli) -> anyhow::Result<Config> {
+        let file = match &cli.config {
+            Some(path) => parse_file(path, &read(path)?)?,
+            None => match std::fs::read_to_string(DEFAULT_CONFIG) {
+                Ok(text) => parse_file(Path::new(DEFAULT_CONFIG), &text)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
+                Err(e) => return Err(e).with_context(|| format!("cannot read config file {DEFAULT_CONFIG}")),
+            },
+        };
+        let source = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG)).display().to_string();
+        let config = Config {
+            listen: cli.listen.clone().or(file.listen).unwrap_or_else(default_listen),
+            http: cli.http.clone().or(file.http).unwrap_or_else(default_http),
+            token_file: cli.token_file.clone().or(file.token_file),
+            shm_name: cli.shm_name.clone().or(file.shm_name).unwrap_or_else(default_shm_name),
+            capacity: cli.capacity.or(file.capacity).unwrap_or(default_capacity()),
+            history_points: cli.history_points.or(file.history_points).unwrap_or(default_history_points()),
+            max_connections: cli.max_connections.or(file.max_connections).unwrap_or(default_max_connections()),
+        };
+        config.check().with_context(|| format!("invalid configuration (flags or {source})"))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.shm_name.is_empty() || self.shm_name.len() > 200 || self.shm_name.contains('/') || self.shm_name.contains('\0') {
+            bail!("key `shm_name`: expected 1..=200 bytes without '/', got {:?}", self.shm_name);
+        }
+        if !(1..=MAX_CAPACITY).contains(&self.capacity) {
+            bail!("key `capacity`: expected 1..={MAX_CAPACITY}, got {}", self.capacity);
+        }
+        if !(1..=MAX_HISTORY_POINTS).contains(&self.history_points) {
+            bail!("key `history_points`: expected 1..={MAX_HISTORY_POINTS}, got {}", self.history_points);
+        }
+        if self.max_connections == 0 {
+            bail!("key `max_connections`: expected at least 1");
+        }
+        for (key, addr) in [("listen", &self.listen), ("http", &self.http)] {
+            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                bail!("key `{key}`: expected HOST:PORT, got {addr:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The fleet token: file content with trailing whitespace trimmed; empty without a file.
+    pub fn token(&self) -> anyhow::Result<Vec<u8>> {
+        match &self.token_file {
+            None => Ok(Vec::new()),
+            Some(path) => Ok(read(path)?.trim_end().as_bytes().to_vec()),
+        }
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Parses master.toml; the error names the file and the offending key.
+pub fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
+    toml::from_str::<FileConfig>(text).map_err(|e| {
+        let key = e
+            .span()
+            .and_then(|span| key_at(text, span.start))
+            .map(|k| format!("key `{k}`: "))
+            .unwrap_or_default();
+        anyhow::anyhow!("invalid config file {}: {key}{}", path.display(), e.message())
+    })
+}
+
+/// The key on the line containing byte `pos` ("key = value").
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let start = text[..pos.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let key = line.split('=').next()?.trim().trim_matches('"');
+    (!key.is_empty() && !key.starts_with('[')).then(|| key.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_file_and_the_key() {
+        let cases = [
+            ("capacity = \"many\"\n", "key `capacity`"),
+            ("listen = \"0.0.0.0:7410\"\nbogus = 1\n", "key `bogus`"),
+            ("history_points = -3\n", "key `history_points`"),
+            ("shm_name = 5\n", "key `shm_name`"),
+        ];
+        for (text, want) in cases {
+            let err = parse_file(Path::new("/etc/x.toml"), text).unwrap_err().to_string();
+            assert!(err.contains("/etc/x.toml") && err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key() {
+        let cases: &[(Cli, &str)] = &[
+            (Cli { capacity: Some(0), ..Cli::default() }, "key `capacity`"),
+            (Cli { history_points: Some(0), ..Cli::default() }, "key `history_points`"),
+            (Cli { shm_name: Some("a/b".into()), ..Cli::default() }, "key `shm_name`"),
+            (Cli { listen: Some("nowhere".into()), ..Cli::default() }, "key `listen`"),
+            (Cli { max_connections: Some(0), ..Cli::default() }, "key `max_connections`"),
+        ];
+        for (cli, want) in cases {
+            let dir = std::env::temp_dir().join(format!("sentinel-cfg-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("empty.toml");
+            std::fs::write(&path, "").unwrap();
+            let cli = Cli { config: Some(path), ..Cli { ..clone_cli(cli) } };
+            let err = format!("{:#}", Config::load(&cli).unwrap_err());
+            assert!(err.contains(want), "{err}");
+        }
+    }
+
+    fn clone_cli(c: &Cli) -> Cli {
+        Cli {
+            config: c.config.clone(),
+            listen: c.listen.clone(),
+            http: c.http.clone(),
+            token_file: c.token_file.clone(),
+            shm_name: c.shm_name.clone(),
+            capacity: c.capacity,
+            history_points: c.history_points,
+            max_connections: c.max_connections,
+            role: c.role,
+        }
+    }
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let file = parse_file(Path::new("m.toml"), "capacity = 10\nhttp = \"127.0.0.1:1\"\n").unwrap();
+        assert_eq!(file.capacity, Some(10));
+        let dir = std::env::temp_dir().join(format!("sentinel-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.toml");
+        std::fs::write(&path, "capacity = 10\nhttp = \"127.0.0.1:1\"\n").unwrap();
+        let cli = Cli { config: Some(path), capacity: Some(20), ..Cli::default() };
+        let c = Config::load(&cli).unwrap();
+        assert_eq!((c.capacity, c.http.as_str(), c.listen.as_str(), c.history_points), (20, "127.0.0.1:1", "0.0.0.0:7410", 600));
+    }
+
+    #[test]
+    fn missing_explicit_config_file_is_an_error() {
+        let cli = Cli { config: Some("/nonexistent/sentinel.toml".into()), ..Cli::default() };
+        assert!(format!("{:#}", Config::load(&cli).unwrap_err()).contains("/nonexistent/sentinel.toml"));
+    }
+}

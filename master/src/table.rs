@@ -1,0 +1,458 @@
+//! The shared-memory host table.
+//!
+//! Invariants:
+//! - Only the collector writes slots, holding the raw_sync mutex *and* the slot's seqlock;
+//!   the supervisor writes only the header and, while no collector runs, repairs slots.
+//! - The http process never takes the lock and never writes: it copies a slot and checks the
+//!   slot's sequence counter around the copy, so a writer that dies at any instant can never
+//!   wedge it (raw_sync's locks are not robust).
+//! - A write first fills the redo journal (the complete new record), marks it complete with
+//!   `journal_seq`, and only then changes the visible record: a slot left odd by a SIGKILL
+//!   is either untouched (journal incomplete) or fully recoverable (journal complete).
+
+pub mod account;
+pub mod layout;
+
+use std::ptr;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+use raw_sync::locks::{LockImpl, LockInit, Mutex};
+
+pub use layout::{HistoryPoint, Record};
+use layout::{Header, SlotFixed, LAYOUT_VERSION, MAGIC, SAMPLE_BYTES};
+
+/// Reads of a slot under a live writer retry this often before giving up; a write takes
+/// microseconds, so this is only reached when something is badly wrong.
+const READ_ATTEMPTS: u32 = 1000;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TableError {
+    #[error("segment is {len} bytes, smaller than a table header")]
+    TooSmall { len: usize },
+    #[error("segment is not a Sentinel table (bad magic)")]
+    BadMagic,
+    #[error("table layout version {found} is not the version {LAYOUT_VERSION} this binary uses")]
+    BadVersion { found: u32 },
+    #[error("table header is inconsistent: {0}")]
+    Inconsistent(&'static str),
+    #[error("capacity {capacity} x history {history_points} needs {need} bytes, segment has {len}")]
+    SizeMismatch { capacity: u32, history_points: u32, need: usize, len: usize },
+    #[error("raw_sync mutex needs {0} bytes, the header reserves {1}")]
+    LockTooLarge(usize, usize),
+    #[error("raw_sync: {0}")]
+    Lock(String),
+}
+
+/// A view of a table in memory this process has mapped (a shared-memory segment, or any
+/// 8-aligned buffer in tests). Does not own the memory.
+pub struct Table {
+    base: *mut u8,
+    capacity: u32,
+    history_points: u32,
+    slot_size: usize,
+}
+
+// SAFETY: all shared mutation goes through atomics, the seqlock protocol and the process-
+// shared mutex; the pointer stays valid as long as the mapping, which outlives the Table.
+unsafe impl Send for Table {}
+unsafe impl Sync for Table {}
+
+/// A consistent copy of one host: record, latest sample bytes and history (oldest first).
+pub struct HostDetail {
+    pub record: Record,
+    pub sample: Option<Vec<u8>>,
+    pub history: Vec<HistoryPoint>,
+}
+
+impl Table {
+    /// Writes a fresh header and lock into `base` (zero-filled memory of at least
+    /// `segment_size` bytes).
+    ///
+    /// # Safety
+    /// `base` must be valid for `len` bytes, 8-aligned, and not used by another process yet.
+    pub unsafe fn init(
+        base: *mut u8,
+        len: usize,
+        capacity: u32,
+        history_points: u32,
+        supervisor_pid: u32,
+        now_ms: u64,
+    ) -> Result<Table, TableError> {
+        let need = layout::segment_size(capacity, history_points);
+        if len < need || capacity == 0 || history_points == 0 {
+            return Err(TableError::SizeMismatch { capacity, history_points, need, len });
+        }
+        let h = base as *mut Header;
+        ptr::write_bytes(base, 0, std::mem::size_of::<Header>());
+        (*h).layout_version = LAYOUT_VERSION;
+        (*h).header_size = std::mem::size_of::<Header>() as u32;
+        (*h).capacity = capacity;
+        (*h).history_points = history_points;
+        (*h).slot_size = layout::slot_size(history_points) as u64;
+        (*h).record_size = std::mem::size_of::<Record>() as u32;
+        (*h).sample_bytes = SAMPLE_BYTES as u32;
+        (*h).created_ms = now_ms;
+        (*h).supervisor_pid.store(u64::from(supervisor_pid), Ordering::Relaxed);
+        let table = Table { base, capacity, history_points, slot_size: layout::slot_size(history_points) };
+        table.reinit_lock()?;
+        fence(Ordering::Release);
+        // The magic goes last: a segment whose creator died mid-init is recognisably not ready.
+        ptr::write_volatile(ptr::addr_of_mut!((*h).magic), MAGIC);
+        Ok(table)
+    }
+
+    /// Checks magic, layout version and sizes of an existing table.
+    ///
+    /// # Safety
+    /// `base` must be valid for `len` bytes and 8-aligned for the life of the Table.
+    pub unsafe fn open(base: *mut u8, len: usize) -> Result<Table, TableError> {
+        if len < std::mem::size_of::<Header>() {
+            return Err(TableError::TooSmall { len });
+        }
+        let h = &*(base as *const Header);
+        if ptr::read_volatile(&h.magic) != MAGIC {
+            return Err(TableError::BadMagic);
+        }
+        fence(Ordering::Acquire);
+        if h.layout_version != LAYOUT_VERSION {
+            return Err(TableError::BadVersion { found: h.layout_version });
+        }
+        if h.header_size as usize != std::mem::size_of::<Header>() {
+            return Err(TableError::Inconsistent("header size"));
+        }
+        if h.record_size as usize != std::mem::size_of::<Record>() || h.sample_bytes as usize != SAMPLE_BYTES {
+            return Err(TableError::Inconsistent("record or sample size"));
+        }
+        let (capacity, history_points) = (h.capacity, h.history_points);
+        if capacity == 0 || history_points == 0 || h.slot_size as usize != layout::slot_size(history_points) {
+            return Err(TableError::Inconsistent("slot size"));
+        }
+        let need = layout::segment_size(capacity, history_points);
+        if len < need {
+            return Err(TableError::SizeMismatch { capacity, history_points, need, len });
+        }
+        Ok(Table { base, capacity, history_points, slot_size: layout::slot_size(history_points) })
+    }
+
+    pub fn header(&self) -> &Header {
+        // SAFETY: open/init checked the length; Header's mutable fields are atomics.
+        unsafe { &*(self.base as *const Header) }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+
+    /// Slots in use, clamped to the capacity (the header is shared memory: never trust it).
+    pub fn host_count(&self) -> usize {
+        (self.header().host_count.load(Ordering::Acquire) as usize).min(self.capacity as usize)
+    }
+
+    fn slot(&self, i: usize) -> *mut SlotFixed {
+        assert!(i < self.capacity as usize, "slot index out of range");
+        // SAFETY: in bounds by the check above and the size check in open/init.
+        unsafe { self.base.add(std::mem::size_of::<Header>() + i * self.slot_size) as *mut SlotFixed }
+    }
+
+    fn seq(&self, i: usize) -> &AtomicU64 {
+        // SAFETY: the slot is in bounds; AtomicU64 has the layout of u64.
+        unsafe { &(*self.slot(i)).seq }
+    }
+
+    fn journal_seq(&self, i: usize) -> &AtomicU64 {
+        // SAFETY: as in `seq`.
+        unsafe { &(*self.slot(i)).journal_seq }
+    }
+
+    fn ring(&self, i: usize) -> *mut HistoryPoint {
+        // SAFETY: the ring follows the fixed part inside the slot.
+        unsafe { (self.slot(i) as *mut u8).add(std::mem::size_of::<SlotFixed>()) as *mut HistoryPoint }
+    }
+
+    /// (Re)initialises the collectors' process-shared mutex. Only called when no collector
+    /// runs: a collector SIGKILLed while holding it would otherwise leave it locked forever.
+    pub fn reinit_lock(&self) -> Result<(), TableError> {
+        let lock_ptr = self.lock_ptr();
+        let need = Mutex::size_of(Some(lock_ptr));
+        if need > layout::LOCK_BYTES {
+            return Err(TableError::LockTooLarge(need, layout::LOCK_BYTES));
+        }
+        // SAFETY: lock_ptr points at LOCK_BYTES reserved bytes in the header.
+        unsafe {
+            ptr::write_bytes(lock_ptr, 0, layout::LOCK_BYTES);
+            Mutex::new(lock_ptr, ptr::null_mut()).map_err(|e| TableError::Lock(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn lock_ptr(&self) -> *mut u8 {
+        // SAFETY: field of the header.
+        unsafe { ptr::addr_of_mut!((*(self.base as *mut Header)).lock) as *mut u8 }
+    }
+
+    /// A consistent copy of slot `i`'s record, without any lock. `None` only if a live writer
+    /// kept changing the slot for all of `READ_ATTEMPTS`.
+    pub fn read_record(&self, i: usize) -> Option<Record> {
+        self.read_consistent(i, |src| {
+            let mut out = Record::zeroed();
+            // SAFETY: src points at a Record inside the slot.
+            unsafe { copy_words(src as *const u8, &mut out as *mut Record as *mut u8, std::mem::size_of::<Record>()) };
+            out
+        })
+    }
+
+    /// A consistent copy of slot `i` with its latest sample and its history, oldest first.
+    pub fn read_detail(&self, i: usize) -> Option<HostDetail> {
+        let points = self.history_points as usize;
+        let mut sample = vec![0u8; SAMPLE_BYTES];
+        let mut ring = vec![HistoryPoint::default(); points];
+        let record = self.read_consistent(i, |src| {
+            let mut rec = Record::zeroed();
+            // SAFETY: src, the sample buffers and the ring are inside slot i.
+            unsafe {
+                copy_words(src as *const u8, &mut rec as *mut Record as *mut u8, std::mem::size_of::<Record>());
+                let buf = usize::from(rec.sample_buf & 1);
+                let bufp = ptr::addr_of!((*self.slot(i)).samples[buf]) as *const u8;
+                copy_words(bufp, sample.as_mut_ptr(), SAMPLE_BYTES);
+                copy_words(
+                    self.ring(i) as *const u8,
+                    ring.as_mut_ptr() as *mut u8,
+                    points * std::mem::size_of::<HistoryPoint>(),
+                );
+            }
+            rec
+        })?;
+        // The ring cell of the write in progress may be torn; the record carries its value.
+        if (record.pending_index as usize) < points {
+            ring[record.pending_index as usize] = record.pending_point;
+        }
+        let sample = if record.has_sample == 1 {
+            let len = (record.sample_len[usize::from(record.sample_buf & 1)] as usize).min(SAMPLE_BYTES);
+            sample.truncate(len);
+            Some(sample)
+        } else {
+            None
+        };
+        let count = record.history_count;
+        let held = (count as usize).min(points);
+        let mut history = Vec::with_capacity(held);
+        for k in 0..held as u64 {
+            let idx = ((count - held as u64 + k) % points as u64) as usize;
+            history.push(ring[idx]);
+        }
+        Some(HostDetail { record, sample, history })
+    }
+
+    /// The seqlock read. For an odd slot whose journal is complete the journal is the truth
+    /// (the visible record may be half written); for an odd slot whose journal is incomplete
+    /// the visible record has not been touched yet. Either way the copy is consistent if the
+    /// counters did not move while it was taken.
+    fn read_consistent<T>(&self, i: usize, mut copy: impl FnMut(*const Record) -> T) -> Option<T> {
+        let seq = self.seq(i);
+        let jseq = self.journal_seq(i);
+        for attempt in 0..READ_ATTEMPTS {
+            let s1 = seq.load(Ordering::Acquire);
+            let j1 = jseq.load(Ordering::Acquire);
+            // SAFETY: fields of slot i.
+            let src = unsafe {
+                if s1 % 2 == 1 && j1 == s1 {
+                    ptr::addr_of!((*self.slot(i)).journal)
+                } else {
+                    ptr::addr_of!((*self.slot(i)).record)
+                }
+            };
+            let value = copy(src);
+            fence(Ordering::Acquire);
+            if seq.load(Ordering::Relaxed) == s1 && jseq.load(Ordering::Relaxed) == j1 {
+                return Some(value);
+            }
+            if attempt < 32 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        None
+    }
+
+    /// Finishes every slot a dead writer left odd: a complete journal is applied (redo), an
+    /// incomplete one is discarded (the visible record was not touched). Returns the slots
+    /// repaired. Only while no collector runs.
+    pub fn repair(&self) -> Vec<(usize, bool)> {
+        let mut repaired = Vec::new();
+        for i in 0..self.capacity as usize {
+            let s = self.seq(i).load(Ordering::Acquire);
+            if s % 2 == 0 {
+                continue;
+            }
+            let applied = self.journal_seq(i).load(Ordering::Acquire) == s;
+            if applied {
+                // SAFETY: no writer runs; the journal is complete.
+                unsafe {
+                    let slot = self.slot(i);
+                    let journal = ptr::read_volatile(ptr::addr_of!((*slot).journal));
+                    ptr::write_volatile(ptr::addr_of_mut!((*slot).record), journal);
+                    let idx = journal.pending_index as usize;
+                    if idx < self.history_points as usize {
+                        ptr::write_volatile(self.ring(i).add(idx), journal.pending_point);
+                    }
+                }
+            }
+            self.seq(i).store(s + 1, Ordering::Release);
+            repaired.push((i, applied));
+        }
+        repaired
+    }
+
+    /// Attaches the collector's writer (takes the lock storage as initialised by the
+    /// supervisor).
+    pub fn writer(&self) -> Result<Writer<'_>, TableError> {
+        // SAFETY: the supervisor initialised the mutex before starting this collector.
+        let (lock, _) = unsafe { Mutex::from_existing(self.lock_ptr(), ptr::null_mut()) }
+            .map_err(|e| TableError::Lock(e.to_string()))?;
+        Ok(Writer { table: self, lock })
+    }
+}
+
+/// Copies `len` bytes (a multiple of 8, both sides 8-aligned) one volatile word at a time, so
+/// a racing writer produces a torn copy (rejected by the seqlock check), never UB-driven
+/// reordering of the reads across the fences.
+unsafe fn copy_words(src: *const u8, dst: *mut u8, len: usize) {
+    debug_assert!(len % 8 == 0 && src as usize % 8 == 0);
+    let (s, d) = (src as *const u64, dst as *mut u64);
+    for k in 0..len / 8 {
+        ptr::write_unaligned(d.add(k), ptr::read_volatile(s.add(k)));
+    }
+}
+
+unsafe fn write_words(src: *const u8, dst: *mut u8, len: usize) {
+    let (s, d) = (src as *const u64, dst as *mut u64);
+    for k in 0..len / 8 {
+        ptr::write_volatile(d.add(k), ptr::read_unaligned(s.add(k)));
+    }
+}
+
+/// Where a write stops: tests use it to leave a slot as a SIGKILL at that point would.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum StopAt {
+    Complete,
+    /// After the sample buffer, before the journal is complete.
+    BeforeJournal,
+    /// After the journal is complete, half way through the visible record.
+    MidRecord,
+}
+
+/// The collector's write access. All writes to one slot go through [`Writer::commit`].
+pub struct Writer<'t> {
+    table: &'t Table,
+    lock: Box<dyn LockImpl>,
+}
+
+// SAFETY: the boxed raw_sync mutex is a pointer into the shared segment plus a data pointer;
+// a pthread mutex may be used from any thread, and every lock is released by the thread that
+// took it (the guard never leaves `commit_until`).
+unsafe impl Send for Writer<'_> {}
+
+impl Writer<'_> {
+    pub fn table(&self) -> &Table {
+        self.table
+    }
+
+    /// The visible record of slot `i`. Only the collector writes, so this needs no seqlock.
+    pub fn record(&self, i: usize) -> Record {
+        // SAFETY: slot in bounds; this process is the only writer.
+        unsafe { ptr::read_volatile(ptr::addr_of!((*self.table.slot(i)).record)) }
+    }
+
+    /// Publishes `new` as slot `i`'s record, with an optional new sample and history point.
+    /// `new.pending_*`, `sample_buf`, `sample_len` and `history_count` are filled in here.
+    pub fn commit(&self, i: usize, new: Record, sample: Option<&[u8]>, point: Option<HistoryPoint>) {
+        self.commit_until(i, new, sample, point, StopAt::Complete)
+    }
+
+    pub fn commit_until(
+        &self,
+        i: usize,
+        mut new: Record,
+        sample: Option<&[u8]>,
+        point: Option<HistoryPoint>,
+        stop: StopAt,
+    ) {
+        let _guard = match self.lock.lock() {
+            Ok(g) => g,
+            Err(e) => {
+                // Only a corrupted mutex fails here; writing without it is still safe for the
+                // readers (they use the seqlock), and only this process writes.
+                tracing::error!(error = %e, "could not take the table lock; writing without it");
+                return self.commit_locked(i, &mut new, sample, point, stop);
+            }
+        };
+        self.commit_locked(i, &mut new, sample, point, stop)
+    }
+
+    fn commit_locked(
+        &self,
+        i: usize,
+        new: &mut Record,
+        sample: Option<&[u8]>,
+        point: Option<HistoryPoint>,
+        stop: StopAt,
+    ) {
+        let t = self.table;
+        let slot = t.slot(i);
+        let seq = t.seq(i);
+        let s = seq.load(Ordering::Relaxed);
+        let odd = s | 1;
+        let odd = if odd == s { s + 2 } else { odd }; // never reuse an odd value left behind
+        seq.store(odd, Ordering::Relaxed);
+        fence(Ordering::Release);
+        // SAFETY: slot i is in bounds; this thread holds the lock and the slot is odd.
+        unsafe {
+            if let Some(bytes) = sample {
+                let len = bytes.len().min(SAMPLE_BYTES);
+                let buf = usize::from(!self.record(i).sample_buf & 1);
+                let dst = ptr::addr_of_mut!((*slot).samples[buf]) as *mut u8;
+                ptr::copy_nonoverlapping(bytes.as_ptr(), dst, len);
+                new.sample_buf = buf as u8;
+                new.sample_len[buf] = len as u32;
+                new.has_sample = 1;
+            }
+            if let Some(p) = point {
+                let points = u64::from(t.history_points);
+                new.pending_index = new.history_count % points;
+                new.pending_point = p;
+                new.history_count += 1;
+            } else {
+                new.pending_index = u64::MAX;
+            }
+            if stop == StopAt::BeforeJournal {
+                return;
+            }
+            write_words(
+                new as *const Record as *const u8,
+                ptr::addr_of_mut!((*slot).journal) as *mut u8,
+                std::mem::size_of::<Record>(),
+            );
+            t.journal_seq(i).store(odd, Ordering::Release);
+            fence(Ordering::Release);
+            let rec_len = if stop == StopAt::MidRecord { std::mem::size_of::<Record>() / 2 } else { std::mem::size_of::<Record>() };
+            // Poison what a dead writer would leave: the first half new, the rest garbage.
+            write_words(new as *const Record as *const u8, ptr::addr_of_mut!((*slot).record) as *mut u8, rec_len);
+            if stop == StopAt::MidRecord {
+                let rest = (ptr::addr_of_mut!((*slot).record) as *mut u8).add(rec_len);
+                ptr::write_bytes(rest, 0xAB, std::mem::size_of::<Record>() - rec_len);
+                return;
+            }
+            if let Some(p) = point {
+                ptr::write_volatile(t.ring(i).add(new.pending_index as usize), p);
+            }
+        }
+        seq.store(odd + 1, Ordering::Release);
+    }
+
+    /// Makes slot `count` (fresh) visible to readers by publishing the new host count.
+    pub fn publish_host_count(&self, count: usize) {
+        self.table.header().host_count.store(count as u64, Ordering::Release);
+    }
+}

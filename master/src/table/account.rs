@@ -1,0 +1,224 @@
+//! Bookkeeping of one host's record: handshakes, samples (dedupe, gaps, drops), goodbye.
+//! Pure functions on a [`Record`] copy; the collector commits the result.
+
+use sentinel_protocol::{Hello, Sample};
+
+use super::layout::{HistoryPoint, Record};
+
+/// What became of one received sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// New: counted and stored.
+    Stored,
+    /// `seq <= last_seq` of the current run: counted in `duplicates` only (still acked).
+    Duplicate,
+}
+
+/// Applies a completed handshake; returns the `last_seq` for the welcome (0 for a new run).
+pub fn handshake(rec: &mut Record, hello: &Hello, address: &str, now_ms: u64) -> u64 {
+    if rec.in_use == 0 || rec.first_seen_ms == 0 {
+        rec.first_seen_ms = now_ms;
+    }
+    rec.in_use = 1;
+    let id = hello.agent_id.as_bytes();
+    let n = id.len().min(rec.agent_id.len());
+    rec.agent_id = [0; 32];
+    rec.agent_id[..n].copy_from_slice(&id[..n]);
+    if rec.handshakes > 0 {
+        rec.reconnects += 1;
+    }
+    rec.handshakes += 1;
+    if rec.handshakes == 1 || rec.run_id != hello.run_id {
+        rec.run_id = hello.run_id;
+        rec.last_seq = 0;
+        rec.run_dropped = 0;
+        rec.rate_base.valid = 0;
+    }
+    rec.connected = 1;
+    rec.goodbye = 0;
+    rec.last_seen_ms = now_ms;
+    rec.interval_ms = hello.interval_ms;
+    rec.clock_offset_ms = hello.clock_ms as i64 - now_ms as i64;
+    rec.cpu_count = hello.host.cpu_count;
+    rec.hostname.set(&hello.hostname);
+    rec.address.set(address);
+    rec.agent_version.set(&hello.agent_version);
+    rec.os.set(&hello.host.os);
+    rec.kernel.set(&hello.host.kernel);
+    rec.arch.set(&hello.host.arch);
+    rec.cpu_model.set(&hello.host.cpu_model);
+    rec.last_seq
+}
+
+/// Accounts one validated sample of the current run. On `Stored` the caller commits the
+/// returned history point and the sample bytes with the record.
+pub fn apply_sample(rec: &mut Record, s: &Sample, replayed: bool, now_ms: u64) -> (Outcome, Option<HistoryPoint>) {
+    rec.last_seen_ms = now_ms;
+    if s.seq <= rec.last_seq {
+        rec.duplicates += 1;
+        return (Outcome::Duplicate, None);
+    }
+    // A gap is explained by the drops the agent reported since the last stored sample; drops
+    // of samples the master already held (stored but not yet acked) explain nothing.
+    let gap = s.seq - rec.last_seq - 1;
+    let drop_delta = s.dropped.saturating_sub(rec.run_dropped);
+    let explained = gap.min(drop_delta);
+    rec.samples_dropped += explained;
+    rec.samples_missing += gap - explained;
+    rec.run_dropped = rec.run_dropped.max(s.dropped);
+    rec.last_seq = s.seq;
+    rec.samples_received += 1;
+    if replayed {
+        rec.samples_replayed += 1;
+    }
+    rec.summary = super::layout::Summary {
+        ts_ms: s.ts_ms,
+        seq: s.seq,
+        mem_total_bytes: s.mem_total_bytes,
+        mem_available_bytes: s.mem_available_bytes,
+        mem_used_bytes: s.mem_used_bytes,
+        swap_total_bytes: s.swap_total_bytes,
+        swap_used_bytes: s.swap_used_bytes,
+        uptime_s: s.uptime_s,
+        cpu_percent: s.cpu_percent,
+        cpu_user_percent: s.cpu_user_percent,
+        cpu_system_percent: s.cpu_system_percent,
+        cpu_iowait_percent: s.cpu_iowait_percent,
+        cpu_steal_percent: s.cpu_steal_percent,
+        load1: s.load1,
+        load5: s.load5,
+        load15: s.load15,
+        processes: s.processes,
+        _pad: 0,
+    };
+    (Outcome::Stored, Some(history_point(rec, s)))
+}
+
+/// The history point of `s`, with rates from the previous stored sample of the run (0 for the
+/// first one, or after a counter reset), and advances the rate base.
+fn history_point(rec: &mut Record, s: &Sample) -> HistoryPoint {
+    let rx: u64 = s.interfaces.iter().fold(0u64, |a, i| a.wrapping_add(i.rx_bytes));
+    let tx: u64 = s.interfaces.iter().fold(0u64, |a, i| a.wrapping_add(i.tx_bytes));
+    let base = rec.rate_base;
+    let dt_s = s.ts_ms.saturating_sub(base.ts_ms) as f64 / 1000.0;
+    let rate = |now: u64, prev: u64| -> f32 {
+        if base.valid == 0 || dt_s <= 0.0 || now < prev {
+            0.0
+        } else {
+            ((now - prev) as f64 / dt_s) as f32
+        }
+    };
+    let point = HistoryPoint {
+        ts_ms: s.ts_ms,
+        mem_used_bytes: s.mem_used_bytes,
+        cpu_percent: s.cpu_percent,
+        load1: s.load1,
+        net_rx_bytes_per_s: rate(rx, base.net_rx_bytes),
+        net_tx_bytes_per_s: rate(tx, base.net_tx_bytes),
+        disk_read_bytes_per_s: rate(s.disk_read_bytes, base.disk_read_bytes),
+        disk_write_bytes_per_s: rate(s.disk_write_bytes, base.disk_write_bytes),
+    };
+    rec.rate_base = super::layout::RateBase {
+        valid: 1,
+        ts_ms: s.ts_ms,
+        net_rx_bytes: rx,
+        net_tx_bytes: tx,
+        disk_read_bytes: s.disk_read_bytes,
+        disk_write_bytes: s.disk_write_bytes,
+    };
+    point
+}
+
+/// A planned stop: the host shows `stopped` until it reconnects.
+pub fn goodbye(rec: &mut Record, now_ms: u64) {
+    rec.goodbye = 1;
+    rec.connected = 0;
+    rec.last_seen_ms = now_ms;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentinel_protocol::HostInfo;
+
+    fn hello(run_id: u64) -> Hello {
+        Hello {
+            version: 1,
+            agent_id: "0123456789abcdef0123456789abcdef".into(),
+            run_id,
+            hostname: "web-1".into(),
+            interval_ms: 1000,
+            clock_ms: 1_000,
+            agent_version: "0.1.0".into(),
+            host: HostInfo::default(),
+            proof: vec![0; 32],
+        }
+    }
+
+    fn sample(seq: u64, dropped: u64) -> Sample {
+        Sample { seq, ts_ms: seq * 1000, dropped, ..Sample::default() }
+    }
+
+    /// (seq, dropped) sequences for one run -> (received, dropped, missing, duplicates, last_seq).
+    #[test]
+    fn dedupe_gap_and_drop_accounting() {
+        type Case = (&'static str, &'static [(u64, u64)], (u64, u64, u64, u64, u64));
+        let cases: &[Case] = &[
+            ("in order", &[(1, 0), (2, 0), (3, 0)], (3, 0, 0, 0, 3)),
+            ("duplicate resend", &[(1, 0), (2, 0), (2, 0), (1, 0), (3, 0)], (3, 0, 0, 2, 3)),
+            ("gap explained by drops", &[(1, 0), (5, 3)], (2, 3, 0, 0, 5)),
+            ("gap partly explained", &[(1, 0), (6, 2)], (2, 2, 2, 0, 6)),
+            ("gap unexplained", &[(1, 0), (4, 0)], (2, 0, 2, 0, 4)),
+            ("drops of already held samples explain nothing", &[(1, 0), (2, 5), (3, 5)], (3, 0, 0, 0, 3)),
+            ("first sample after start-up drops", &[(4, 3), (5, 3)], (2, 3, 0, 0, 5)),
+            ("old sample after a gap is a duplicate", &[(1, 0), (3, 0), (2, 0)], (2, 0, 1, 1, 3)),
+        ];
+        for (name, seqs, want) in cases {
+            let mut rec = Record::zeroed();
+            handshake(&mut rec, &hello(7), "127.0.0.1:1", 10);
+            for &(seq, dropped) in seqs.iter() {
+                apply_sample(&mut rec, &sample(seq, dropped), false, 20);
+            }
+            let got = (rec.samples_received, rec.samples_dropped, rec.samples_missing, rec.duplicates, rec.last_seq);
+            assert_eq!(got, *want, "{name}");
+            assert_eq!(rec.samples_received + rec.samples_dropped + rec.samples_missing, rec.last_seq, "invariant: {name}");
+        }
+    }
+
+    #[test]
+    fn new_run_resets_last_seq_but_counters_accumulate() {
+        let mut rec = Record::zeroed();
+        assert_eq!(handshake(&mut rec, &hello(1), "a", 10), 0);
+        apply_sample(&mut rec, &sample(1, 0), false, 11);
+        apply_sample(&mut rec, &sample(2, 0), true, 12);
+        assert_eq!(handshake(&mut rec, &hello(1), "a", 13), 2, "same run resumes");
+        assert_eq!(handshake(&mut rec, &hello(2), "a", 14), 0, "new run starts over");
+        assert_eq!(apply_sample(&mut rec, &sample(1, 0), false, 15).0, Outcome::Stored);
+        assert_eq!((rec.samples_received, rec.samples_replayed, rec.reconnects, rec.last_seq), (3, 1, 2, 1));
+    }
+
+    #[test]
+    fn rates_come_from_consecutive_cumulative_counters() {
+        let mut rec = Record::zeroed();
+        handshake(&mut rec, &hello(1), "a", 10);
+        let mut s1 = sample(1, 0);
+        s1.disk_read_bytes = 1000;
+        let mut s2 = sample(2, 0);
+        s2.ts_ms = s1.ts_ms + 2000;
+        s2.disk_read_bytes = 5000;
+        let p1 = apply_sample(&mut rec, &s1, false, 11).1.unwrap();
+        let p2 = apply_sample(&mut rec, &s2, false, 12).1.unwrap();
+        assert_eq!(p1.disk_read_bytes_per_s, 0.0);
+        assert_eq!(p2.disk_read_bytes_per_s, 2000.0);
+    }
+
+    #[test]
+    fn goodbye_marks_stopped_until_the_next_handshake() {
+        let mut rec = Record::zeroed();
+        handshake(&mut rec, &hello(1), "a", 10);
+        goodbye(&mut rec, 11);
+        assert_eq!((rec.goodbye, rec.connected), (1, 0));
+        handshake(&mut rec, &hello(2), "a", 12);
+        assert_eq!((rec.goodbye, rec.connected), (0, 1));
+    }
+}

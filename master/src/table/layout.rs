@@ -1,0 +1,241 @@
+//! The shared-memory layout: `#[repr(C)]` plain-old-data with explicit sizes, asserted at
+//! compile time. Every type here is valid for any bit pattern (no `bool`, no enums, no
+//! pointers), so a reader may copy bytes out of a slot while a writer changes them and only
+//! then decide, with the sequence counter, whether the copy is usable.
+
+use std::sync::atomic::AtomicU64;
+
+/// First bytes of every Sentinel table; a segment without them is not ours.
+pub const MAGIC: [u8; 8] = *b"SNTLTBL\0";
+/// Bump on any change to the types in this file: a process built for another layout refuses
+/// to open the segment instead of misreading it.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Bytes reserved for the latest sample's CBOR encoding. A typical sample is 0.5-2 KiB; a
+/// larger one is stored with its per-core, filesystem and interface lists truncated.
+pub const SAMPLE_BYTES: usize = 8192;
+/// Bytes reserved for raw_sync's process-shared mutex (a `pthread_mutex_t` is 40-48 bytes on
+/// the targets we build for); checked at start.
+pub const LOCK_BYTES: usize = 128;
+/// Slots start on a cache-line boundary so two slots never share a line.
+pub const SLOT_ALIGN: usize = 64;
+
+/// The segment's header. Written once by the supervisor; afterwards only the atomics change.
+#[repr(C)]
+pub struct Header {
+    pub magic: [u8; 8],
+    pub layout_version: u32,
+    /// `size_of::<Header>()`, so a reader can detect a layout mismatch the version missed.
+    pub header_size: u32,
+    /// Number of host slots.
+    pub capacity: u32,
+    /// Points in each slot's history ring.
+    pub history_points: u32,
+    /// Bytes from one slot to the next.
+    pub slot_size: u64,
+    /// `size_of::<Record>()`, checked on open.
+    pub record_size: u32,
+    /// [`SAMPLE_BYTES`], checked on open.
+    pub sample_bytes: u32,
+    /// Incremented each time a collector starts (after the supervisor repaired the slots).
+    pub generation: AtomicU64,
+    /// Pid of the supervisor that created the segment: a stale segment's owner is checked
+    /// against it before the segment is removed.
+    pub supervisor_pid: AtomicU64,
+    pub collector_pid: AtomicU64,
+    pub http_pid: AtomicU64,
+    /// Unix ms, written by the collector every 250 ms; /healthz judges the collector by it.
+    pub collector_heartbeat_ms: AtomicU64,
+    /// Unix ms when the current collector started.
+    pub collector_started_ms: AtomicU64,
+    /// Slots in use (`0..host_count`); only grows, published after the slot is written.
+    pub host_count: AtomicU64,
+    /// Unix ms when the supervisor created the segment.
+    pub created_ms: u64,
+    /// raw_sync Mutex storage, taken only by collectors (never by the http process).
+    pub lock: [u64; LOCK_BYTES / 8],
+    pub reserved: [u64; 35],
+}
+const _: () = assert!(std::mem::size_of::<Header>() == 512);
+const _: () = assert!(std::mem::align_of::<Header>() == 8);
+
+/// A fixed-size text field: length plus bytes; the reader clamps the length.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Text<const N: usize> {
+    pub len: u32,
+    pub _pad: u32,
+    pub bytes: [u8; N],
+}
+
+impl<const N: usize> Text<N> {
+    /// Stores `s`, truncated to `N` bytes on a character boundary.
+    pub fn set(&mut self, s: &str) {
+        let mut end = s.len().min(N);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.bytes = [0; N];
+        self.bytes[..end].copy_from_slice(&s.as_bytes()[..end]);
+        self.len = end as u32;
+    }
+
+    /// The stored text; bytes that are not UTF-8 become U+FFFD.
+    pub fn get(&self) -> String {
+        let len = (self.len as usize).min(N);
+        String::from_utf8_lossy(&self.bytes[..len]).into_owned()
+    }
+}
+
+/// The latest sample's scalars, for the fleet view and /metrics without decoding CBOR.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Summary {
+    /// Agent clock of the sample (unix ms).
+    pub ts_ms: u64,
+    pub seq: u64,
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    pub mem_used_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub swap_used_bytes: u64,
+    pub uptime_s: u64,
+    pub cpu_percent: f32,
+    pub cpu_user_percent: f32,
+    pub cpu_system_percent: f32,
+    pub cpu_iowait_percent: f32,
+    pub cpu_steal_percent: f32,
+    pub load1: f32,
+    pub load5: f32,
+    pub load15: f32,
+    pub processes: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<Summary>() == 104);
+
+/// Cumulative counters of the previous stored sample, to turn the next one into rates.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RateBase {
+    /// 0 = no previous sample in this run.
+    pub valid: u64,
+    pub ts_ms: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
+}
+const _: () = assert!(std::mem::size_of::<RateBase>() == 48);
+
+/// One point of a host's history ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct HistoryPoint {
+    pub ts_ms: u64,
+    pub mem_used_bytes: u64,
+    pub cpu_percent: f32,
+    pub load1: f32,
+    pub net_rx_bytes_per_s: f32,
+    pub net_tx_bytes_per_s: f32,
+    pub disk_read_bytes_per_s: f32,
+    pub disk_write_bytes_per_s: f32,
+}
+const _: () = assert!(std::mem::size_of::<HistoryPoint>() == 40);
+
+/// Everything about one host except the sample bytes and the history ring. A slot holds two:
+/// the visible record and its redo journal.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Record {
+    /// 1 once the slot belongs to a host.
+    pub in_use: u8,
+    /// 1 while an authenticated connection of this host is open.
+    pub connected: u8,
+    /// 1 after a goodbye, until the next handshake.
+    pub goodbye: u8,
+    /// 1 once a sample is stored.
+    pub has_sample: u8,
+    /// Which of the two sample buffers holds the latest sample (0 or 1).
+    pub sample_buf: u8,
+    pub _pad0: [u8; 3],
+    /// The agent id as ASCII hex.
+    pub agent_id: [u8; 32],
+    pub interval_ms: u32,
+    pub cpu_count: u32,
+    /// CBOR length of each sample buffer.
+    pub sample_len: [u32; 2],
+    /// Master receive time of the first handshake (unix ms).
+    pub first_seen_ms: u64,
+    /// Master receive time of the last frame from the agent (unix ms).
+    pub last_seen_ms: u64,
+    /// Agent clock minus master clock at the last handshake.
+    pub clock_offset_ms: i64,
+    pub run_id: u64,
+    /// Highest seq of the current run held, gaps accounted as dropped or missing.
+    pub last_seq: u64,
+    /// The agent's cumulative `dropped` of the current run, as last seen.
+    pub run_dropped: u64,
+    pub samples_received: u64,
+    pub samples_replayed: u64,
+    pub samples_dropped: u64,
+    pub samples_missing: u64,
+    pub duplicates: u64,
+    pub reconnects: u64,
+    /// Handshakes ever completed (reconnects = handshakes - 1).
+    pub handshakes: u64,
+    /// Points ever appended to the history ring; the newest is at `(history_count-1) % points`.
+    pub history_count: u64,
+    /// Ring index the last write put `pending_point` at (`u64::MAX` for none): readers of a
+    /// half-written slot overlay it, and repair writes it.
+    pub pending_index: u64,
+    pub pending_point: HistoryPoint,
+    pub summary: Summary,
+    pub rate_base: RateBase,
+    pub hostname: Text<256>,
+    /// The peer's socket address as text.
+    pub address: Text<64>,
+    pub agent_version: Text<256>,
+    pub os: Text<256>,
+    pub kernel: Text<256>,
+    pub arch: Text<256>,
+    pub cpu_model: Text<256>,
+}
+const _: () = assert!(std::mem::size_of::<Record>() == 2024);
+const _: () = assert!(std::mem::size_of::<Record>() % 8 == 0);
+
+impl Record {
+    pub fn zeroed() -> Record {
+        // SAFETY: Record is plain old data; all-zero is a valid value of every field.
+        unsafe { std::mem::zeroed() }
+    }
+
+    pub fn agent_id(&self) -> String {
+        String::from_utf8_lossy(&self.agent_id).into_owned()
+    }
+}
+
+/// The fixed part of a slot; the history ring (`history_points` x [`HistoryPoint`]) follows.
+#[repr(C)]
+pub struct SlotFixed {
+    /// Seqlock counter: odd while a write is in progress.
+    pub seq: AtomicU64,
+    /// Set to the (odd) `seq` once `journal` holds the complete new record.
+    pub journal_seq: AtomicU64,
+    pub record: Record,
+    pub journal: Record,
+    /// Double buffer: a write fills the one the visible record does not point to.
+    pub samples: [[u8; SAMPLE_BYTES]; 2],
+}
+const _: () = assert!(std::mem::size_of::<SlotFixed>() == 16 + 2 * 2024 + 2 * SAMPLE_BYTES);
+const _: () = assert!(std::mem::size_of::<SlotFixed>() % 8 == 0);
+
+/// Bytes of one slot for a history ring of `history_points`.
+pub const fn slot_size(history_points: u32) -> usize {
+    let raw = std::mem::size_of::<SlotFixed>()
+        + history_points as usize * std::mem::size_of::<HistoryPoint>();
+    raw.div_ceil(SLOT_ALIGN) * SLOT_ALIGN
+}
+
+/// Bytes of a whole segment.
+pub const fn segment_size(capacity: u32, history_points: u32) -> usize {
+    std::mem::size_of::<Header>() + capacity as usize * slot_size(history_points)
+}
