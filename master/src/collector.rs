@@ -36,10 +36,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let segment: &'static Segment = Box::leak(Box::new(Segment::open(&config.shm_name)?));
     let table = segment.table();
     let header = table.header();
-    header.collector_started_ms.store(now_ms(), Ordering::Release);
-    header.collector_heartbeat_ms.store(now_ms(), Ordering::Release);
+    header
+        .collector_started_ms
+        .store(now_ms(), Ordering::Release);
+    header
+        .collector_heartbeat_ms
+        .store(now_ms(), Ordering::Release);
     let store = Store::open(table).context("cannot attach to the table")?;
-    tracing::info!(hosts = store.host_count(), pid = std::process::id(), "collector started");
+    tracing::info!(
+        hosts = store.host_count(),
+        pid = std::process::id(),
+        "collector started"
+    );
     let shared = Arc::new(Shared {
         store: std::sync::Mutex::new(store),
         token,
@@ -58,7 +66,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
                 tick.tick().await;
-                header.collector_heartbeat_ms.store(now_ms(), Ordering::Release);
+                header
+                    .collector_heartbeat_ms
+                    .store(now_ms(), Ordering::Release);
             }
         });
         let accept = accept_loop(listener, shared.clone());

@@ -112,38 +112,79 @@ impl Config {
             None => match std::fs::read_to_string(DEFAULT_CONFIG) {
                 Ok(text) => parse_file(Path::new(DEFAULT_CONFIG), &text)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
-                Err(e) => return Err(e).with_context(|| format!("cannot read config file {DEFAULT_CONFIG}")),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot read config file {DEFAULT_CONFIG}"))
+                }
             },
         };
-        let source = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG)).display().to_string();
+        let source = cli
+            .config
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_CONFIG))
+            .display()
+            .to_string();
         let config = Config {
-            listen: cli.listen.clone().or(file.listen).unwrap_or_else(default_listen),
+            listen: cli
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(default_listen),
             http: cli.http.clone().or(file.http).unwrap_or_else(default_http),
             token_file: cli.token_file.clone().or(file.token_file),
-            shm_name: cli.shm_name.clone().or(file.shm_name).unwrap_or_else(default_shm_name),
+            shm_name: cli
+                .shm_name
+                .clone()
+                .or(file.shm_name)
+                .unwrap_or_else(default_shm_name),
             capacity: cli.capacity.or(file.capacity).unwrap_or(default_capacity()),
-            history_points: cli.history_points.or(file.history_points).unwrap_or(default_history_points()),
-            max_connections: cli.max_connections.or(file.max_connections).unwrap_or(default_max_connections()),
+            history_points: cli
+                .history_points
+                .or(file.history_points)
+                .unwrap_or(default_history_points()),
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(default_max_connections()),
         };
-        config.check().with_context(|| format!("invalid configuration (flags or {source})"))?;
+        config
+            .check()
+            .with_context(|| format!("invalid configuration (flags or {source})"))?;
         Ok(config)
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        if self.shm_name.is_empty() || self.shm_name.len() > 200 || self.shm_name.contains('/') || self.shm_name.contains('\0') {
-            bail!("key `shm_name`: expected 1..=200 bytes without '/', got {:?}", self.shm_name);
+        if self.shm_name.is_empty()
+            || self.shm_name.len() > 200
+            || self.shm_name.contains('/')
+            || self.shm_name.contains('\0')
+        {
+            bail!(
+                "key `shm_name`: expected 1..=200 bytes without '/', got {:?}",
+                self.shm_name
+            );
         }
         if !(1..=MAX_CAPACITY).contains(&self.capacity) {
-            bail!("key `capacity`: expected 1..={MAX_CAPACITY}, got {}", self.capacity);
+            bail!(
+                "key `capacity`: expected 1..={MAX_CAPACITY}, got {}",
+                self.capacity
+            );
         }
         if !(1..=MAX_HISTORY_POINTS).contains(&self.history_points) {
-            bail!("key `history_points`: expected 1..={MAX_HISTORY_POINTS}, got {}", self.history_points);
+            bail!(
+                "key `history_points`: expected 1..={MAX_HISTORY_POINTS}, got {}",
+                self.history_points
+            );
         }
         if self.max_connections == 0 {
             bail!("key `max_connections`: expected at least 1");
         }
         for (key, addr) in [("listen", &self.listen), ("http", &self.http)] {
-            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
                 bail!("key `{key}`: expected HOST:PORT, got {addr:?}");
             }
         }
@@ -171,7 +212,11 @@ pub fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
             .and_then(|span| key_at(text, span.start))
             .map(|k| format!("key `{k}`: "))
             .unwrap_or_default();
-        anyhow::anyhow!("invalid config file {}: {key}{}", path.display(), e.message())
+        anyhow::anyhow!(
+            "invalid config file {}: {key}{}",
+            path.display(),
+            e.message()
+        )
     })
 }
 
@@ -196,26 +241,64 @@ mod tests {
             ("shm_name = 5\n", "key `shm_name`"),
         ];
         for (text, want) in cases {
-            let err = parse_file(Path::new("/etc/x.toml"), text).unwrap_err().to_string();
-            assert!(err.contains("/etc/x.toml") && err.contains(want), "{text:?}: {err}");
+            let err = parse_file(Path::new("/etc/x.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("/etc/x.toml") && err.contains(want),
+                "{text:?}: {err}"
+            );
         }
     }
 
     #[test]
     fn out_of_range_values_name_the_key() {
         let cases: &[(Cli, &str)] = &[
-            (Cli { capacity: Some(0), ..Cli::default() }, "key `capacity`"),
-            (Cli { history_points: Some(0), ..Cli::default() }, "key `history_points`"),
-            (Cli { shm_name: Some("a/b".into()), ..Cli::default() }, "key `shm_name`"),
-            (Cli { listen: Some("nowhere".into()), ..Cli::default() }, "key `listen`"),
-            (Cli { max_connections: Some(0), ..Cli::default() }, "key `max_connections`"),
+            (
+                Cli {
+                    capacity: Some(0),
+                    ..Cli::default()
+                },
+                "key `capacity`",
+            ),
+            (
+                Cli {
+                    history_points: Some(0),
+                    ..Cli::default()
+                },
+                "key `history_points`",
+            ),
+            (
+                Cli {
+                    shm_name: Some("a/b".into()),
+                    ..Cli::default()
+                },
+                "key `shm_name`",
+            ),
+            (
+                Cli {
+                    listen: Some("nowhere".into()),
+                    ..Cli::default()
+                },
+                "key `listen`",
+            ),
+            (
+                Cli {
+                    max_connections: Some(0),
+                    ..Cli::default()
+                },
+                "key `max_connections`",
+            ),
         ];
         for (cli, want) in cases {
             let dir = std::env::temp_dir().join(format!("sentinel-cfg-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join("empty.toml");
             std::fs::write(&path, "").unwrap();
-            let cli = Cli { config: Some(path), ..Cli { ..clone_cli(cli) } };
+            let cli = Cli {
+                config: Some(path),
+                ..Cli { ..clone_cli(cli) }
+            };
             let err = format!("{:#}", Config::load(&cli).unwrap_err());
             assert!(err.contains(want), "{err}");
         }
@@ -237,20 +320,41 @@ mod tests {
 
     #[test]
     fn flags_override_file_and_defaults_fill_the_rest() {
-        let file = parse_file(Path::new("m.toml"), "capacity = 10\nhttp = \"127.0.0.1:1\"\n").unwrap();
+        let file = parse_file(
+            Path::new("m.toml"),
+            "capacity = 10\nhttp = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
         assert_eq!(file.capacity, Some(10));
         let dir = std::env::temp_dir().join(format!("sentinel-cfg2-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("m.toml");
         std::fs::write(&path, "capacity = 10\nhttp = \"127.0.0.1:1\"\n").unwrap();
-        let cli = Cli { config: Some(path), capacity: Some(20), ..Cli::default() };
+        let cli = Cli {
+            config: Some(path),
+            capacity: Some(20),
+            ..Cli::default()
+        };
         let c = Config::load(&cli).unwrap();
-        assert_eq!((c.capacity, c.http.as_str(), c.listen.as_str(), c.history_points), (20, "127.0.0.1:1", "0.0.0.0:7410", 600));
+        assert_eq!(
+            (
+                c.capacity,
+                c.http.as_str(),
+                c.listen.as_str(),
+                c.history_points
+            ),
+            (20, "127.0.0.1:1", "0.0.0.0:7410", 600)
+        );
     }
 
     #[test]
     fn missing_explicit_config_file_is_an_error() {
-        let cli = Cli { config: Some("/nonexistent/sentinel.toml".into()), ..Cli::default() };
-        assert!(format!("{:#}", Config::load(&cli).unwrap_err()).contains("/nonexistent/sentinel.toml"));
+        let cli = Cli {
+            config: Some("/nonexistent/sentinel.toml".into()),
+            ..Cli::default()
+        };
+        assert!(
+            format!("{:#}", Config::load(&cli).unwrap_err()).contains("/nonexistent/sentinel.toml")
+        );
     }
 }

@@ -37,13 +37,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let segment: &'static Segment = Box::leak(Box::new(Segment::open(&config.shm_name)?));
     let table = segment.table();
     tracing::info!(pid = std::process::id(), "http server started");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("http").build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("http")
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let limit = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
         let serve = async {
             loop {
-                let permit = limit.clone().acquire_owned().await.expect("semaphore never closed");
+                let permit = limit
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed");
                 let (stream, _) = match listener.accept().await {
                     Ok(x) => x,
                     Err(e) => {
@@ -53,9 +61,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     }
                 };
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                        Ok::<_, Infallible>(route(table, req.method(), req.uri().path(), now_ms()))
-                    });
+                    let service =
+                        hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                            Ok::<_, Infallible>(route(
+                                table,
+                                req.method(),
+                                req.uri().path(),
+                                now_ms(),
+                            ))
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HEADER_TIMEOUT)
@@ -82,14 +96,24 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    h.insert("content-security-policy", HeaderValue::from_static("default-src 'self'"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'self'"),
+    );
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Resp {
-    respond(status, "application/json", serde_json::to_vec(v).unwrap_or_default())
+    respond(
+        status,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
 }
 
 fn not_found() -> Resp {
@@ -99,8 +123,12 @@ fn not_found() -> Resp {
 /// The router, a pure function of the table and the clock (tested without sockets).
 pub fn route(table: &Table, method: &Method, path: &str, now: u64) -> Resp {
     if method != Method::GET && method != Method::HEAD {
-        let mut r = json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"}));
-        r.headers_mut().insert("allow", HeaderValue::from_static("GET, HEAD"));
+        let mut r = json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "method not allowed"}),
+        );
+        r.headers_mut()
+            .insert("allow", HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     match path {
@@ -108,7 +136,11 @@ pub fn route(table: &Table, method: &Method, path: &str, now: u64) -> Resp {
         "/app.js" => respond(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
         "/style.css" => respond(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS),
         "/healthz" => healthz(table, now),
-        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics(table, now)),
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(table, now),
+        ),
         "/api/v1/hosts" => json_response(StatusCode::OK, &hosts(table, now)),
         _ => match path.strip_prefix("/api/v1/hosts/") {
             Some(id) if !id.is_empty() && !id.contains('/') => host_detail(table, id, now),
@@ -118,7 +150,12 @@ pub fn route(table: &Table, method: &Method, path: &str, now: u64) -> Resp {
 }
 
 fn collector_alive(table: &Table, now: u64) -> bool {
-    now.saturating_sub(table.header().collector_heartbeat_ms.load(Ordering::Acquire)) <= HEARTBEAT_STALE_MS
+    now.saturating_sub(
+        table
+            .header()
+            .collector_heartbeat_ms
+            .load(Ordering::Acquire),
+    ) <= HEARTBEAT_STALE_MS
 }
 
 fn healthz(table: &Table, now: u64) -> Resp {
@@ -135,7 +172,14 @@ fn healthz(table: &Table, now: u64) -> Resp {
         "hosts": table.host_count(),
         "capacity": table.capacity(),
     });
-    json_response(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+    json_response(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &body,
+    )
 }
 
 /// An f32 as JSON with its shortest decimal form (12.3, not 12.300000190734863).
@@ -143,7 +187,11 @@ fn num(v: f32) -> Value {
     if !v.is_finite() {
         return Value::Null;
     }
-    format!("{v}").parse::<f64>().ok().and_then(serde_json::Number::from_f64).map_or(Value::Null, Value::Number)
+    format!("{v}")
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
 }
 
 fn status_of(rec: &Record, now: u64) -> Status {
@@ -201,14 +249,20 @@ pub fn host_json(rec: &Record, now: u64, collector_alive: bool) -> Map<String, V
 
 /// Consistent copies of every host record in use.
 fn records(table: &Table) -> Vec<Record> {
-    (0..table.host_count()).filter_map(|i| table.read_record(i)).filter(|r| r.in_use == 1).collect()
+    (0..table.host_count())
+        .filter_map(|i| table.read_record(i))
+        .filter(|r| r.in_use == 1)
+        .collect()
 }
 
 fn hosts(table: &Table, now: u64) -> Value {
     let alive = collector_alive(table, now);
     let mut recs = records(table);
     recs.sort_by_cached_key(|r| (r.hostname.get(), r.agent_id()));
-    let hosts: Vec<Value> = recs.iter().map(|r| Value::Object(host_json(r, now, alive))).collect();
+    let hosts: Vec<Value> = recs
+        .iter()
+        .map(|r| Value::Object(host_json(r, now, alive)))
+        .collect();
     json!({"now_ms": now, "hosts": hosts})
 }
 
@@ -216,7 +270,11 @@ fn host_detail(table: &Table, id: &str, now: u64) -> Resp {
     if !sentinel_protocol::is_valid_agent_id(id) {
         return not_found();
     }
-    let found = (0..table.host_count()).find(|&i| table.read_record(i).is_some_and(|r| r.in_use == 1 && r.agent_id() == id));
+    let found = (0..table.host_count()).find(|&i| {
+        table
+            .read_record(i)
+            .is_some_and(|r| r.in_use == 1 && r.agent_id() == id)
+    });
     let Some(detail) = found.and_then(|i| table.read_detail(i)) else {
         return not_found();
     };
@@ -250,7 +308,9 @@ fn host_detail(table: &Table, id: &str, now: u64) -> Resp {
 
 /// A Prometheus label value: backslash, double quote and newline escaped.
 fn label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn metrics(table: &Table, now: u64) -> String {
@@ -258,17 +318,53 @@ fn metrics(table: &Table, now: u64) -> String {
     let mut out = String::with_capacity(256 + recs.len() * 600);
     type Getter = fn(&Record, u64) -> f64;
     let families: &[(&str, &str, &str, Getter)] = &[
-        ("sentinel_host_up", "gauge", "1 if the host's status is up, else 0.", |r, now| f64::from(u8::from(status_of(r, now) == Status::Up))),
-        ("sentinel_host_cpu_ratio", "gauge", "CPU busy share of the latest sample (0-1).", |r, _| f64::from(r.summary.cpu_percent) / 100.0),
-        ("sentinel_host_memory_total_bytes", "gauge", "Total memory of the latest sample.", |r, _| r.summary.mem_total_bytes as f64),
-        ("sentinel_host_memory_available_bytes", "gauge", "Available memory of the latest sample.", |r, _| r.summary.mem_available_bytes as f64),
-        ("sentinel_host_load1", "gauge", "One-minute load average of the latest sample.", |r, _| f64::from(r.summary.load1)),
-        ("sentinel_host_samples_received_total", "counter", "Distinct samples stored for the host (all runs).", |r, _| r.samples_received as f64),
+        (
+            "sentinel_host_up",
+            "gauge",
+            "1 if the host's status is up, else 0.",
+            |r, now| f64::from(u8::from(status_of(r, now) == Status::Up)),
+        ),
+        (
+            "sentinel_host_cpu_ratio",
+            "gauge",
+            "CPU busy share of the latest sample (0-1).",
+            |r, _| f64::from(r.summary.cpu_percent) / 100.0,
+        ),
+        (
+            "sentinel_host_memory_total_bytes",
+            "gauge",
+            "Total memory of the latest sample.",
+            |r, _| r.summary.mem_total_bytes as f64,
+        ),
+        (
+            "sentinel_host_memory_available_bytes",
+            "gauge",
+            "Available memory of the latest sample.",
+            |r, _| r.summary.mem_available_bytes as f64,
+        ),
+        (
+            "sentinel_host_load1",
+            "gauge",
+            "One-minute load average of the latest sample.",
+            |r, _| f64::from(r.summary.load1),
+        ),
+        (
+            "sentinel_host_samples_received_total",
+            "counter",
+            "Distinct samples stored for the host (all runs).",
+            |r, _| r.samples_received as f64,
+        ),
     ];
     for (name, kind, help, get) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for r in &recs {
-            let _ = writeln!(out, "{name}{{host=\"{}\",id=\"{}\"}} {}", label(&r.hostname.get()), label(&r.agent_id()), get(r, now));
+            let _ = writeln!(
+                out,
+                "{name}{{host=\"{}\",id=\"{}\"}} {}",
+                label(&r.hostname.get()),
+                label(&r.agent_id()),
+                get(r, now)
+            );
         }
     }
     let h = table.header();

@@ -38,14 +38,32 @@ impl Segment {
                     .os_id(os_id(name))
                     .size(size)
                     .create()
-                    .with_context(|| format!("cannot create shared memory segment /dev/shm/{name}"))?
+                    .with_context(|| {
+                        format!("cannot create shared memory segment /dev/shm/{name}")
+                    })?
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot create shared memory segment /dev/shm/{name}")),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot create shared memory segment /dev/shm/{name}")
+                })
+            }
         };
         // SAFETY: a fresh mapping of `size` bytes, page aligned, nobody else has it yet.
-        let table = unsafe { Table::init(shmem.as_ptr(), shmem.len(), capacity, history_points, std::process::id(), now_ms()) }
-            .context("cannot initialise the table")?;
-        Ok(Segment { table, _mapping: shmem })
+        let table = unsafe {
+            Table::init(
+                shmem.as_ptr(),
+                shmem.len(),
+                capacity,
+                history_points,
+                std::process::id(),
+                now_ms(),
+            )
+        }
+        .context("cannot initialise the table")?;
+        Ok(Segment {
+            table,
+            _mapping: shmem,
+        })
     }
 
     /// Opens the table the supervisor created (children).
@@ -57,7 +75,10 @@ impl Segment {
         // SAFETY: the mapping stays alive as long as the Segment, which owns both.
         let table = unsafe { Table::open(shmem.as_ptr(), shmem.len()) }
             .with_context(|| format!("/dev/shm/{name} is not a usable table"))?;
-        Ok(Segment { table, _mapping: shmem })
+        Ok(Segment {
+            table,
+            _mapping: shmem,
+        })
     }
 
     pub fn table(&self) -> &Table {
@@ -109,13 +130,17 @@ fn remove_stale(name: &str) -> anyhow::Result<()> {
 fn looks_unfinished(shmem: &Shmem) -> bool {
     let n = shmem.len().min(std::mem::size_of::<layout::Header>());
     // SAFETY: n bytes of the live mapping.
-    unsafe { std::slice::from_raw_parts(shmem.as_ptr(), n) }.iter().all(|&b| b == 0)
+    unsafe { std::slice::from_raw_parts(shmem.as_ptr(), n) }
+        .iter()
+        .all(|&b| b == 0)
 }
 
 /// True if `pid` is alive and runs sentinel-master (argv[0]'s file name).
 pub fn is_live_master(pid: i32) -> bool {
     // SAFETY: signal 0 only checks existence/permission.
-    if unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+    if unsafe { libc::kill(pid, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+    {
         return false;
     }
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {

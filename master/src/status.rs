@@ -63,7 +63,11 @@ mod tests {
             (true, 0, 1000, Status::Stopped),
         ];
         for &(goodbye, seen, interval, want) in cases {
-            assert_eq!(Status::derive(goodbye, seen, interval, now), want, "{goodbye} {seen} {interval}");
+            assert_eq!(
+                Status::derive(goodbye, seen, interval, now),
+                want,
+                "{goodbye} {seen} {interval}"
+            );
         }
     }
 }

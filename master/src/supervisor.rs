@@ -82,8 +82,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     let now = Instant::now();
     let mut children = [
-        Child { role: Role::Collector, listener: agents, pid: None, started: now, next_start: now, backoff: QUICK_RESTART },
-        Child { role: Role::Http, listener: http, pid: None, started: now, next_start: now, backoff: QUICK_RESTART },
+        Child {
+            role: Role::Collector,
+            listener: agents,
+            pid: None,
+            started: now,
+            next_start: now,
+            backoff: QUICK_RESTART,
+        },
+        Child {
+            role: Role::Http,
+            listener: http,
+            pid: None,
+            started: now,
+            next_start: now,
+            backoff: QUICK_RESTART,
+        },
     ];
     let exe = std::env::current_exe().context("cannot find my own executable")?;
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -123,14 +137,25 @@ fn role_arg(role: Role) -> &'static str {
     }
 }
 
-fn start(child: &mut Child, segment: &Segment, exe: &std::path::Path, args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+fn start(
+    child: &mut Child,
+    segment: &Segment,
+    exe: &std::path::Path,
+    args: &[std::ffi::OsString],
+) -> anyhow::Result<()> {
     let table = segment.table();
     let header = table.header();
     if child.role == Role::Collector {
         // The previous collector is reaped: nobody holds the lock or writes a slot now.
-        table.reinit_lock().context("cannot re-initialise the table lock")?;
+        table
+            .reinit_lock()
+            .context("cannot re-initialise the table lock")?;
         for (slot, applied) in table.repair() {
-            tracing::warn!(slot, journal_applied = applied, "repaired a slot a dead collector left mid-write");
+            tracing::warn!(
+                slot,
+                journal_applied = applied,
+                "repaired a slot a dead collector left mid-write"
+            );
         }
         header.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -138,7 +163,8 @@ fn start(child: &mut Child, segment: &Segment, exe: &std::path::Path, args: &[st
     let parent = std::process::id() as i32;
     let mut cmd = Command::new(exe);
     cmd.arg("--role").arg(role_arg(child.role)).args(args);
-    cmd.env(LISTEN_FD_ENV, fd.to_string()).env(SUPERVISOR_PID_ENV, parent.to_string());
+    cmd.env(LISTEN_FD_ENV, fd.to_string())
+        .env(SUPERVISOR_PID_ENV, parent.to_string());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -155,7 +181,9 @@ fn start(child: &mut Child, segment: &Segment, exe: &std::path::Path, args: &[st
             Ok(())
         });
     }
-    let spawned = cmd.spawn().with_context(|| format!("cannot spawn {}", exe.display()))?;
+    let spawned = cmd
+        .spawn()
+        .with_context(|| format!("cannot spawn {}", exe.display()))?;
     let pid = spawned.id() as i32;
     // The Child handle is not needed: we reap with waitpid ourselves.
     std::mem::forget(spawned);
@@ -185,7 +213,8 @@ fn reap(child: &mut Child, segment: &Segment) {
         Role::Http => header.http_pid.store(0, Ordering::Release),
     }
     let ran = child.started.elapsed();
-    let killed_from_outside = libc::WIFSIGNALED(status) && matches!(libc::WTERMSIG(status), libc::SIGKILL | libc::SIGTERM);
+    let killed_from_outside = libc::WIFSIGNALED(status)
+        && matches!(libc::WTERMSIG(status), libc::SIGKILL | libc::SIGTERM);
     // An external kill is not a crash loop: restart quickly however short the run was, so an
     // operator (or a test) killing the collector repeatedly never waits for a backoff.
     child.backoff = if ran >= HEALTHY_RUN || killed_from_outside {
@@ -215,7 +244,11 @@ fn watchdog(collector: &Child, segment: &Segment) {
     if collector.started.elapsed() < HUNG_COLLECTOR {
         return;
     }
-    let beat = segment.table().header().collector_heartbeat_ms.load(Ordering::Acquire);
+    let beat = segment
+        .table()
+        .header()
+        .collector_heartbeat_ms
+        .load(Ordering::Acquire);
     if now_ms().saturating_sub(beat) > HUNG_COLLECTOR.as_millis() as u64 {
         tracing::error!(pid, "collector heartbeat stopped; killing it");
         // SAFETY: signal to our own child.

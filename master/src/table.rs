@@ -18,8 +18,8 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use raw_sync::locks::{LockImpl, LockInit, Mutex};
 
-pub use layout::{HistoryPoint, Record};
 use layout::{Header, SlotFixed, LAYOUT_VERSION, MAGIC, SAMPLE_BYTES};
+pub use layout::{HistoryPoint, Record};
 
 /// Reads of a slot under a live writer retry this often before giving up; a write takes
 /// microseconds, so this is only reached when something is badly wrong.
@@ -35,8 +35,15 @@ pub enum TableError {
     BadVersion { found: u32 },
     #[error("table header is inconsistent: {0}")]
     Inconsistent(&'static str),
-    #[error("capacity {capacity} x history {history_points} needs {need} bytes, segment has {len}")]
-    SizeMismatch { capacity: u32, history_points: u32, need: usize, len: usize },
+    #[error(
+        "capacity {capacity} x history {history_points} needs {need} bytes, segment has {len}"
+    )]
+    SizeMismatch {
+        capacity: u32,
+        history_points: u32,
+        need: usize,
+        len: usize,
+    },
     #[error("raw_sync mutex needs {0} bytes, the header reserves {1}")]
     LockTooLarge(usize, usize),
     #[error("raw_sync: {0}")]
@@ -80,7 +87,12 @@ impl Table {
     ) -> Result<Table, TableError> {
         let need = layout::segment_size(capacity, history_points);
         if len < need || capacity == 0 || history_points == 0 {
-            return Err(TableError::SizeMismatch { capacity, history_points, need, len });
+            return Err(TableError::SizeMismatch {
+                capacity,
+                history_points,
+                need,
+                len,
+            });
         }
         let h = base as *mut Header;
         ptr::write_bytes(base, 0, std::mem::size_of::<Header>());
@@ -92,8 +104,14 @@ impl Table {
         (*h).record_size = std::mem::size_of::<Record>() as u32;
         (*h).sample_bytes = SAMPLE_BYTES as u32;
         (*h).created_ms = now_ms;
-        (*h).supervisor_pid.store(u64::from(supervisor_pid), Ordering::Relaxed);
-        let table = Table { base, capacity, history_points, slot_size: layout::slot_size(history_points) };
+        (*h).supervisor_pid
+            .store(u64::from(supervisor_pid), Ordering::Relaxed);
+        let table = Table {
+            base,
+            capacity,
+            history_points,
+            slot_size: layout::slot_size(history_points),
+        };
         table.reinit_lock()?;
         fence(Ordering::Release);
         // The magic goes last: a segment whose creator died mid-init is recognisably not ready.
@@ -115,23 +133,40 @@ impl Table {
         }
         fence(Ordering::Acquire);
         if h.layout_version != LAYOUT_VERSION {
-            return Err(TableError::BadVersion { found: h.layout_version });
+            return Err(TableError::BadVersion {
+                found: h.layout_version,
+            });
         }
         if h.header_size as usize != std::mem::size_of::<Header>() {
             return Err(TableError::Inconsistent("header size"));
         }
-        if h.record_size as usize != std::mem::size_of::<Record>() || h.sample_bytes as usize != SAMPLE_BYTES {
+        if h.record_size as usize != std::mem::size_of::<Record>()
+            || h.sample_bytes as usize != SAMPLE_BYTES
+        {
             return Err(TableError::Inconsistent("record or sample size"));
         }
         let (capacity, history_points) = (h.capacity, h.history_points);
-        if capacity == 0 || history_points == 0 || h.slot_size as usize != layout::slot_size(history_points) {
+        if capacity == 0
+            || history_points == 0
+            || h.slot_size as usize != layout::slot_size(history_points)
+        {
             return Err(TableError::Inconsistent("slot size"));
         }
         let need = layout::segment_size(capacity, history_points);
         if len < need {
-            return Err(TableError::SizeMismatch { capacity, history_points, need, len });
+            return Err(TableError::SizeMismatch {
+                capacity,
+                history_points,
+                need,
+                len,
+            });
         }
-        Ok(Table { base, capacity, history_points, slot_size: layout::slot_size(history_points) })
+        Ok(Table {
+            base,
+            capacity,
+            history_points,
+            slot_size: layout::slot_size(history_points),
+        })
     }
 
     pub fn header(&self) -> &Header {
@@ -143,7 +178,6 @@ impl Table {
         self.capacity
     }
 
-
     /// Slots in use, clamped to the capacity (the header is shared memory: never trust it).
     pub fn host_count(&self) -> usize {
         (self.header().host_count.load(Ordering::Acquire) as usize).min(self.capacity as usize)
@@ -152,7 +186,11 @@ impl Table {
     fn slot(&self, i: usize) -> *mut SlotFixed {
         assert!(i < self.capacity as usize, "slot index out of range");
         // SAFETY: in bounds by the check above and the size check in open/init.
-        unsafe { self.base.add(std::mem::size_of::<Header>() + i * self.slot_size) as *mut SlotFixed }
+        unsafe {
+            self.base
+                .add(std::mem::size_of::<Header>() + i * self.slot_size)
+                as *mut SlotFixed
+        }
     }
 
     fn seq(&self, i: usize) -> &AtomicU64 {
@@ -167,7 +205,9 @@ impl Table {
 
     fn ring(&self, i: usize) -> *mut HistoryPoint {
         // SAFETY: the ring follows the fixed part inside the slot.
-        unsafe { (self.slot(i) as *mut u8).add(std::mem::size_of::<SlotFixed>()) as *mut HistoryPoint }
+        unsafe {
+            (self.slot(i) as *mut u8).add(std::mem::size_of::<SlotFixed>()) as *mut HistoryPoint
+        }
     }
 
     /// (Re)initialises the collectors' process-shared mutex. Only called when no collector
@@ -197,7 +237,13 @@ impl Table {
         self.read_consistent(i, |src| {
             let mut out = Record::zeroed();
             // SAFETY: src points at a Record inside the slot.
-            unsafe { copy_words(src as *const u8, &mut out as *mut Record as *mut u8, std::mem::size_of::<Record>()) };
+            unsafe {
+                copy_words(
+                    src as *const u8,
+                    &mut out as *mut Record as *mut u8,
+                    std::mem::size_of::<Record>(),
+                )
+            };
             out
         })
     }
@@ -211,7 +257,11 @@ impl Table {
             let mut rec = Record::zeroed();
             // SAFETY: src, the sample buffers and the ring are inside slot i.
             unsafe {
-                copy_words(src as *const u8, &mut rec as *mut Record as *mut u8, std::mem::size_of::<Record>());
+                copy_words(
+                    src as *const u8,
+                    &mut rec as *mut Record as *mut u8,
+                    std::mem::size_of::<Record>(),
+                );
                 let buf = usize::from(rec.sample_buf & 1);
                 let bufp = ptr::addr_of!((*self.slot(i)).samples[buf]) as *const u8;
                 copy_words(bufp, sample.as_mut_ptr(), SAMPLE_BYTES);
@@ -228,7 +278,8 @@ impl Table {
             ring[record.pending_index as usize] = record.pending_point;
         }
         let sample = if record.has_sample == 1 {
-            let len = (record.sample_len[usize::from(record.sample_buf & 1)] as usize).min(SAMPLE_BYTES);
+            let len =
+                (record.sample_len[usize::from(record.sample_buf & 1)] as usize).min(SAMPLE_BYTES);
             sample.truncate(len);
             Some(sample)
         } else {
@@ -241,7 +292,11 @@ impl Table {
             let idx = ((count - held as u64 + k) % points as u64) as usize;
             history.push(ring[idx]);
         }
-        Some(HostDetail { record, sample, history })
+        Some(HostDetail {
+            record,
+            sample,
+            history,
+        })
     }
 
     /// The seqlock read. For an odd slot whose journal is complete the journal is the truth
@@ -366,8 +421,15 @@ impl Writer<'_> {
     }
 
     /// Publishes `new` as slot `i`'s record, with an optional new sample and history point.
-    /// `new.pending_*`, `sample_buf`, `sample_len` and `history_count` are filled in here.
-    pub fn commit(&self, i: usize, new: Record, sample: Option<&[u8]>, point: Option<HistoryPoint>) {
+    /// `pending_*`, `sample_buf`, `sample_len`, `has_sample` and `history_count` are the
+    /// table's: whatever the caller put there is replaced.
+    pub fn commit(
+        &self,
+        i: usize,
+        new: Record,
+        sample: Option<&[u8]>,
+        point: Option<HistoryPoint>,
+    ) {
         self.commit_until(i, new, sample, point, StopAt::Complete)
     }
 
@@ -407,11 +469,17 @@ impl Writer<'_> {
         let odd = if odd == s { s + 2 } else { odd }; // never reuse an odd value left behind
         seq.store(odd, Ordering::Relaxed);
         fence(Ordering::Release);
+        // The bookkeeping of the buffers and the ring belongs to the table, not the caller.
+        let current = self.record(i);
+        new.sample_buf = current.sample_buf & 1;
+        new.sample_len = current.sample_len;
+        new.has_sample = current.has_sample;
+        new.history_count = current.history_count;
         // SAFETY: slot i is in bounds; this thread holds the lock and the slot is odd.
         unsafe {
             if let Some(bytes) = sample {
                 let len = bytes.len().min(SAMPLE_BYTES);
-                let buf = usize::from(!self.record(i).sample_buf & 1);
+                let buf = usize::from(!current.sample_buf & 1);
                 let dst = ptr::addr_of_mut!((*slot).samples[buf]) as *mut u8;
                 ptr::copy_nonoverlapping(bytes.as_ptr(), dst, len);
                 new.sample_buf = buf as u8;
@@ -436,9 +504,17 @@ impl Writer<'_> {
             );
             t.journal_seq(i).store(odd, Ordering::Release);
             fence(Ordering::Release);
-            let rec_len = if stop == StopAt::MidRecord { std::mem::size_of::<Record>() / 2 } else { std::mem::size_of::<Record>() };
+            let rec_len = if stop == StopAt::MidRecord {
+                std::mem::size_of::<Record>() / 2
+            } else {
+                std::mem::size_of::<Record>()
+            };
             // Poison what a dead writer would leave: the first half new, the rest garbage.
-            write_words(new as *const Record as *const u8, ptr::addr_of_mut!((*slot).record) as *mut u8, rec_len);
+            write_words(
+                new as *const Record as *const u8,
+                ptr::addr_of_mut!((*slot).record) as *mut u8,
+                rec_len,
+            );
             if stop == StopAt::MidRecord {
                 let rest = (ptr::addr_of_mut!((*slot).record) as *mut u8).add(rec_len);
                 ptr::write_bytes(rest, 0xAB, std::mem::size_of::<Record>() - rec_len);
@@ -453,6 +529,207 @@ impl Writer<'_> {
 
     /// Makes slot `count` (fresh) visible to readers by publishing the new host count.
     pub fn publish_host_count(&self, count: usize) {
-        self.table.header().host_count.store(count as u64, Ordering::Release);
+        self.table
+            .header()
+            .host_count
+            .store(count as u64, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layout::{segment_size, slot_size, Header};
+    use super::*;
+
+    /// An 8-aligned zeroed buffer standing in for a segment.
+    struct Mem(Vec<u64>);
+    impl Mem {
+        fn new(capacity: u32, points: u32) -> Mem {
+            Mem(vec![0u64; segment_size(capacity, points).div_ceil(8)])
+        }
+        fn ptr(&mut self) -> *mut u8 {
+            self.0.as_mut_ptr() as *mut u8
+        }
+        fn len(&self) -> usize {
+            self.0.len() * 8
+        }
+    }
+
+    fn table(mem: &mut Mem, capacity: u32, points: u32) -> Table {
+        let len = mem.len();
+        unsafe { Table::init(mem.ptr(), len, capacity, points, 1, 1) }.unwrap()
+    }
+
+    fn record(n: u64) -> Record {
+        let mut r = Record::zeroed();
+        r.in_use = 1;
+        r.hostname.set(&format!("host-{n}"));
+        r.samples_received = n;
+        r.last_seq = n;
+        r.duplicates = n;
+        r.reconnects = n;
+        r.summary.mem_total_bytes = n;
+        r
+    }
+
+    fn consistent(r: &Record) -> bool {
+        let n = r.samples_received;
+        r.last_seq == n
+            && r.duplicates == n
+            && r.reconnects == n
+            && r.summary.mem_total_bytes == n
+            && r.hostname.get() == format!("host-{n}")
+    }
+
+    #[test]
+    fn layout_sizes_are_fixed() {
+        assert_eq!(std::mem::size_of::<Header>(), 512);
+        assert_eq!(std::mem::size_of::<Record>(), 2024);
+        assert_eq!(std::mem::size_of::<HistoryPoint>(), 40);
+        assert_eq!(slot_size(600) % 64, 0);
+        assert_eq!(segment_size(4096, 600), 512 + 4096 * slot_size(600));
+        assert!(Mutex::size_of(None) <= layout::LOCK_BYTES);
+    }
+
+    #[test]
+    fn open_rejects_a_wrong_segment() {
+        let mut mem = Mem::new(4, 8);
+        let len = mem.len();
+        assert_eq!(
+            unsafe { Table::open(mem.ptr(), len) }.err(),
+            Some(TableError::BadMagic)
+        );
+        let t = table(&mut mem, 4, 8);
+        let _ = t;
+        assert!(unsafe { Table::open(mem.ptr(), len) }.is_ok());
+        assert!(matches!(
+            unsafe { Table::open(mem.ptr(), len - 64) },
+            Err(TableError::SizeMismatch { .. })
+        ));
+        assert_eq!(
+            unsafe { Table::open(mem.ptr(), 100) }.err(),
+            Some(TableError::TooSmall { len: 100 })
+        );
+        unsafe { (*(mem.ptr() as *mut Header)).layout_version = 99 };
+        assert_eq!(
+            unsafe { Table::open(mem.ptr(), len) }.err(),
+            Some(TableError::BadVersion { found: 99 })
+        );
+    }
+
+    #[test]
+    fn seqlock_reader_sees_only_consistent_records_under_a_concurrent_writer() {
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let mut mem = Mem::new(2, 16);
+        let t = table(&mut mem, 2, 16);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (writes, reads) = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                let w = t.writer().unwrap();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let p = HistoryPoint {
+                        ts_ms: n,
+                        mem_used_bytes: n,
+                        ..Default::default()
+                    };
+                    w.commit(0, record(n), Some(&n.to_le_bytes().repeat(100)), Some(p));
+                }
+                n
+            });
+            let _stop = StopOnDrop(&stop); // also on a failed assertion, so the scope can end
+            let mut reads = 0;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+            while std::time::Instant::now() < deadline {
+                let Some(d) = t.read_detail(0) else { continue };
+                if d.record.in_use == 0 {
+                    continue; // before the first write
+                }
+                assert!(consistent(&d.record), "torn record");
+                let n = d.record.samples_received;
+                assert_eq!(
+                    d.sample.as_deref(),
+                    Some(&n.to_le_bytes().repeat(100)[..]),
+                    "sample belongs to the record"
+                );
+                assert_eq!(
+                    d.history.last().map(|p| p.ts_ms),
+                    Some(n),
+                    "history belongs to the record"
+                );
+                assert_eq!(d.history.len() as u64, n.min(16));
+                reads += 1;
+            }
+            drop(_stop);
+            (writer.join().unwrap(), reads)
+        });
+        assert!(writes > 0 && reads > 0, "writes {writes} reads {reads}");
+    }
+
+    #[test]
+    fn a_write_killed_midway_is_readable_and_repair_makes_it_whole() {
+        let cases = [
+            (StopAt::BeforeJournal, 1, false), // journal incomplete: the old record stays
+            (StopAt::MidRecord, 2, true),      // journal complete: redo gives the new record
+        ];
+        for (stop, want, applied) in cases {
+            let mut mem = Mem::new(2, 4);
+            let t = table(&mut mem, 2, 4);
+            let w = t.writer().unwrap();
+            let p = |n| HistoryPoint {
+                ts_ms: n,
+                ..Default::default()
+            };
+            w.commit(1, record(1), Some(b"one"), Some(p(1)));
+            w.commit_until(1, record(2), Some(b"two"), Some(p(2)), stop);
+            // A reader never blocks on the dead writer and sees a consistent host.
+            let d = t.read_detail(1).expect("readable while odd");
+            assert!(consistent(&d.record));
+            assert_eq!(d.record.samples_received, want, "{stop:?}");
+            assert_eq!(
+                d.sample.as_deref(),
+                Some(if want == 1 { &b"one"[..] } else { b"two" })
+            );
+            assert_eq!(d.history.len() as u64, want);
+            // The supervisor re-initialises the lock and repairs the slot.
+            t.reinit_lock().unwrap();
+            assert_eq!(t.repair(), vec![(1, applied)]);
+            let d = t.read_detail(1).unwrap();
+            assert!(consistent(&d.record));
+            assert_eq!(d.record.samples_received, want);
+            assert_eq!(d.history.last().unwrap().ts_ms, want);
+            assert!(t.repair().is_empty());
+            // And the next write works normally.
+            t.writer().unwrap().commit(1, record(3), None, None);
+            assert_eq!(t.read_record(1).unwrap().samples_received, 3);
+        }
+    }
+
+    #[test]
+    fn lock_left_held_by_a_dead_writer_is_reinitialised() {
+        let mut mem = Mem::new(1, 4);
+        let t = table(&mut mem, 1, 4);
+        let w = t.writer().unwrap();
+        std::mem::forget(w.lock.lock().unwrap()); // a holder that never unlocks (as if SIGKILLed)
+        t.reinit_lock().unwrap();
+        t.writer().unwrap().commit(0, record(5), None, None);
+        assert_eq!(t.read_record(0).unwrap().samples_received, 5);
+    }
+
+    #[test]
+    fn text_fields_truncate_on_char_boundaries_and_survive_garbage() {
+        let mut r = Record::zeroed();
+        let long = "é".repeat(200); // 400 bytes
+        r.hostname.set(&long);
+        assert_eq!(r.hostname.get().len(), 256);
+        r.hostname.len = u32::MAX; // hostile memory: clamped
+        r.hostname.bytes[0] = 0xff;
+        assert_eq!(r.hostname.get().chars().count(), 1 + 127 + 1); // U+FFFD, 127 x é, U+FFFD
     }
 }

@@ -10,7 +10,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sentinel_protocol::{
-    auth, decode_body, encode_frame, split_frame, AgentMessage, Batch, Goodbye, Hello, HostInfo, MasterMessage, Sample,
+    auth, decode_body, encode_frame, split_frame, AgentMessage, Batch, Goodbye, Hello, HostInfo,
+    MasterMessage, Sample,
 };
 use serde_json::Value;
 
@@ -49,10 +50,21 @@ impl Master {
         let dir = std::env::temp_dir().join(format!("{shm_name}-dir"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
-        std::fs::write(dir.join("master.toml"), "capacity = 64\nhistory_points = 30\n").unwrap();
+        std::fs::write(
+            dir.join("master.toml"),
+            "capacity = 64\nhistory_points = 30\n",
+        )
+        .unwrap();
         let mut child = Command::new(BIN)
             .args(["--config", dir.join("master.toml").to_str().unwrap()])
-            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--shm-name", shm_name])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--shm-name",
+                shm_name,
+            ])
             .args(["--token-file", dir.join("token").to_str().unwrap()])
             .stderr(Stdio::piped())
             .spawn()
@@ -76,8 +88,18 @@ impl Master {
             lines: Vec::new(),
             dir,
         };
-        let line = m.wait_log("listening line", |l| l.contains("sentinel-master listening"));
-        let field = |k: &str| line.split(&format!("{k}=")).nth(1).unwrap().split(' ').next().unwrap().to_string();
+        let line = m.wait_log("listening line", |l| {
+            l.contains("sentinel-master listening")
+        });
+        let field = |k: &str| {
+            line.split(&format!("{k}="))
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
         m.agent_addr = field("agent_addr");
         m.http_addr = field("http_addr");
         wait_for("healthz ok", Duration::from_secs(10), || {
@@ -94,7 +116,10 @@ impl Master {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.log.recv_timeout(left).unwrap_or_else(|_| panic!("timed out waiting for log: {what}"));
+            let line = self
+                .log
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("timed out waiting for log: {what}"));
             self.lines.push(line.clone());
             if pred(&line) {
                 return line;
@@ -116,7 +141,9 @@ impl Master {
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
         let child = self.child.as_mut().unwrap();
-        let status = wait_for("master exit", Duration::from_secs(15), || child.try_wait().unwrap());
+        let status = wait_for("master exit", Duration::from_secs(15), || {
+            child.try_wait().unwrap()
+        });
         self.child = None;
         status
     }
@@ -137,8 +164,12 @@ impl Drop for Master {
 fn processes_with(needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.contains(needle) && cmd.contains("sentinel-master") {
             pids.push(pid);
@@ -150,11 +181,18 @@ fn processes_with(needle: &str) -> Vec<i32> {
 fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, Value)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
     Ok((code, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
@@ -169,7 +207,9 @@ impl Agent {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut a = Agent { s, buf: Vec::new() };
-        let MasterMessage::Challenge(c) = a.recv().unwrap() else { panic!("expected a challenge") };
+        let MasterMessage::Challenge(c) = a.recv().unwrap() else {
+            panic!("expected a challenge")
+        };
         (a, c.nonce)
     }
 
@@ -205,7 +245,13 @@ impl Agent {
             interval_ms: 1000,
             clock_ms: 1_700_000_000_000,
             agent_version: "test".into(),
-            host: HostInfo { os: "Linux".into(), kernel: "6.1".into(), arch: "x86_64".into(), cpu_model: "cpu".into(), cpu_count: 4 },
+            host: HostInfo {
+                os: "Linux".into(),
+                kernel: "6.1".into(),
+                arch: "x86_64".into(),
+                cpu_model: "cpu".into(),
+                cpu_count: 4,
+            },
             proof: auth::proof(token.as_bytes(), &nonce, AGENT_ID).to_vec(),
         };
         self.send(&AgentMessage::Hello(hello));
@@ -246,7 +292,10 @@ fn master_stores_samples_serves_them_survives_a_collector_kill_and_shuts_down_cl
     assert_eq!(health["status"], "ok");
     assert_eq!(health["supervisor_pid"].as_u64(), Some(m.pid() as u64));
     for key in ["collector_pid", "http_pid"] {
-        assert!(procs.contains(&(health[key].as_u64().unwrap() as i32)), "{key} in {procs:?}");
+        assert!(
+            procs.contains(&(health[key].as_u64().unwrap() as i32)),
+            "{key} in {procs:?}"
+        );
     }
     assert_eq!(health["capacity"], 64);
 
@@ -256,10 +305,14 @@ fn master_stores_samples_serves_them_survives_a_collector_kill_and_shuts_down_cl
         MasterMessage::Refused(r) => assert_eq!(r.code, "auth"),
         other => panic!("{other:?}"),
     }
-    m.wait_log("auth refusal log", |l| l.contains("refused connection") && l.contains("code=\"auth\""));
+    m.wait_log("auth refusal log", |l| {
+        l.contains("refused connection") && l.contains("code=\"auth\"")
+    });
     let (mut old, nonce) = Agent::connect(&m.agent_addr);
     match old.hello(&nonce, TOKEN, 99, 1) {
-        MasterMessage::Refused(r) => assert!(r.code == "version" && r.reason.contains('1'), "{r:?}"),
+        MasterMessage::Refused(r) => {
+            assert!(r.code == "version" && r.reason.contains('1'), "{r:?}")
+        }
         other => panic!("{other:?}"),
     }
 
@@ -273,7 +326,9 @@ fn master_stores_samples_serves_them_survives_a_collector_kill_and_shuts_down_cl
         a.send(&AgentMessage::Sample(sample(seq)));
         assert_eq!(ack(&mut a), seq);
     }
-    a.send(&AgentMessage::Batch(Batch { samples: (6..=8).map(sample).collect() }));
+    a.send(&AgentMessage::Batch(Batch {
+        samples: (6..=8).map(sample).collect(),
+    }));
     assert_eq!(ack(&mut a), 8);
     a.send(&AgentMessage::Sample(sample(3))); // a duplicate is acked, not counted
     assert_eq!(ack(&mut a), 8);
@@ -285,8 +340,17 @@ fn master_stores_samples_serves_them_survives_a_collector_kill_and_shuts_down_cl
     assert_eq!(h["hostname"], "<b>web-1</b>");
     assert_eq!(h["status"], "up");
     assert_eq!(h["connected"], true);
-    assert_eq!((h["samples_received"].as_u64(), h["samples_replayed"].as_u64()), (Some(8), Some(3)));
-    assert_eq!((h["last_seq"].as_u64(), h["duplicates"].as_u64()), (Some(8), Some(1)));
+    assert_eq!(
+        (
+            h["samples_received"].as_u64(),
+            h["samples_replayed"].as_u64()
+        ),
+        (Some(8), Some(3))
+    );
+    assert_eq!(
+        (h["last_seq"].as_u64(), h["duplicates"].as_u64()),
+        (Some(8), Some(1))
+    );
     assert_eq!(h["mem_total_bytes"].as_u64(), Some(8 << 30));
     assert_eq!(h["cpu_percent"].as_f64(), Some(12.5));
     assert_eq!(h["cpu_count"], 4);
@@ -297,14 +361,25 @@ fn master_stores_samples_serves_them_survives_a_collector_kill_and_shuts_down_cl
     let points = detail["history"]["points"].as_array().unwrap();
     assert_eq!(points.len(), 8);
     assert_eq!(points[7]["disk_read_bytes_per_s"].as_f64(), Some(1000.0));
-    assert_eq!(http_get(&m.http_addr, "/api/v1/hosts/ffffffffffffffffffffffffffffffff").unwrap().0, 404);
+    assert_eq!(
+        http_get(
+            &m.http_addr,
+            "/api/v1/hosts/ffffffffffffffffffffffffffffffff"
+        )
+        .unwrap()
+        .0,
+        404
+    );
 
     // SIGKILL the collector: it comes back, the agent resumes where the table says.
     let old_collector = health["collector_pid"].as_u64().unwrap();
     unsafe { libc::kill(old_collector as i32, libc::SIGKILL) };
     wait_for("a new collector", Duration::from_secs(3), || {
         let h = m.health();
-        (h["status"] == "ok" && h["collector_pid"].as_u64()? != old_collector && h["collector_pid"].as_u64()? != 0).then_some(())
+        (h["status"] == "ok"
+            && h["collector_pid"].as_u64()? != old_collector
+            && h["collector_pid"].as_u64()? != 0)
+            .then_some(())
     });
     let (mut a, nonce) = Agent::connect(&m.agent_addr);
     match a.hello(&nonce, TOKEN, 1, 42) {
@@ -313,18 +388,26 @@ fn master_stores_samples_serves_them_survives_a_collector_kill_and_shuts_down_cl
     }
     a.send(&AgentMessage::Sample(sample(9)));
     assert_eq!(ack(&mut a), 9);
-    a.send(&AgentMessage::Goodbye(Goodbye { last_seq: 9, reason: "test".into() }));
+    a.send(&AgentMessage::Goodbye(Goodbye {
+        last_seq: 9,
+        reason: "test".into(),
+    }));
     let h = wait_for("stopped", Duration::from_secs(3), || {
         let (_, hosts) = http_get(&m.http_addr, "/api/v1/hosts").ok()?;
         let h = hosts["hosts"][0].clone();
         (h["status"] == "stopped").then_some(h)
     });
-    assert_eq!((h["samples_received"].as_u64(), h["reconnects"].as_u64()), (Some(9), Some(1)));
+    assert_eq!(
+        (h["samples_received"].as_u64(), h["reconnects"].as_u64()),
+        (Some(9), Some(1))
+    );
     assert_eq!(processes_with(&m.shm_name).len(), 3);
 
     m.signal(libc::SIGTERM);
     assert!(m.wait_exit().success());
-    wait_for("children gone", Duration::from_secs(5), || processes_with(&m.shm_name).is_empty().then_some(()));
+    wait_for("children gone", Duration::from_secs(5), || {
+        processes_with(&m.shm_name).is_empty().then_some(())
+    });
     assert!(!std::path::Path::new(&format!("/dev/shm/{}", m.shm_name)).exists());
 }
 
@@ -334,21 +417,36 @@ fn stale_segment_of_a_killed_master_is_replaced_and_a_live_one_is_not() {
     let name = m.shm_name.clone();
     // A second master on the same segment while the first lives: refused with a reason.
     let out = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--shm-name", &name])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--shm-name",
+            &name,
+        ])
         .args(["--config", m.dir.join("master.toml").to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another sentinel-master"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another sentinel-master"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // SIGKILL the supervisor: the children follow (PDEATHSIG), the segment stays behind.
     m.signal(libc::SIGKILL);
     let mut m = m;
     m.wait_exit();
-    wait_for("children gone", Duration::from_secs(5), || processes_with(&name).is_empty().then_some(()));
+    wait_for("children gone", Duration::from_secs(5), || {
+        processes_with(&name).is_empty().then_some(())
+    });
     assert!(std::path::Path::new(&format!("/dev/shm/{name}")).exists());
     let mut m2 = Master::start_named(&name);
-    m2.wait_log("stale segment warning", |l| l.contains("removing a stale shared memory segment"));
+    m2.wait_log("stale segment warning", |l| {
+        l.contains("removing a stale shared memory segment")
+    });
     assert_eq!(m2.health()["status"], "ok");
     m.shm_name = "already-removed".into(); // m2 owns the segment now
     drop(m);

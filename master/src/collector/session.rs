@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use sentinel_protocol::{
-    auth, frame, limits, AgentMessage, Ack, Challenge, Hello, MasterMessage, Refused, Welcome, PROTOCOL_VERSION,
+    auth, frame, limits, Ack, AgentMessage, Challenge, Hello, MasterMessage, Refused, Welcome,
+    PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -30,7 +31,10 @@ struct Refusal {
 }
 
 fn refusal(code: &'static str, reason: impl Into<String>) -> Refusal {
-    Refusal { code, reason: reason.into() }
+    Refusal {
+        code,
+        reason: reason.into(),
+    }
 }
 
 /// At most `BURST` WARN lines per `WINDOW_MS`; the rest are counted and summarised.
@@ -50,12 +54,18 @@ impl LogLimit {
         let now = now_ms();
         let start = self.window_start_ms.load(Ordering::Relaxed);
         if now.saturating_sub(start) >= WINDOW_MS
-            && self.window_start_ms.compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && self
+                .window_start_ms
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
             self.in_window.store(0, Ordering::Relaxed);
             let n = self.suppressed.swap(0, Ordering::Relaxed);
             if n > 0 {
-                tracing::warn!(suppressed = n, "suppressed log lines about refused or failed connections");
+                tracing::warn!(
+                    suppressed = n,
+                    "suppressed log lines about refused or failed connections"
+                );
             }
         }
         if self.in_window.fetch_add(1, Ordering::Relaxed) < BURST {
@@ -72,7 +82,10 @@ async fn send(conn: &mut Conn, msg: &MasterMessage) -> bool {
     if frame::encode_body(msg, &mut buf).is_err() {
         return false;
     }
-    matches!(tokio::time::timeout(WRITE_TIMEOUT, conn.send(bytes::Bytes::from(buf))).await, Ok(Ok(())))
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, conn.send(bytes::Bytes::from(buf))).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Sends `refused` (best effort), logs it, closes.
@@ -80,22 +93,36 @@ async fn refuse(conn: &mut Conn, peer: SocketAddr, shared: &Shared, r: Refusal) 
     if shared.log_limit.allow() {
         tracing::warn!(peer = %peer, code = r.code, reason = %r.reason, "refused connection");
     }
-    let msg = MasterMessage::Refused(Refused { code: r.code.to_string(), reason: r.reason });
+    let msg = MasterMessage::Refused(Refused {
+        code: r.code.to_string(),
+        reason: r.reason,
+    });
     let _ = send(conn, &msg).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::<bytes::Bytes>::close(conn)).await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(1), SinkExt::<bytes::Bytes>::close(conn)).await;
 }
 
 /// Over `max_connections`: refuse with `busy` and close.
 pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     let mut conn = Framed::new(stream, frame::codec());
-    let r = refusal("busy", "the master is at its max_connections limit; retry later");
+    let r = refusal(
+        "busy",
+        "the master is at its max_connections limit; retry later",
+    );
     refuse(&mut conn, peer, shared, r).await;
 }
 
 /// Reads one agent message within `limit`.
-async fn read(conn: &mut Conn, limit: Duration, what: &str) -> Result<Option<AgentMessage>, Refusal> {
+async fn read(
+    conn: &mut Conn,
+    limit: Duration,
+    what: &str,
+) -> Result<Option<AgentMessage>, Refusal> {
     match tokio::time::timeout(limit, conn.next()).await {
-        Err(_) => Err(refusal("invalid", format!("no {what} within {} s", limit.as_secs()))),
+        Err(_) => Err(refusal(
+            "invalid",
+            format!("no {what} within {} s", limit.as_secs()),
+        )),
         Ok(None) => Ok(None),
         Ok(Some(Err(e))) => Err(refusal("invalid", frame_error(&e))),
         Ok(Some(Ok(body))) => frame::decode_body::<AgentMessage>(&body)
@@ -107,7 +134,10 @@ async fn read(conn: &mut Conn, limit: Duration, what: &str) -> Result<Option<Age
 fn frame_error(e: &std::io::Error) -> String {
     let text = e.to_string();
     if text.contains("frame size too big") {
-        format!("frame length exceeds the limit of {} bytes", limits::MAX_FRAME_BYTES)
+        format!(
+            "frame length exceeds the limit of {} bytes",
+            limits::MAX_FRAME_BYTES
+        )
     } else if text.contains("bytes remaining") {
         "truncated frame: the connection closed inside a frame".to_string()
     } else {
@@ -139,10 +169,24 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, super::store::Store> {
 /// (slot, hostname, interval_ms)
 type SlotInfo = (usize, String, u32);
 
-async fn handshake(conn: &mut Conn, peer: SocketAddr, shared: &Shared, conn_id: u64) -> Result<Option<SlotInfo>, Refusal> {
+async fn handshake(
+    conn: &mut Conn,
+    peer: SocketAddr,
+    shared: &Shared,
+    conn_id: u64,
+) -> Result<Option<SlotInfo>, Refusal> {
     let mut nonce = [0u8; auth::NONCE_BYTES];
-    getrandom::fill(&mut nonce).map_err(|e| refusal("busy", format!("master cannot get random bytes: {e}")))?;
-    if !send(conn, &MasterMessage::Challenge(Challenge { version: PROTOCOL_VERSION, nonce: nonce.to_vec() })).await {
+    getrandom::fill(&mut nonce)
+        .map_err(|e| refusal("busy", format!("master cannot get random bytes: {e}")))?;
+    if !send(
+        conn,
+        &MasterMessage::Challenge(Challenge {
+            version: PROTOCOL_VERSION,
+            nonce: nonce.to_vec(),
+        }),
+    )
+    .await
+    {
         return Ok(None);
     }
     let hello: Hello = match read(conn, limits::HANDSHAKE_TIMEOUT, "hello").await? {
@@ -156,9 +200,14 @@ async fn handshake(conn: &mut Conn, peer: SocketAddr, shared: &Shared, conn_id: 
             format!("protocol version {} is not supported; this master supports version {PROTOCOL_VERSION}", hello.version),
         ));
     }
-    hello.validate().map_err(|e| refusal("invalid", format!("invalid hello: {e}")))?;
+    hello
+        .validate()
+        .map_err(|e| refusal("invalid", format!("invalid hello: {e}")))?;
     if !auth::verify_proof(&shared.token, &nonce, &hello.agent_id, &hello.proof) {
-        return Err(refusal("auth", "authentication failed: the proof does not match the fleet token"));
+        return Err(refusal(
+            "auth",
+            "authentication failed: the proof does not match the fleet token",
+        ));
     }
     let address = peer.to_string();
     let result = {
@@ -167,7 +216,10 @@ async fn handshake(conn: &mut Conn, peer: SocketAddr, shared: &Shared, conn_id: 
             if hostname != hello.hostname && run_id != hello.run_id {
                 return Err(refusal(
                     "conflict",
-                    format!("agent id {} is already connected as host {hostname:?}", hello.agent_id),
+                    format!(
+                        "agent id {} is already connected as host {hostname:?}",
+                        hello.agent_id
+                    ),
                 ));
             }
         }
@@ -176,10 +228,16 @@ async fn handshake(conn: &mut Conn, peer: SocketAddr, shared: &Shared, conn_id: 
     let (slot, last_seq) = match result {
         Ok(x) => x,
         Err(SlotError::Full(cap)) => {
-            return Err(refusal("busy", format!("the host table is full ({cap} hosts); raise capacity")))
+            return Err(refusal(
+                "busy",
+                format!("the host table is full ({cap} hosts); raise capacity"),
+            ))
         }
     };
-    let welcome = MasterMessage::Welcome(Welcome { last_seq, clock_ms: now_ms() });
+    let welcome = MasterMessage::Welcome(Welcome {
+        last_seq,
+        clock_ms: now_ms(),
+    });
     if !send(conn, &welcome).await {
         lock(shared).disconnect(slot, conn_id);
         return Ok(None);
@@ -189,10 +247,16 @@ async fn handshake(conn: &mut Conn, peer: SocketAddr, shared: &Shared, conn_id: 
 }
 
 /// Returns how the connection ended normally ("goodbye", "closed"), or a refusal.
-async fn stream_samples(conn: &mut Conn, slot: SlotInfo, conn_id: u64, shared: &Shared) -> Result<&'static str, Refusal> {
+async fn stream_samples(
+    conn: &mut Conn,
+    slot: SlotInfo,
+    conn_id: u64,
+    shared: &Shared,
+) -> Result<&'static str, Refusal> {
     let (index, _, interval_ms) = slot;
     let idle = limits::idle_timeout(interval_ms);
-    let superseded = |_: Superseded| refusal("conflict", "a newer connection of this agent took over");
+    let superseded =
+        |_: Superseded| refusal("conflict", "a newer connection of this agent took over");
     loop {
         let msg = match read(conn, idle, "sample").await {
             Ok(Some(m)) => m,
@@ -205,18 +269,26 @@ async fn stream_samples(conn: &mut Conn, slot: SlotInfo, conn_id: u64, shared: &
         };
         let ack = match msg {
             AgentMessage::Sample(s) => {
-                s.validate().map_err(|e| refusal("invalid", format!("invalid sample: {e}")))?;
-                lock(shared).ingest(index, conn_id, std::slice::from_ref(&s), false).map_err(superseded)?
+                s.validate()
+                    .map_err(|e| refusal("invalid", format!("invalid sample: {e}")))?;
+                lock(shared)
+                    .ingest(index, conn_id, std::slice::from_ref(&s), false)
+                    .map_err(superseded)?
             }
             AgentMessage::Batch(b) => {
-                b.validate().map_err(|e| refusal("invalid", format!("invalid batch: {e}")))?;
-                lock(shared).ingest(index, conn_id, &b.samples, true).map_err(superseded)?
+                b.validate()
+                    .map_err(|e| refusal("invalid", format!("invalid batch: {e}")))?;
+                lock(shared)
+                    .ingest(index, conn_id, &b.samples, true)
+                    .map_err(superseded)?
             }
             AgentMessage::Goodbye(_) => {
                 lock(shared).goodbye(index, conn_id).map_err(superseded)?;
                 return Ok("goodbye");
             }
-            AgentMessage::Hello(_) => return Err(refusal("invalid", "unexpected hello after the handshake")),
+            AgentMessage::Hello(_) => {
+                return Err(refusal("invalid", "unexpected hello after the handshake"))
+            }
         };
         if !send(conn, &MasterMessage::Ack(Ack { seq: ack })).await {
             return Ok("write failed");

@@ -46,7 +46,11 @@ impl Store {
                 writer.commit(i, rec, None, None);
             }
         }
-        Ok(Store { writer, index, owners: HashMap::new() })
+        Ok(Store {
+            writer,
+            index,
+            owners: HashMap::new(),
+        })
     }
 
     pub fn host_count(&self) -> usize {
@@ -55,7 +59,12 @@ impl Store {
 
     /// Finds or allocates the host's slot, applies the handshake and makes `conn` its owner.
     /// Returns the slot and the `last_seq` for the welcome.
-    pub fn handshake(&mut self, hello: &Hello, address: &str, conn: u64) -> Result<(usize, u64), SlotError> {
+    pub fn handshake(
+        &mut self,
+        hello: &Hello,
+        address: &str,
+        conn: u64,
+    ) -> Result<(usize, u64), SlotError> {
         let table = self.writer.table();
         let (slot, fresh) = match self.index.get(&hello.agent_id) {
             Some(&i) => (i, false),
@@ -67,7 +76,11 @@ impl Store {
                 (i, true)
             }
         };
-        let mut rec = if fresh { crate::table::Record::zeroed() } else { self.writer.record(slot) };
+        let mut rec = if fresh {
+            crate::table::Record::zeroed()
+        } else {
+            self.writer.record(slot)
+        };
         let last_seq = account::handshake(&mut rec, hello, address, now_ms());
         self.writer.commit(slot, rec, None, None);
         if fresh {
@@ -79,7 +92,13 @@ impl Store {
     }
 
     /// Stores validated samples (each committed before the next), returns the ack value.
-    pub fn ingest(&mut self, slot: usize, conn: u64, samples: &[Sample], replayed: bool) -> Result<u64, Superseded> {
+    pub fn ingest(
+        &mut self,
+        slot: usize,
+        conn: u64,
+        samples: &[Sample],
+        replayed: bool,
+    ) -> Result<u64, Superseded> {
         self.check_owner(slot, conn)?;
         for s in samples {
             let mut rec = self.writer.record(slot);
@@ -144,7 +163,8 @@ pub fn encode_bounded(s: &Sample) -> Option<Vec<u8>> {
         }
         let t = s.to_mut();
         let half = |n: usize| n / 2;
-        t.cpu_cores_percent.truncate(half(t.cpu_cores_percent.len()));
+        t.cpu_cores_percent
+            .truncate(half(t.cpu_cores_percent.len()));
         t.filesystems.truncate(half(t.filesystems.len()));
         t.interfaces.truncate(half(t.interfaces.len()));
     }
@@ -162,8 +182,21 @@ mod tests {
         let s = Sample {
             seq: 1,
             cpu_cores_percent: vec![12.5; 1024],
-            filesystems: vec![Filesystem { mount: long.clone(), fs_type: long.clone(), ..Default::default() }; 64],
-            interfaces: vec![Interface { name: long, ..Default::default() }; 64],
+            filesystems: vec![
+                Filesystem {
+                    mount: long.clone(),
+                    fs_type: long.clone(),
+                    ..Default::default()
+                };
+                64
+            ],
+            interfaces: vec![
+                Interface {
+                    name: long,
+                    ..Default::default()
+                };
+                64
+            ],
             ..Sample::default()
         };
         let bytes = encode_bounded(&s).unwrap();

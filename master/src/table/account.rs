@@ -52,7 +52,12 @@ pub fn handshake(rec: &mut Record, hello: &Hello, address: &str, now_ms: u64) ->
 
 /// Accounts one validated sample of the current run. On `Stored` the caller commits the
 /// returned history point and the sample bytes with the record.
-pub fn apply_sample(rec: &mut Record, s: &Sample, replayed: bool, now_ms: u64) -> (Outcome, Option<HistoryPoint>) {
+pub fn apply_sample(
+    rec: &mut Record,
+    s: &Sample,
+    replayed: bool,
+    now_ms: u64,
+) -> (Outcome, Option<HistoryPoint>) {
     rec.last_seen_ms = now_ms;
     if s.seq <= rec.last_seq {
         rec.duplicates += 1;
@@ -97,8 +102,14 @@ pub fn apply_sample(rec: &mut Record, s: &Sample, replayed: bool, now_ms: u64) -
 /// The history point of `s`, with rates from the previous stored sample of the run (0 for the
 /// first one, or after a counter reset), and advances the rate base.
 fn history_point(rec: &mut Record, s: &Sample) -> HistoryPoint {
-    let rx: u64 = s.interfaces.iter().fold(0u64, |a, i| a.wrapping_add(i.rx_bytes));
-    let tx: u64 = s.interfaces.iter().fold(0u64, |a, i| a.wrapping_add(i.tx_bytes));
+    let rx: u64 = s
+        .interfaces
+        .iter()
+        .fold(0u64, |a, i| a.wrapping_add(i.rx_bytes));
+    let tx: u64 = s
+        .interfaces
+        .iter()
+        .fold(0u64, |a, i| a.wrapping_add(i.tx_bytes));
     let base = rec.rate_base;
     let dt_s = s.ts_ms.saturating_sub(base.ts_ms) as f64 / 1000.0;
     let rate = |now: u64, prev: u64| -> f32 {
@@ -156,22 +167,47 @@ mod tests {
     }
 
     fn sample(seq: u64, dropped: u64) -> Sample {
-        Sample { seq, ts_ms: seq * 1000, dropped, ..Sample::default() }
+        Sample {
+            seq,
+            ts_ms: seq * 1000,
+            dropped,
+            ..Sample::default()
+        }
     }
 
     /// (seq, dropped) sequences for one run -> (received, dropped, missing, duplicates, last_seq).
     #[test]
     fn dedupe_gap_and_drop_accounting() {
-        type Case = (&'static str, &'static [(u64, u64)], (u64, u64, u64, u64, u64));
+        type Case = (
+            &'static str,
+            &'static [(u64, u64)],
+            (u64, u64, u64, u64, u64),
+        );
         let cases: &[Case] = &[
             ("in order", &[(1, 0), (2, 0), (3, 0)], (3, 0, 0, 0, 3)),
-            ("duplicate resend", &[(1, 0), (2, 0), (2, 0), (1, 0), (3, 0)], (3, 0, 0, 2, 3)),
+            (
+                "duplicate resend",
+                &[(1, 0), (2, 0), (2, 0), (1, 0), (3, 0)],
+                (3, 0, 0, 2, 3),
+            ),
             ("gap explained by drops", &[(1, 0), (5, 3)], (2, 3, 0, 0, 5)),
             ("gap partly explained", &[(1, 0), (6, 2)], (2, 2, 2, 0, 6)),
             ("gap unexplained", &[(1, 0), (4, 0)], (2, 0, 2, 0, 4)),
-            ("drops of already held samples explain nothing", &[(1, 0), (2, 5), (3, 5)], (3, 0, 0, 0, 3)),
-            ("first sample after start-up drops", &[(4, 3), (5, 3)], (2, 3, 0, 0, 5)),
-            ("old sample after a gap is a duplicate", &[(1, 0), (3, 0), (2, 0)], (2, 0, 1, 1, 3)),
+            (
+                "drops of already held samples explain nothing",
+                &[(1, 0), (2, 5), (3, 5)],
+                (3, 0, 0, 0, 3),
+            ),
+            (
+                "first sample after start-up drops",
+                &[(4, 3), (5, 3)],
+                (2, 3, 0, 0, 5),
+            ),
+            (
+                "old sample after a gap is a duplicate",
+                &[(1, 0), (3, 0), (2, 0)],
+                (2, 0, 1, 1, 3),
+            ),
         ];
         for (name, seqs, want) in cases {
             let mut rec = Record::zeroed();
@@ -179,9 +215,19 @@ mod tests {
             for &(seq, dropped) in seqs.iter() {
                 apply_sample(&mut rec, &sample(seq, dropped), false, 20);
             }
-            let got = (rec.samples_received, rec.samples_dropped, rec.samples_missing, rec.duplicates, rec.last_seq);
+            let got = (
+                rec.samples_received,
+                rec.samples_dropped,
+                rec.samples_missing,
+                rec.duplicates,
+                rec.last_seq,
+            );
             assert_eq!(got, *want, "{name}");
-            assert_eq!(rec.samples_received + rec.samples_dropped + rec.samples_missing, rec.last_seq, "invariant: {name}");
+            assert_eq!(
+                rec.samples_received + rec.samples_dropped + rec.samples_missing,
+                rec.last_seq,
+                "invariant: {name}"
+            );
         }
     }
 
@@ -191,10 +237,29 @@ mod tests {
         assert_eq!(handshake(&mut rec, &hello(1), "a", 10), 0);
         apply_sample(&mut rec, &sample(1, 0), false, 11);
         apply_sample(&mut rec, &sample(2, 0), true, 12);
-        assert_eq!(handshake(&mut rec, &hello(1), "a", 13), 2, "same run resumes");
-        assert_eq!(handshake(&mut rec, &hello(2), "a", 14), 0, "new run starts over");
-        assert_eq!(apply_sample(&mut rec, &sample(1, 0), false, 15).0, Outcome::Stored);
-        assert_eq!((rec.samples_received, rec.samples_replayed, rec.reconnects, rec.last_seq), (3, 1, 2, 1));
+        assert_eq!(
+            handshake(&mut rec, &hello(1), "a", 13),
+            2,
+            "same run resumes"
+        );
+        assert_eq!(
+            handshake(&mut rec, &hello(2), "a", 14),
+            0,
+            "new run starts over"
+        );
+        assert_eq!(
+            apply_sample(&mut rec, &sample(1, 0), false, 15).0,
+            Outcome::Stored
+        );
+        assert_eq!(
+            (
+                rec.samples_received,
+                rec.samples_replayed,
+                rec.reconnects,
+                rec.last_seq
+            ),
+            (3, 1, 2, 1)
+        );
     }
 
     #[test]
