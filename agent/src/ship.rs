@@ -434,11 +434,11 @@ impl Agent {
                     .to_string();
             match &error {
                 ShipError::Refused { code, reason } => tracing::error!(
-                    master = %self.opts.master, code = %code, reason = %reason, suppressed, retry_in,
+                    master = %self.opts.master, code = %code, reason = %reason, suppressed, retry_in = %retry_in,
                     "The master refused this agent."
                 ),
                 _ => tracing::warn!(
-                    master = %self.opts.master, error = %error, suppressed, retry_in,
+                    master = %self.opts.master, error = %error, suppressed, retry_in = %retry_in,
                     "Cannot reach the master; samples are spooled meanwhile."
                 ),
             }
@@ -526,6 +526,12 @@ impl Agent {
         }
         self.seq = Seq(sample.seq);
         self.spool.push(self.seq, body.into_boxed_slice());
+        tracing::debug!(
+            seq = sample.seq,
+            dropped = sample.dropped,
+            spooled = self.spool.len(),
+            "Took a sample."
+        );
     }
 
     /// Hands unsent spooled samples to the writer while its queue has room.
@@ -568,7 +574,7 @@ impl Agent {
     async fn stop(self, state: State, reason: &'static str) {
         let last_seq = self.seq.0;
         let State::Up(mut live) = state else {
-            tracing::info!(reason, last_seq, "Stopping; not connected, so no goodbye.");
+            tracing::info!(reason = %reason, last_seq, "Stopping; not connected, so no goodbye.");
             return;
         };
         let goodbye = AgentMessage::Goodbye(Goodbye {
@@ -590,12 +596,14 @@ impl Agent {
             }
         };
         match tokio::time::timeout(GOODBYE_FLUSH, sent).await {
-            Ok(Ok(())) => tracing::info!(reason, last_seq, "Said goodbye to the master; stopping."),
+            Ok(Ok(())) => {
+                tracing::info!(reason = %reason, last_seq, "Said goodbye to the master; stopping.")
+            }
             Ok(Err(error)) => {
-                tracing::warn!(reason, %error, "Could not send the goodbye; stopping anyway.")
+                tracing::warn!(reason = %reason, %error, "Could not send the goodbye; stopping anyway.")
             }
             Err(_) => tracing::warn!(
-                reason,
+                reason = %reason,
                 "The goodbye did not flush in time; stopping anyway."
             ),
         }

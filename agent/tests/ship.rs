@@ -45,6 +45,10 @@ struct AgentProc {
 
 impl AgentProc {
     fn start(master: &str, hostname: &str) -> AgentProc {
+        Self::start_with(master, hostname, &[])
+    }
+
+    fn start_with(master: &str, hostname: &str, extra: &[&str]) -> AgentProc {
         let dir = Dir::new(hostname);
         let token = dir.0.join("token");
         std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
@@ -68,6 +72,7 @@ impl AgentProc {
             .arg(dir.0.join("state"))
             .arg("--config")
             .arg(dir.0.join("none.toml"))
+            .args(extra)
             .env("SENTINEL_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -78,6 +83,19 @@ impl AgentProc {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Waits until the agent's log contains `needle`.
+    fn wait_log(&self, needle: &str) {
+        let end = Instant::now() + DEADLINE;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < end,
+                "no {needle:?} in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn signal(&self, sig: &str) {
@@ -476,4 +494,54 @@ fn a_wrong_config_fails_at_start_naming_file_and_key() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// An address on which nothing listens (yet).
+async fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_down_master_is_logged_once_and_sigterm_still_exits_zero() {
+    let addr = free_addr().await;
+    let mut agent = AgentProc::start(&addr, "ship-down");
+    agent.wait_log("Cannot reach the master");
+    // Enough samples for several reconnect attempts (250ms, 500ms cap).
+    agent.wait_log("seq=15 ");
+    let log = agent.log();
+    let attempts = log.matches("Connecting to the master.").count();
+    assert!(attempts >= 3, "{log}");
+    assert_eq!(
+        log.matches("WARN").count(),
+        1,
+        "one line per 30 s, not per attempt:\n{log}"
+    );
+    agent.signal("TERM");
+    assert!(agent.wait_exit().success());
+    assert!(agent.log().contains("not connected, so no goodbye"));
+}
+
+#[tokio::test]
+async fn a_full_spool_drops_the_oldest_and_reports_the_count() {
+    let addr = free_addr().await;
+    let agent = AgentProc::start_with(&addr, "ship-drop", &["--spool-samples", "3"]);
+    agent.wait_log("seq=8 ");
+    let master = FakeMaster {
+        listener: TcpListener::bind(&addr).await.unwrap(),
+    };
+    let mut conn = master.accept(0).await;
+    let (first, _) = conn.samples().await;
+    let s = &first[0];
+    assert!(s.seq >= 6, "only the newest 3 (or so) are kept: {}", s.seq);
+    let mut samples = first.clone();
+    while samples.last().unwrap().seq < s.seq + 5 {
+        samples.extend(conn.samples().await.0);
+    }
+    let seqs: Vec<u64> = samples.iter().map(|s| s.seq).collect();
+    assert_contiguous(&seqs, s.seq);
+    // `dropped` is cumulative: it never decreases, and once the spool drains it counts
+    // exactly the samples before the first one kept.
+    assert!(samples.windows(2).all(|w| w[0].dropped <= w[1].dropped));
+    assert_eq!(samples.last().unwrap().dropped, s.seq - 1, "{samples:?}");
 }
