@@ -454,3 +454,190 @@ fn stale_segment_of_a_killed_master_is_replaced_and_a_live_one_is_not() {
     assert!(m2.wait_exit().success());
     assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
 }
+
+/// A minimal agent with a spool: streams samples, and after any connection failure
+/// reconnects, drops what the welcome says is held, and replays the rest in batches.
+fn streaming_agent(
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, u64) {
+    use std::collections::VecDeque;
+    use std::sync::atomic::Ordering;
+    let mut spool: VecDeque<Sample> = VecDeque::new();
+    let mut next = 1u64;
+    let mut connects = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    'outer: while Instant::now() < deadline {
+        let Ok(s) = TcpStream::connect(&addr) else {
+            continue;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut a = Agent { s, buf: Vec::new() };
+        let Some(MasterMessage::Challenge(c)) = a.recv() else {
+            continue;
+        };
+        let MasterMessage::Welcome(w) = a.hello(&c.nonce, TOKEN, 1, 7) else {
+            continue;
+        };
+        connects += 1;
+        spool.retain(|x| x.seq > w.last_seq);
+        let pending: Vec<Sample> = spool.iter().cloned().collect();
+        for chunk in pending.chunks(64) {
+            let mut out = Vec::new();
+            encode_frame(
+                &AgentMessage::Batch(Batch {
+                    samples: chunk.to_vec(),
+                }),
+                &mut out,
+            )
+            .unwrap();
+            if a.s.write_all(&out).is_err() {
+                continue 'outer;
+            }
+            match a.recv() {
+                Some(MasterMessage::Ack(x)) => spool.retain(|s| s.seq > x.seq),
+                _ => continue 'outer,
+            }
+        }
+        loop {
+            if stop.load(Ordering::Relaxed) && spool.is_empty() {
+                return (next - 1, connects);
+            }
+            if !stop.load(Ordering::Relaxed) {
+                spool.push_back(sample(next));
+                next += 1;
+            }
+            let mut out = Vec::new();
+            encode_frame(
+                &AgentMessage::Sample(spool.back().unwrap().clone()),
+                &mut out,
+            )
+            .unwrap();
+            if spool.is_empty() || a.s.write_all(&out).is_err() {
+                continue 'outer;
+            }
+            match a.recv() {
+                Some(MasterMessage::Ack(x)) => spool.retain(|s| s.seq > x.seq),
+                _ => continue 'outer,
+            }
+        }
+    }
+    panic!("agent did not finish");
+}
+
+#[test]
+fn collector_sigkilled_mid_stream_loses_nothing_and_counts_nothing_twice() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let m = Master::start("kill");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let agent = {
+        let (addr, stop) = (m.agent_addr.clone(), stop.clone());
+        std::thread::spawn(move || streaming_agent(addr, stop))
+    };
+    let received = |m: &Master| -> u64 {
+        let start = Instant::now();
+        let (code, hosts) = http_get(&m.http_addr, "/api/v1/hosts").unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "HTTP answered within 1 s"
+        );
+        assert_eq!(code, 200);
+        hosts["hosts"][0]["samples_received"].as_u64().unwrap_or(0)
+    };
+    for round in 0..20 {
+        let before = received(&m);
+        wait_for("agent progress", Duration::from_secs(10), || {
+            (received(&m) >= before + 20).then_some(())
+        });
+        let old = m.health()["collector_pid"].as_u64().unwrap();
+        unsafe { libc::kill(old as i32, libc::SIGKILL) };
+        let killed = Instant::now();
+        wait_for("collector back", Duration::from_secs(2), || {
+            let start = Instant::now();
+            let (code, h) = http_get(&m.http_addr, "/healthz").ok()?;
+            assert!(start.elapsed() < Duration::from_secs(1));
+            let pid = h["collector_pid"].as_u64()?;
+            (code == 200
+                && pid != 0
+                && pid != old
+                && h["collector_heartbeat_age_ms"].as_u64()? < 1000)
+                .then_some(())
+        });
+        eprintln!("round {round}: collector back in {:?}", killed.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (sent, connects) = agent.join().unwrap();
+    assert!(connects > 1);
+    let (_, hosts) = http_get(&m.http_addr, "/api/v1/hosts").unwrap();
+    let h = &hosts["hosts"][0];
+    let get = |k: &str| h[k].as_u64().unwrap();
+    assert_eq!(get("last_seq"), sent, "{h}");
+    assert_eq!(
+        get("samples_received"),
+        sent,
+        "nothing lost, nothing counted twice: {h}"
+    );
+    assert_eq!(
+        (get("samples_missing"), get("samples_dropped")),
+        (0, 0),
+        "{h}"
+    );
+    assert_eq!(
+        get("samples_received") + get("samples_dropped") + get("samples_missing"),
+        get("last_seq")
+    );
+}
+
+#[test]
+fn hostile_frames_are_refused_with_a_logged_reason_while_an_agent_keeps_streaming() {
+    let mut m = Master::start("hostile");
+    let (mut good, nonce) = Agent::connect(&m.agent_addr);
+    assert!(matches!(
+        good.hello(&nonce, TOKEN, 1, 1),
+        MasterMessage::Welcome(_)
+    ));
+    let mut seq = 0;
+    let mut keep_streaming = |good: &mut Agent| {
+        seq += 1;
+        good.send(&AgentMessage::Sample(sample(seq)));
+        assert_eq!(ack(good), seq);
+    };
+    let cases: &[(&str, Vec<u8>, bool, &str)] = &[
+        (
+            "oversized",
+            [&(1u32 << 30).to_be_bytes()[..], b"xx"].concat(),
+            false,
+            "exceeds the limit",
+        ),
+        (
+            "random bytes",
+            b"\x00\x00\x00\x05\xff\xfe\xfd\xfc\xfb".to_vec(),
+            false,
+            "not valid CBOR",
+        ),
+        (
+            "truncated",
+            b"\x00\x00\x01\x00\xa1\x65hello".to_vec(),
+            true,
+            "truncated frame",
+        ),
+    ];
+    for (name, bytes, close_write, reason) in cases {
+        let (mut bad, _) = Agent::connect(&m.agent_addr);
+        bad.s.write_all(bytes).unwrap();
+        if *close_write {
+            bad.s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        match bad.recv() {
+            Some(MasterMessage::Refused(r)) => assert!(
+                r.code == "invalid" && r.reason.contains(reason),
+                "{name}: {r:?}"
+            ),
+            other => panic!("{name}: {other:?}"),
+        }
+        m.wait_log(name, |l| {
+            l.contains("refused connection") && l.contains(reason)
+        });
+        keep_streaming(&mut good);
+    }
+}
