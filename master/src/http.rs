@@ -374,3 +374,234 @@ fn metrics(table: &Table, now: u64) -> String {
     let _ = writeln!(out, "# HELP sentinel_master_collector_heartbeat_age_seconds Age of the collector's last heartbeat.\n# TYPE sentinel_master_collector_heartbeat_age_seconds gauge\nsentinel_master_collector_heartbeat_age_seconds {age}");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{account, TestTable};
+    use http_body_util::BodyExt;
+    use sentinel_protocol::{Hello, HostInfo, Sample};
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn add_host(t: &Table, slot: usize, id: &str, hostname: &str, last_seen: u64) {
+        let w = t.writer().unwrap();
+        let hello = Hello {
+            version: 1,
+            agent_id: id.into(),
+            run_id: 1,
+            hostname: hostname.into(),
+            interval_ms: 1000,
+            clock_ms: last_seen,
+            agent_version: "1.0".into(),
+            host: HostInfo {
+                os: "Linux".into(),
+                cpu_count: 2,
+                ..HostInfo::default()
+            },
+            proof: vec![0; 32],
+        };
+        let mut rec = Record::zeroed();
+        account::handshake(&mut rec, &hello, "10.0.0.1:5000", last_seen);
+        let sample = Sample {
+            seq: 1,
+            ts_ms: last_seen,
+            cpu_percent: 12.3,
+            mem_total_bytes: 1000,
+            ..Sample::default()
+        };
+        let (_, point) = account::apply_sample(&mut rec, &sample, false, last_seen);
+        let mut cbor = Vec::new();
+        sentinel_protocol::frame::encode_body(&sample, &mut cbor).unwrap();
+        w.commit(slot, rec, Some(&cbor), point);
+        w.publish_host_count(slot + 1);
+    }
+
+    fn get(t: &Table, path: &str) -> (StatusCode, hyper::HeaderMap, String) {
+        let r = route(t, &Method::GET, path, NOW);
+        let (parts, body) = r.into_parts();
+        let bytes = futures_util::FutureExt::now_or_never(body.collect())
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(bytes.to_vec()).unwrap(),
+        )
+    }
+
+    fn json(body: &str) -> Value {
+        serde_json::from_str(body).unwrap()
+    }
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn fleet() -> TestTable {
+        let t = TestTable::new(8, 4);
+        add_host(&t.table, 0, A, "zeta", NOW - 5000);
+        add_host(&t.table, 1, B, "alpha <script>\"x\"\n", NOW);
+        t.table
+            .header()
+            .collector_heartbeat_ms
+            .store(NOW - 100, Ordering::Relaxed);
+        t
+    }
+
+    #[test]
+    fn hosts_are_sorted_by_hostname_with_every_contract_field() {
+        let t = fleet();
+        let (code, _, body) = get(&t.table, "/api/v1/hosts");
+        assert_eq!(code, StatusCode::OK);
+        let v = json(&body);
+        assert_eq!(v["now_ms"], NOW);
+        let hosts = v["hosts"].as_array().unwrap();
+        assert_eq!(hosts[0]["id"], B);
+        assert_eq!(
+            (hosts[0]["status"].as_str(), hosts[1]["status"].as_str()),
+            (Some("up"), Some("stale"))
+        );
+        assert_eq!(hosts[0]["cpu_percent"].as_f64(), Some(12.3));
+        let fields = "id hostname address status connected first_seen_ms last_seen_ms interval_ms clock_offset_ms \
+            agent_version os kernel arch cpu_model cpu_count run_id last_seq samples_received samples_replayed \
+            samples_dropped samples_missing duplicates reconnects cpu_percent cpu_user_percent cpu_system_percent \
+            cpu_iowait_percent cpu_steal_percent load1 load5 load15 mem_total_bytes mem_available_bytes \
+            mem_used_bytes swap_total_bytes swap_used_bytes uptime_s processes";
+        for f in fields.split_whitespace() {
+            assert!(hosts[0].get(f).is_some(), "missing {f}");
+        }
+        assert_eq!(
+            hosts[0].as_object().unwrap().len(),
+            fields.split_whitespace().count()
+        );
+    }
+
+    #[test]
+    fn host_detail_has_sample_and_history_and_unknown_ids_are_404() {
+        let t = fleet();
+        let (code, _, body) = get(&t.table, &format!("/api/v1/hosts/{A}"));
+        assert_eq!(code, StatusCode::OK);
+        let v = json(&body);
+        assert_eq!(v["sample"]["seq"], 1);
+        assert_eq!(v["sample"]["cpu_percent"].as_f64(), Some(12.3));
+        assert_eq!(v["history"]["points"].as_array().unwrap().len(), 1);
+        for path in [
+            "/api/v1/hosts/cccccccccccccccccccccccccccccccc",
+            "/api/v1/hosts/../etc",
+            "/api/v1/hosts/",
+            "/nope",
+        ] {
+            let (code, _, body) = get(&t.table, path);
+            assert_eq!(code, StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(json(&body)["error"], "not found");
+        }
+    }
+
+    #[test]
+    fn healthz_degrades_when_the_collector_heartbeat_is_old() {
+        let t = fleet();
+        let (code, _, body) = get(&t.table, "/healthz");
+        let v = json(&body);
+        assert_eq!(
+            (
+                code,
+                v["status"].as_str(),
+                v["hosts"].as_u64(),
+                v["capacity"].as_u64()
+            ),
+            (StatusCode::OK, Some("ok"), Some(2), Some(8))
+        );
+        for key in [
+            "supervisor_pid",
+            "collector_pid",
+            "http_pid",
+            "collector_heartbeat_age_ms",
+        ] {
+            assert!(v[key].is_u64(), "{key}");
+        }
+        t.table
+            .header()
+            .collector_heartbeat_ms
+            .store(NOW - 2001, Ordering::Relaxed);
+        let (code, _, body) = get(&t.table, "/healthz");
+        assert_eq!(
+            (code, json(&body)["status"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("degraded"))
+        );
+        // Without a live collector no host is shown as connected.
+        let (_, _, body) = get(&t.table, "/api/v1/hosts");
+        assert_eq!(json(&body)["hosts"][0]["connected"], false);
+    }
+
+    #[test]
+    fn dashboard_is_self_contained_and_never_uses_inner_html() {
+        let t = fleet();
+        for (path, ctype) in [
+            ("/", "text/html"),
+            ("/app.js", "text/javascript"),
+            ("/style.css", "text/css"),
+        ] {
+            let (code, headers, _) = get(&t.table, path);
+            assert_eq!(code, StatusCode::OK);
+            assert!(headers[CONTENT_TYPE].to_str().unwrap().starts_with(ctype));
+            assert_eq!(headers["content-security-policy"], "default-src 'self'");
+        }
+        assert!(
+            !APP_JS.contains("innerHTML")
+                && !APP_JS.contains("http://")
+                && !APP_JS.contains("https://")
+        );
+        assert!(
+            !INDEX_HTML.contains("<script>")
+                && !INDEX_HTML.contains("style=")
+                && !INDEX_HTML.contains("http")
+        );
+    }
+
+    #[test]
+    fn metrics_have_help_and_type_and_escape_hostile_labels() {
+        let t = fleet();
+        let (code, _, body) = get(&t.table, "/metrics");
+        assert_eq!(code, StatusCode::OK);
+        for name in [
+            "sentinel_host_up",
+            "sentinel_host_cpu_ratio",
+            "sentinel_host_memory_total_bytes",
+            "sentinel_host_memory_available_bytes",
+            "sentinel_host_load1",
+            "sentinel_host_samples_received_total",
+            "sentinel_master_hosts",
+            "sentinel_master_table_capacity",
+        ] {
+            assert!(
+                body.contains(&format!("# HELP {name} "))
+                    && body.contains(&format!("# TYPE {name} ")),
+                "{name}"
+            );
+        }
+        assert!(
+            body.contains(&format!(
+                "sentinel_host_up{{host=\"alpha <script>\\\"x\\\"\\n\",id=\"{B}\"}} 1"
+            )),
+            "{body}"
+        );
+        assert!(body.contains(&format!("sentinel_host_up{{host=\"zeta\",id=\"{A}\"}} 0")));
+        assert!(
+            body.contains("sentinel_master_hosts 2\n")
+                && body.contains("sentinel_master_table_capacity 8\n")
+        );
+        assert!(body.lines().all(|l| !l.is_empty()));
+    }
+
+    #[test]
+    fn only_get_and_head_are_allowed() {
+        let t = fleet();
+        let r = route(&t.table, &Method::POST, "/api/v1/hosts", NOW);
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            route(&t.table, &Method::HEAD, "/healthz", NOW).status(),
+            StatusCode::OK
+        );
+    }
+}

@@ -536,6 +536,34 @@ impl Writer<'_> {
     }
 }
 
+/// A table in heap memory, for tests of the code that reads or writes tables.
+#[cfg(test)]
+pub struct TestTable {
+    pub table: Table,
+    _mem: Vec<u64>,
+}
+
+#[cfg(test)]
+impl TestTable {
+    pub fn new(capacity: u32, history_points: u32) -> TestTable {
+        let mut mem = vec![0u64; layout::segment_size(capacity, history_points).div_ceil(8)];
+        let len = mem.len() * 8;
+        // SAFETY: the Vec's buffer is 8-aligned, zeroed, and lives as long as the TestTable.
+        let table = unsafe {
+            Table::init(
+                mem.as_mut_ptr() as *mut u8,
+                len,
+                capacity,
+                history_points,
+                1,
+                1,
+            )
+        }
+        .unwrap();
+        TestTable { table, _mem: mem }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::layout::{segment_size, slot_size, Header};

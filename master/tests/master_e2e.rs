@@ -43,10 +43,14 @@ struct Master {
 impl Master {
     fn start(tag: &str) -> Master {
         let shm_name = format!("sentinel-test-{tag}-{}", std::process::id());
-        Self::start_named(&shm_name)
+        Self::start_with(&shm_name, &[])
     }
 
     fn start_named(shm_name: &str) -> Master {
+        Self::start_with(shm_name, &[])
+    }
+
+    fn start_with(shm_name: &str, extra: &[&str]) -> Master {
         let dir = std::env::temp_dir().join(format!("{shm_name}-dir"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
@@ -66,6 +70,7 @@ impl Master {
                 shm_name,
             ])
             .args(["--token-file", dir.join("token").to_str().unwrap()])
+            .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -639,5 +644,24 @@ fn hostile_frames_are_refused_with_a_logged_reason_while_an_agent_keeps_streamin
             l.contains("refused connection") && l.contains(reason)
         });
         keep_streaming(&mut good);
+    }
+}
+
+#[test]
+fn connections_over_max_connections_are_refused_busy() {
+    let name = format!("sentinel-test-busy-{}", std::process::id());
+    let m = Master::start_with(&name, &["--max-connections", "1"]);
+    let (_first, _) = Agent::connect(&m.agent_addr);
+    let mut second = Agent {
+        s: TcpStream::connect(&m.agent_addr).unwrap(),
+        buf: Vec::new(),
+    };
+    second
+        .s
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    match second.recv() {
+        Some(MasterMessage::Refused(r)) => assert_eq!(r.code, "busy"),
+        other => panic!("{other:?}"),
     }
 }

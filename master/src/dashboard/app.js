@@ -1,5 +1,5 @@
 // Sentinel dashboard. Everything an agent sends is hostile text: it is only ever put into
-// the page with textContent, never innerHTML.
+// the page with textContent, never parsed as markup.
 "use strict";
 
 const POLL_MS = 1000;
