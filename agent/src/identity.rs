@@ -90,6 +90,19 @@ pub fn load_or_create(state_dir: &Path, hostname: &str) -> Result<Loaded, Identi
     load_or_create_with(state_dir, hostname, read_machine_id().as_deref())
 }
 
+/// Like [`load_or_create`] but never writes: `--once` must leave no trace on the host.
+pub fn load_or_derive(state_dir: &Path, hostname: &str) -> Result<AgentId, IdentityError> {
+    let path = state_dir.join(ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if is_valid_agent_id(text.trim()) => Ok(AgentId(text.trim().to_owned())),
+        Ok(_) => Err(IdentityError::Malformed { path }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(derive(read_machine_id().as_deref(), hostname))
+        }
+        Err(error) => Err(IdentityError::Read { path, error }),
+    }
+}
+
 fn load_or_create_with(
     state_dir: &Path,
     hostname: &str,

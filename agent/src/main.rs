@@ -48,12 +48,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let file = config::load_file(cli.config.as_deref())?;
     let settings = Settings::resolve(&cli, file)?;
     let hostname = hostname(&settings)?;
-    let agent_id = agent_id(&settings.state_dir, &hostname)?;
     let mut collector = collect::Collector::new().context("cannot initialise collection")?;
     let host = collector.host_info();
     if cli.once {
+        let agent_id = identity::load_or_derive(&settings.state_dir, &hostname)?;
         return print_once(collector, &hostname, &agent_id, &host);
     }
+    let agent_id = agent_id(&settings.state_dir, &hostname)?;
     let token = read_token(settings.token_file.as_deref())?;
     let master = settings
         .master

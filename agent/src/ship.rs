@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use sentinel_protocol::frame::{codec, encode_body, FrameError, PREFIX_BYTES};
-use sentinel_protocol::limits::{HANDSHAKE_TIMEOUT, MAX_BATCH_SAMPLES};
+use sentinel_protocol::limits::{idle_timeout, HANDSHAKE_TIMEOUT, MAX_BATCH_SAMPLES};
 use sentinel_protocol::{
     decode_body, encode_frame, AgentMessage, Batch, Goodbye, Hello, HostInfo, MasterMessage, Nonce,
     Sample, PROTOCOL_VERSION,
@@ -84,6 +84,8 @@ pub enum ShipError {
     BadNonce(usize),
     #[error("the handshake took longer than {0:?}")]
     Timeout(Duration),
+    #[error("the master has not acknowledged anything for {0:?}")]
+    AckTimeout(Duration),
 }
 
 fn kind(m: &MasterMessage) -> &'static str {
@@ -186,6 +188,10 @@ struct Live {
     writer: JoinHandle<std::io::Result<()>>,
     /// Highest seq handed to the writer on this connection.
     sent_upto: Seq,
+    /// Last ack, or when samples became outstanding after none were: a master that stops
+    /// acking (a half-open connection, a wedged collector) is given up on after the
+    /// protocol's idle timeout instead of TCP's many minutes.
+    last_progress: Instant,
 }
 
 impl Drop for Live {
@@ -323,7 +329,7 @@ impl Agent {
                     self.sampling = None;
                     self.finish_sample(done, ts_ms);
                     if let State::Up(live) = &mut state {
-                        if let Err(e) = self.pump(live) {
+                        if let Err(e) = self.pump(live).and_then(|()| self.check_acks(live)) {
                             state = self.disconnected(e);
                         }
                     }
@@ -358,6 +364,7 @@ impl Agent {
                 match decode_body::<MasterMessage>(&body) {
                     Ok(MasterMessage::Ack(ack)) => {
                         self.spool.ack(Seq(ack.seq));
+                        live.last_progress = Instant::now();
                         match self.pump(&mut live) {
                             Ok(()) => State::Up(live),
                             Err(e) => self.disconnected(e),
@@ -418,6 +425,7 @@ impl Agent {
             tx,
             writer,
             sent_upto: Seq(last_seq),
+            last_progress: Instant::now(),
         };
         match self.pump(&mut live) {
             Ok(()) => State::Up(live),
@@ -534,6 +542,20 @@ impl Agent {
         );
     }
 
+    /// True if samples were handed to this connection and not acked yet.
+    fn outstanding(&self, live: &Live) -> bool {
+        self.spool.oldest().is_some_and(|seq| seq <= live.sent_upto)
+    }
+
+    /// Gives up on a connection whose master has not acked for the protocol's idle timeout.
+    fn check_acks(&self, live: &Live) -> Result<(), ShipError> {
+        let limit = idle_timeout(u32::try_from(self.id.interval.as_millis()).unwrap_or(u32::MAX));
+        if self.outstanding(live) && live.last_progress.elapsed() > limit {
+            return Err(ShipError::AckTimeout(limit));
+        }
+        Ok(())
+    }
+
     /// Hands unsent spooled samples to the writer while its queue has room.
     fn pump(&mut self, live: &mut Live) -> Result<(), ShipError> {
         loop {
@@ -560,6 +582,9 @@ impl Agent {
             let samples: Vec<Sample> = pending.iter().filter_map(|b| decode_body(b).ok()).collect();
             let (frame, sent) = encode_samples(samples);
             if let Some(frame) = frame {
+                if !self.outstanding(live) {
+                    live.last_progress = Instant::now();
+                }
                 permit.send(frame);
             }
             live.sent_upto = match sent {

@@ -72,6 +72,11 @@ impl Spool {
         self.entries.range(start..)
     }
 
+    /// Seq of the oldest unacked sample.
+    pub fn oldest(&self) -> Option<Seq> {
+        self.entries.front().map(|e| e.seq)
+    }
+
     pub fn dropped(&self) -> u64 {
         self.dropped
     }

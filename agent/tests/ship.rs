@@ -156,7 +156,11 @@ impl FakeMaster {
 
     /// Accepts one agent and runs the handshake up to (not including) the answer.
     async fn accept_hello(&self) -> MasterConn {
-        let (stream, _) = tokio::time::timeout(DEADLINE, self.listener.accept())
+        self.accept_hello_within(DEADLINE).await
+    }
+
+    async fn accept_hello_within(&self, deadline: Duration) -> MasterConn {
+        let (stream, _) = tokio::time::timeout(deadline, self.listener.accept())
             .await
             .expect("agent connects")
             .unwrap();
@@ -181,7 +185,11 @@ impl FakeMaster {
     }
 
     async fn accept(&self, last_seq: u64) -> MasterConn {
-        let mut conn = self.accept_hello().await;
+        self.accept_within(DEADLINE, last_seq).await
+    }
+
+    async fn accept_within(&self, deadline: Duration, last_seq: u64) -> MasterConn {
+        let mut conn = self.accept_hello_within(deadline).await;
         assert!(
             conn.proof_ok(),
             "the agent's proof verifies with the fleet token"
@@ -430,7 +438,7 @@ fn once_prints_one_real_sample_as_json_without_a_master() {
         ])
         .arg(dir.0.join("agent.toml"))
         .arg("--state-dir")
-        .arg(&dir.0)
+        .arg(dir.0.join("state"))
         .output()
         .unwrap();
     assert!(
@@ -444,6 +452,10 @@ fn once_prints_one_real_sample_as_json_without_a_master() {
     assert!(sample.mem_total_bytes > 0 && sample.processes > 0);
     assert_eq!(v["hostname"], "once-host");
     assert_eq!(v["agent_id"].as_str().unwrap().len(), 32);
+    assert!(
+        !dir.0.join("state/agent-id").exists(),
+        "--once leaves no trace on the host"
+    );
     assert!(v["host"]["cpu_count"].as_u64().unwrap() > 0);
     for key in ["os", "kernel", "arch", "cpu_model"] {
         assert!(v["host"][key].is_string(), "host.{key}");
@@ -544,4 +556,21 @@ async fn a_full_spool_drops_the_oldest_and_reports_the_count() {
     // exactly the samples before the first one kept.
     assert!(samples.windows(2).all(|w| w[0].dropped <= w[1].dropped));
     assert_eq!(samples.last().unwrap().dropped, s.seq - 1, "{samples:?}");
+}
+
+#[tokio::test]
+async fn a_master_that_stops_acking_is_abandoned_after_the_idle_timeout() {
+    let master = FakeMaster::bind().await;
+    let agent = AgentProc::start(&master.addr(), "ship-noack");
+    let mut silent = master.accept(0).await;
+    let seen = silent.seqs_until(2).await;
+    assert_eq!(seen[0], 1);
+    // Never ack; keep the socket open. The agent gives up after the idle timeout (15 s at
+    // 100 ms) and reconnects, replaying everything unacked from seq 1.
+    let limit = sentinel_protocol::limits::idle_timeout(100);
+    let mut conn = master.accept_within(limit + DEADLINE, 0).await;
+    assert!(agent.log().contains("has not acknowledged anything"));
+    let (first, _) = conn.samples().await;
+    assert_eq!(first[0].seq, 1, "nothing was acked, so nothing was trimmed");
+    drop(silent);
 }
