@@ -333,10 +333,12 @@ impl Table {
 
     /// Finishes every slot a dead writer left odd: a complete journal is applied (redo), an
     /// incomplete one is discarded (the visible record was not touched). Returns the slots
-    /// repaired. Only while no collector runs.
+    /// repaired. Only while no collector runs. Only slots in use and the one being allocated
+    /// (`host_count`) can have been written, so untouched slots are not even faulted in.
     pub fn repair(&self) -> Vec<(usize, bool)> {
         let mut repaired = Vec::new();
-        for i in 0..self.capacity as usize {
+        let written = (self.host_count() + 1).min(self.capacity as usize);
+        for i in 0..written {
             let s = self.seq(i).load(Ordering::Acquire);
             if s % 2 == 0 {
                 continue;
@@ -715,6 +717,7 @@ mod tests {
                 ..Default::default()
             };
             w.commit(1, record(1), Some(b"one"), Some(p(1)));
+            w.publish_host_count(2);
             w.commit_until(1, record(2), Some(b"two"), Some(p(2)), stop);
             // A reader never blocks on the dead writer and sees a consistent host.
             let d = t.read_detail(1).expect("readable while odd");

@@ -408,6 +408,19 @@ fn master_stores_samples_serves_them_survives_a_collector_kill_and_shuts_down_cl
     );
     assert_eq!(processes_with(&m.shm_name).len(), 3);
 
+    // SIGKILL the http process: it comes back on the same port with the same data.
+    let old_http = m.health()["http_pid"].as_u64().unwrap();
+    unsafe { libc::kill(old_http as i32, libc::SIGKILL) };
+    wait_for("a new http process", Duration::from_secs(3), || {
+        let (code, h) = http_get(&m.http_addr, "/healthz").ok()?;
+        (code == 200 && h["http_pid"].as_u64()? != old_http).then_some(())
+    });
+    let (_, hosts) = http_get(&m.http_addr, "/api/v1/hosts").unwrap();
+    assert_eq!(hosts["hosts"][0]["samples_received"], 9);
+    wait_for("3 processes again", Duration::from_secs(3), || {
+        (processes_with(&m.shm_name).len() == 3).then_some(())
+    });
+
     m.signal(libc::SIGTERM);
     assert!(m.wait_exit().success());
     wait_for("children gone", Duration::from_secs(5), || {
