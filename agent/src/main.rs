@@ -16,7 +16,9 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use sentinel_protocol::limits::MAX_HOSTNAME_BYTES;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{Cli, Settings};
 use crate::identity::Loaded;
@@ -33,15 +35,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr (journald picks them up), filtered by `SENTINEL_LOG` (default `info`).
+/// Logs to stderr (journald picks them up), filtered by `SENTINEL_LOG` (default `info`):
+/// a level (`debug`) or `target=level` directives (`info,sentinel_agent=debug`). Parsed with
+/// tracing's `Targets`, which needs no regex engine: the agent stays small.
 fn init_logging() {
-    let filter = EnvFilter::try_from_env("SENTINEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
+    let spec = std::env::var("SENTINEL_LOG").unwrap_or_default();
+    let parsed = if spec.trim().is_empty() {
+        Ok(Targets::new().with_default(LevelFilter::INFO))
+    } else {
+        spec.parse::<Targets>()
+    };
+    let (filter, bad) = match parsed {
+        Ok(f) => (f, None),
+        Err(e) => (Targets::new().with_default(LevelFilter::INFO), Some(e)),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_target(false),
+        )
+        .with(filter)
         .init();
+    if let Some(error) = bad {
+        tracing::warn!(%error, value = %spec, "Ignoring an invalid SENTINEL_LOG; logging at info.");
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
