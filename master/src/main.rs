@@ -24,7 +24,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "sentinel-master failed");
+            // Plain, so it is seen even with SENTINEL_LOG=off.
             eprintln!("sentinel-master: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -32,8 +32,12 @@ function fixed(v, d) {
   return typeof v === "number" && isFinite(v) ? v.toFixed(d) : "–";
 }
 
+let selected = null; // id of the host whose detail is shown
+
 function row(h, now) {
   const tr = el("tr", "st-" + (STATUSES.includes(h.status) ? h.status : "down"));
+  if (h.id === selected) tr.classList.add("selected");
+  tr.addEventListener("click", () => { selected = h.id; pollDetail(); });
   const name = el("td", "host");
   name.appendChild(el("span", "name", h.hostname));
   name.title = h.id;
@@ -90,4 +94,66 @@ async function poll() {
   setTimeout(poll, POLL_MS);
 }
 
-document.addEventListener("DOMContentLoaded", poll);
+function cssVar(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || "#888";
+}
+
+// Draws one or two series of history points on a canvas, scaled to their maximum.
+function chart(id, points, keys, colors) {
+  const c = document.getElementById(id);
+  const ctx = c.getContext("2d");
+  ctx.clearRect(0, 0, c.width, c.height);
+  let max = 0;
+  for (const p of points) for (const k of keys) max = Math.max(max, Number(p[k]) || 0);
+  if (max <= 0) max = 1;
+  keys.forEach((k, i) => {
+    ctx.strokeStyle = cssVar(colors[i]);
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    points.forEach((p, j) => {
+      const x = points.length > 1 ? (j / (points.length - 1)) * (c.width - 2) + 1 : 1;
+      const y = c.height - 2 - ((Number(p[k]) || 0) / max) * (c.height - 4);
+      if (j === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  });
+  ctx.fillStyle = cssVar("--muted");
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillText("max " + (keys[0].indexOf("bytes") >= 0 ? bytes(max) : fixed(max, 1)), 4, 12);
+}
+
+function renderDetail(h) {
+  document.getElementById("detail").hidden = false;
+  document.getElementById("detail-title").textContent = h.hostname + " (" + h.status + ")";
+  const facts = document.getElementById("detail-facts");
+  facts.replaceChildren();
+  const add = (k, v) => { facts.appendChild(el("dt", "", k)); facts.appendChild(el("dd", "", v)); };
+  add("Agent id", h.id);
+  add("Agent version", h.agent_version);
+  add("CPU", h.cpu_model + " (" + h.cpu_count + ")");
+  add("Uptime", Math.round((h.uptime_s || 0) / 3600) + " h");
+  add("Samples", h.samples_received + " received, " + h.samples_replayed + " replayed, " +
+      h.samples_dropped + " dropped, " + h.samples_missing + " missing, " + h.duplicates + " duplicates");
+  add("Reconnects", h.reconnects);
+  add("Clock offset", h.clock_offset_ms + " ms");
+  const pts = (h.history && h.history.points) || [];
+  chart("chart-cpu", pts, ["cpu_percent"], ["--bar"]);
+  chart("chart-mem", pts, ["mem_used_bytes"], ["--bar"]);
+  chart("chart-net", pts, ["net_rx_bytes_per_s", "net_tx_bytes_per_s"], ["--bar", "--stale"]);
+  chart("chart-disk", pts, ["disk_read_bytes_per_s", "disk_write_bytes_per_s"], ["--bar", "--stale"]);
+}
+
+async function pollDetail() {
+  if (!selected) return;
+  try {
+    const r = await fetch("/api/v1/hosts/" + encodeURIComponent(selected), { cache: "no-store" });
+    if (r.ok) renderDetail(await r.json());
+  } catch (e) {
+    // the fleet poll shows the banner
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  poll();
+  setInterval(pollDetail, 2 * POLL_MS);
+});
