@@ -107,7 +107,8 @@ pub enum ConfigError {
     #[error("invalid config file {path}: {error}")]
     Parse {
         path: PathBuf,
-        error: toml::de::Error,
+        /// toml's message (it names the key) and where, on one line: logs are one line per event.
+        error: String,
     },
     #[error("invalid {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
@@ -129,9 +130,30 @@ pub struct Settings {
 
 /// Parses `agent.toml` text; `path` only names the file in errors.
 pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|error| ConfigError::Parse {
-        path: path.to_owned(),
-        error,
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let message = e.message().trim().replace('\n', " ");
+        let error = match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let column = before.len() - line_start + 1;
+                // The key on that line, so the message names it even for a bad value.
+                let line_text = text[line_start..].lines().next().unwrap_or("");
+                match line_text.split_once('=') {
+                    Some((key, _)) if !key.trim().is_empty() => format!(
+                        "key `{}`: {message} (line {line}, column {column})",
+                        key.trim()
+                    ),
+                    _ => format!("{message} (line {line}, column {column})"),
+                }
+            }
+            None => message,
+        };
+        ConfigError::Parse {
+            path: path.to_owned(),
+            error,
+        }
     })
 }
 
