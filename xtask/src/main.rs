@@ -1,1 +1,55 @@
-fn main() {}
+//! `cargo xtask <command>`: project automation that needs nothing but cargo.
+//!
+//! - `dist`            static musl binaries (x86_64, aarch64), .deb, .rpm and SHA256SUMS in target/dist/
+//! - `check-packages`  assert the deployables are static, run, lint clean and install (CI)
+//! - `ci`              everything CI runs (see ci.rs)
+
+mod checks;
+mod ci;
+mod debroot;
+mod dist;
+mod tools;
+mod util;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  dist [--version V] [--out DIR] [--no-build]
+        build sentinel-agent and sentinel-master for x86_64/aarch64 musl and package them
+        (.deb, .rpm, SHA256SUMS) into DIR (default target/dist). --version (or env
+        SENTINEL_VERSION) overrides the package version without editing Cargo.toml.
+        --no-build packages binaries already in target/<triple>/release (e.g. built by cross).
+  check-packages [--out DIR] [--skip-install]
+        assert the packages in DIR: static binaries, aarch64 runs under qemu, Architecture
+        fields, lintian, rpmlint, systemd-analyze, install/upgrade/purge in a Debian root,
+        rpm --root install. --skip-install skips the Debian-root and rpm-root steps.
+  ci    run what CI runs (dist, then check-packages, ...)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "dist" => dist::Options::parse(rest).and_then(|o| dist::run(&o).map(|_| ())),
+        "check-packages" => checks::Options::parse(rest).and_then(|o| checks::run(&o)),
+        "ci" => ci::run(),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask {command}: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

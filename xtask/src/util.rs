@@ -1,0 +1,189 @@
+//! Small helpers: running commands with readable errors, paths, versions.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub type Result<T = ()> = std::result::Result<T, String>;
+
+/// The workspace root: xtask's manifest dir is `<root>/xtask`.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Human-readable form of a command, for messages.
+pub fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&arg.to_string_lossy());
+    }
+    s
+}
+
+/// Runs a command with inherited stdout/stderr; error if it cannot start or exits non-zero.
+pub fn run(cmd: &mut Command) -> Result {
+    eprintln!("+ {}", show(cmd));
+    let status = cmd
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run `{}`: {e}", show(cmd)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{}` failed: {status}", show(cmd)))
+    }
+}
+
+/// Runs a command with its output going to `log`; on failure the error shows the log's tail.
+pub fn run_logged(cmd: &mut Command, log: &Path) -> Result {
+    let file = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let file2 = file.try_clone().map_err(|e| e.to_string())?;
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(file2)
+        .status()
+        .map_err(|e| format!("cannot run `{}`: {e}", show(cmd)))?;
+    if status.success() {
+        return Ok(());
+    }
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    Err(format!("`{}` failed: {status}; end of {}:\n{tail}", show(cmd), log.display()))
+}
+
+/// Runs a command and captures its output, whatever the exit status.
+pub fn output(cmd: &mut Command) -> Result<Output> {
+    cmd.stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run `{}`: {e}", show(cmd)))
+}
+
+/// Runs a command, captures stdout+stderr, and fails (showing both) on a non-zero exit.
+pub fn capture(cmd: &mut Command) -> Result<String> {
+    let out = output(cmd)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("`{}` failed: {}\n{}", show(cmd), out.status, text.trim_end()))
+    }
+}
+
+/// Stdout of a command that must succeed.
+pub fn stdout(cmd: &mut Command) -> Result<String> {
+    let out = output(cmd)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`{}` failed: {}\n{}",
+            show(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ))
+    }
+}
+
+/// Whether a program can be started at all (`prog args...` exits 0).
+pub fn works(prog: &str, args: &[&str]) -> bool {
+    Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Waits for a child with a deadline, collecting its stdout; kills it when time is up.
+pub fn wait_with_deadline(mut child: Child, limit: Duration) -> Result<(std::process::ExitStatus, String, String)> {
+    let deadline = Instant::now() + limit;
+    // Read pipes in threads so a chatty child cannot block on a full pipe.
+    let mut out_pipe = child.stdout.take();
+    let mut err_pipe = child.stderr.take();
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = out_pipe.as_mut() {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = err_pipe.as_mut() {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("timed out after {limit:?} (pid {} killed)", child.id()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Ok((status, out_thread.join().unwrap_or_default(), err_thread.join().unwrap_or_default()))
+}
+
+/// `version = "x.y.z"` of `[workspace.package]` in the root Cargo.toml.
+pub fn workspace_version() -> Result<String> {
+    let path = root().join("Cargo.toml");
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut in_section = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_section = line == "[workspace.package]";
+        } else if in_section {
+            if let Some(value) = line.strip_prefix("version") {
+                let value = value.trim_start().trim_start_matches('=').trim();
+                return Ok(value.trim_matches('"').to_string());
+            }
+        }
+    }
+    Err(format!("{}: no version in [workspace.package]", path.display()))
+}
+
+/// A version usable both as a Debian upstream version and an RPM version.
+pub fn validate_version(v: &str) -> Result {
+    let ok = !v.is_empty()
+        && v.starts_with(|c: char| c.is_ascii_digit())
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '~'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("version `{v}`: use digits, letters, '.', '+' or '~' (no '-'), starting with a digit"))
+    }
+}
+
+/// Takes the value following `flag` out of an argument list.
+pub fn take_value(args: &[String], i: &mut usize, flag: &str) -> Result<String> {
+    *i += 1;
+    args.get(*i).cloned().ok_or_else(|| format!("{flag} needs a value"))
+}
+
+/// Raw stdout of a command that must succeed.
+pub fn stdout_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
+    let out = output(cmd)?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!("`{}` failed: {}", show(cmd), out.status))
+    }
+}
