@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Ask a Sentinel master's HTTP API about the fleet, polling with deadlines.
+
+Runs inside the e2e client network namespace (run.sh: `ip netns exec ... fleet.py ...`).
+Standard library only. Every wait has a deadline; on timeout the last answer is printed
+and the exit status is 1.
+
+  fleet.py URL hosts                         print /api/v1/hosts
+  fleet.py URL wait NAME=STATUS... [--exact] [--timeout S] [--where FIELD=VALUE]
+                                             until each NAME has STATUS (and FIELD==VALUE);
+                                             --exact: and no other host is listed
+  fleet.py URL sequence NAME STATUS... [--timeout S]
+                                             until NAME has gone through the statuses in order
+  fleet.py URL field NAME FIELD              print one field of host NAME
+  fleet.py URL get PATH                      print status code, content type, body size
+"""
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def fetch(url, timeout=2.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.headers.get("Content-Type", ""), r.read()
+
+
+def hosts(base):
+    _, _, body = fetch(base + "/api/v1/hosts")
+    return {h["hostname"]: h for h in json.loads(body)["hosts"]}
+
+
+def brief(hs):
+    return ", ".join(f"{n}={h.get('status')}" for n, h in sorted(hs.items())) or "(no hosts)"
+
+
+def parse_opts(args):
+    opts = {"--timeout": "30", "--exact": False, "--where": []}
+    rest = []
+    it = iter(args)
+    for a in it:
+        if a == "--exact":
+            opts["--exact"] = True
+        elif a == "--where":
+            opts["--where"].append(next(it))
+        elif a in opts:
+            opts[a] = next(it)
+        else:
+            rest.append(a)
+    return opts, rest
+
+
+def wait(base, args):
+    opts, pairs = parse_opts(args)
+    want = dict(p.split("=", 1) for p in pairs)
+    where = [w.split("=", 1) for w in opts["--where"]]
+    deadline = time.monotonic() + float(opts["--timeout"])
+    start = time.monotonic()
+    last = "no answer"
+    while True:
+        try:
+            hs = hosts(base)
+            ok = all(n in hs and hs[n]["status"] == s for n, s in want.items())
+            ok = ok and all(str(hs[n].get(f)).lower() == v.lower() for n in want for f, v in where)
+            if opts["--exact"]:
+                ok = ok and set(hs) == set(want)
+            last = brief(hs)
+            if ok:
+                print(f"after {time.monotonic() - start:.1f}s: {last}")
+                return 0
+        except (OSError, ValueError, KeyError) as e:
+            last = f"error: {e}"
+        if time.monotonic() >= deadline:
+            print(f"timeout after {opts['--timeout']}s; last: {last}")
+            return 1
+        time.sleep(0.1)
+
+
+def sequence(base, args):
+    opts, rest = parse_opts(args)
+    name, statuses = rest[0], rest[1:]
+    deadline = time.monotonic() + float(opts["--timeout"])
+    start = time.monotonic()
+    seen, i = [], 0
+    while i < len(statuses):
+        try:
+            s = hosts(base).get(name, {}).get("status")
+        except (OSError, ValueError) as e:
+            s = f"error: {e}"
+        if not seen or seen[-1][0] != s:
+            seen.append((s, time.monotonic() - start))
+        if s == statuses[i]:
+            i += 1
+            continue
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    trail = " -> ".join(f"{s}@{t:.1f}s" for s, t in seen)
+    print(("reached" if i == len(statuses) else "timeout; trail") + f": {trail}")
+    return 0 if i == len(statuses) else 1
+
+
+def main(argv):
+    base, cmd, args = argv[1].rstrip("/"), argv[2], argv[3:]
+    if cmd == "hosts":
+        print(json.dumps(json.loads(fetch(base + "/api/v1/hosts")[2]), indent=1))
+        return 0
+    if cmd == "wait":
+        return wait(base, args)
+    if cmd == "sequence":
+        return sequence(base, args)
+    if cmd == "field":
+        print(hosts(base)[args[0]][args[1]])
+        return 0
+    if cmd == "get":
+        try:
+            code, ctype, body = fetch(base + args[0])
+        except urllib.error.HTTPError as e:
+            code, ctype, body = e.code, e.headers.get("Content-Type", ""), e.read()
+        print(code, ctype, len(body))
+        print(body[:4000].decode("utf-8", "replace"), file=sys.stderr)
+        return 0 if code == 200 else 1
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
