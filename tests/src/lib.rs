@@ -403,7 +403,7 @@ pub fn assert_sequence_complete(host: &Value) {
     let received = u64_field(host, "samples_received");
     let dropped = u64_field(host, "samples_dropped");
     let missing = u64_field(host, "samples_missing");
-    assert!(last > 0, "{name}: no samples at all");
+    assert!(last > 0, "{name}: no samples at all: {host}");
     assert_eq!(
         missing, 0,
         "{name}: sequence gap, {missing} samples missing: {host}"

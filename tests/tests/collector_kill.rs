@@ -12,13 +12,13 @@ use sentinel_tests::*;
 
 const KILLS: usize = 20;
 
-fn total_last_seq(master: &Master) -> Option<u64> {
+fn last_seqs(master: &Master) -> Option<Vec<u64>> {
     Some(
         master
             .hosts()?
             .iter()
             .map(|h| h["last_seq"].as_u64().unwrap_or(0))
-            .sum(),
+            .collect(),
     )
 }
 
@@ -65,7 +65,6 @@ fn collector_sigkilled_20_times_loses_nothing_and_http_keeps_answering() {
     let mut recoveries = Vec::new();
     for i in 0..KILLS {
         let old = master.collector_pid().expect("collector pid in /healthz");
-        let before = total_last_seq(&master).unwrap();
         // A random moment within a few sample periods.
         std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
         kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
@@ -81,10 +80,17 @@ fn collector_sigkilled_20_times_loses_nothing_and_http_keeps_answering() {
             back <= Duration::from_secs(2),
             "kill {i}: collector back after {back:?} (pid {old} -> {new})"
         );
-        // Let the agents reconnect and stream before the next kill.
-        wait_for(Duration::from_secs(10), "agents streaming again", || {
-            (total_last_seq(&master)? > before + 3).then_some(())
-        });
+        // Every agent reconnects to the new collector and streams before the next kill.
+        let before = last_seqs(&master).unwrap();
+        wait_for(
+            Duration::from_secs(10),
+            "every agent streaming again",
+            || {
+                let now = last_seqs(&master)?;
+                (now.len() == before.len() && now.iter().zip(&before).all(|(n, b)| n > b))
+                    .then_some(())
+            },
+        );
     }
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();

@@ -13,9 +13,11 @@ fn sigkilled_agent_goes_stale_then_down_and_sigtermed_agent_goes_stopped() {
     let mut killed = Agent::start(&master, "killed", "200ms");
     let mut stopped = Agent::start(&master, "stopped", "200ms");
     let _witness = Agent::start(&master, "witness", "200ms");
-    wait_for(Duration::from_secs(5), "3 hosts up", || {
+    wait_for(Duration::from_secs(5), "3 hosts up and streaming", || {
         let hosts = master.hosts()?;
-        (hosts.len() == 3 && hosts.iter().all(|h| h["status"] == "up")).then_some(())
+        let streaming =
+            |h: &serde_json::Value| h["status"] == "up" && h["last_seq"].as_u64() >= Some(2);
+        (hosts.len() == 3 && hosts.iter().all(streaming)).then_some(())
     });
 
     killed.signal(Signal::SIGKILL);
