@@ -44,7 +44,8 @@ function row(h, now) {
   tr.appendChild(name);
   const st = el("td", "status");
   st.appendChild(el("span", "dot"));
-  st.appendChild(el("span", "", h.status + (h.connected ? "" : " (disconnected)")));
+  const note = h.connected || h.status === "stopped" ? "" : " (disconnected)";
+  st.appendChild(el("span", "", h.status + note));
   tr.appendChild(st);
   tr.appendChild(el("td", "", ago(now - h.last_seen_ms)));
   const cpu = el("td", "num");
@@ -60,7 +61,9 @@ function row(h, now) {
   tr.appendChild(el("td", "num", bytes(used) + " / " + bytes(h.mem_total_bytes)));
   tr.appendChild(el("td", "num", fixed(h.load1, 2) + " " + fixed(h.load5, 2) + " " + fixed(h.load15, 2)));
   tr.appendChild(el("td", "", h.address));
-  tr.appendChild(el("td", "", h.os + " " + h.kernel));
+  const os = el("td", "os", h.os + " " + h.kernel);
+  os.title = h.os + " " + h.kernel + " " + h.arch;
+  tr.appendChild(os);
   return tr;
 }
 
