@@ -559,40 +559,40 @@ impl Agent {
     /// Hands unsent spooled samples to the writer while its queue has room.
     fn pump(&mut self, live: &mut Live) -> Result<(), ShipError> {
         loop {
-            let pending: Vec<&[u8]> = self
-                .spool
-                .after(live.sent_upto)
-                .take(MAX_BATCH_SAMPLES)
-                .map(|e| &e.body[..])
-                .collect();
-            let Some(last_seq) = self
-                .spool
-                .after(live.sent_upto)
-                .take(pending.len())
-                .last()
-                .map(|e| e.seq)
-            else {
+            if self.spool.after(live.sent_upto).next().is_none() {
                 return Ok(());
-            };
+            }
             let permit = match live.tx.try_reserve() {
                 Ok(p) => p,
                 Err(mpsc::error::TrySendError::Full(())) => return Ok(()),
                 Err(mpsc::error::TrySendError::Closed(())) => return Err(ShipError::Closed),
             };
-            let samples: Vec<Sample> = pending.iter().filter_map(|b| decode_body(b).ok()).collect();
-            let (frame, sent) = encode_samples(samples);
+            let Some((frame, upto)) = self.next_frame(live.sent_upto) else {
+                return Ok(());
+            };
             if let Some(frame) = frame {
                 if !self.outstanding(live) {
                     live.last_progress = Instant::now();
                 }
                 permit.send(frame);
             }
-            live.sent_upto = match sent {
-                Some(seq) => Seq(seq),
-                None => last_seq,
-            };
-            self.handed_upto = self.handed_upto.max(live.sent_upto);
+            live.sent_upto = upto;
+            self.handed_upto = self.handed_upto.max(upto);
         }
+    }
+
+    /// The next frame of spooled samples after `after`, and the seq it covers up to (the
+    /// frame is None if that sample cannot be encoded and is skipped). None if nothing is
+    /// pending.
+    fn next_frame(&self, after: Seq) -> Option<(Option<Bytes>, Seq)> {
+        let pending: Vec<_> = self.spool.after(after).take(MAX_BATCH_SAMPLES).collect();
+        let last = pending.last()?.seq;
+        let samples: Vec<Sample> = pending
+            .iter()
+            .filter_map(|e| decode_body(&e.body).ok())
+            .collect();
+        let (frame, sent) = encode_samples(samples);
+        Some((frame, sent.map_or(last, Seq)))
     }
 
     /// Planned stop: goodbye if connected, flushed with a deadline.
@@ -607,6 +607,13 @@ impl Agent {
             reason: reason.to_owned(),
         });
         let sent = async {
+            // Everything produced goes out first, so the goodbye's last_seq is complete.
+            while let Some((frame, upto)) = self.next_frame(live.sent_upto) {
+                if let Some(frame) = frame {
+                    live.tx.send(frame).await.map_err(|e| e.to_string())?;
+                }
+                live.sent_upto = upto;
+            }
             let frame = encode(&goodbye).map_err(|e| e.to_string())?;
             live.tx.send(frame).await.map_err(|e| e.to_string())?;
             // The close marker: the writer flushes and shuts the socket down.
