@@ -225,6 +225,7 @@ pub fn host_json(rec: &Record, now: u64, collector_alive: bool) -> Map<String, V
         "samples_missing": rec.samples_missing,
         "duplicates": rec.duplicates,
         "reconnects": rec.reconnects,
+        "samples_before_start": rec.samples_before_start,
         "cpu_percent": num(s.cpu_percent),
         "cpu_user_percent": num(s.cpu_user_percent),
         "cpu_system_percent": num(s.cpu_system_percent),
@@ -465,7 +466,7 @@ mod tests {
         assert_eq!(hosts[0]["cpu_percent"].as_f64(), Some(12.3));
         let fields = "id hostname address status connected first_seen_ms last_seen_ms interval_ms clock_offset_ms \
             agent_version os kernel arch cpu_model cpu_count run_id last_seq samples_received samples_replayed \
-            samples_dropped samples_missing duplicates reconnects cpu_percent cpu_user_percent cpu_system_percent \
+            samples_dropped samples_missing duplicates reconnects samples_before_start cpu_percent cpu_user_percent cpu_system_percent \
             cpu_iowait_percent cpu_steal_percent load1 load5 load15 mem_total_bytes mem_available_bytes \
             mem_used_bytes swap_total_bytes swap_used_bytes uptime_s processes";
         for f in fields.split_whitespace() {

@@ -69,7 +69,13 @@ pub fn apply_sample(
     let drop_delta = s.dropped.saturating_sub(rec.run_dropped);
     let explained = gap.min(drop_delta);
     rec.samples_dropped += explained;
-    rec.samples_missing += gap - explained;
+    if rec.last_seq == 0 {
+        // The first sample of this run in this table: what precedes it and no drop explains
+        // was acked by an earlier master instance (the table starts empty), not lost.
+        rec.samples_before_start += gap - explained;
+    } else {
+        rec.samples_missing += gap - explained;
+    }
     rec.run_dropped = rec.run_dropped.max(s.dropped);
     rec.last_seq = s.seq;
     rec.samples_received += 1;
@@ -194,6 +200,16 @@ mod tests {
             ("gap partly explained", &[(1, 0), (6, 2)], (2, 2, 2, 0, 6)),
             ("gap unexplained", &[(1, 0), (4, 0)], (2, 0, 2, 0, 4)),
             (
+                "prefix acked by an earlier master is not missing",
+                &[(4, 0), (5, 0), (7, 0)],
+                (3, 0, 1, 0, 7),
+            ),
+            (
+                "prefix partly explained by drops",
+                &[(6, 2), (7, 2)],
+                (2, 2, 0, 0, 7),
+            ),
+            (
                 "drops of already held samples explain nothing",
                 &[(1, 0), (2, 5), (3, 5)],
                 (3, 0, 0, 0, 3),
@@ -224,7 +240,10 @@ mod tests {
             );
             assert_eq!(got, *want, "{name}");
             assert_eq!(
-                rec.samples_received + rec.samples_dropped + rec.samples_missing,
+                rec.samples_received
+                    + rec.samples_dropped
+                    + rec.samples_missing
+                    + rec.samples_before_start,
                 rec.last_seq,
                 "invariant: {name}"
             );

@@ -174,6 +174,10 @@ pub struct Record {
     pub last_seq: u64,
     /// The agent's cumulative `dropped` of the current run, as last seen.
     pub run_dropped: u64,
+    /// Samples of a run that precede the first one this table stored and that no reported
+    /// drop explains: acked by an earlier master instance (the table starts empty after a
+    /// master restart), so neither missing nor held. Sum over runs.
+    pub samples_before_start: u64,
     pub samples_received: u64,
     pub samples_replayed: u64,
     pub samples_dropped: u64,
@@ -199,7 +203,7 @@ pub struct Record {
     pub arch: Text<256>,
     pub cpu_model: Text<256>,
 }
-const _: () = assert!(std::mem::size_of::<Record>() == 2024);
+const _: () = assert!(std::mem::size_of::<Record>() == 2032);
 const _: () = assert!(std::mem::size_of::<Record>() % 8 == 0);
 
 impl Record {
@@ -225,7 +229,7 @@ pub struct SlotFixed {
     /// Double buffer: a write fills the one the visible record does not point to.
     pub samples: [[u8; SAMPLE_BYTES]; 2],
 }
-const _: () = assert!(std::mem::size_of::<SlotFixed>() == 16 + 2 * 2024 + 2 * SAMPLE_BYTES);
+const _: () = assert!(std::mem::size_of::<SlotFixed>() == 16 + 2 * 2032 + 2 * SAMPLE_BYTES);
 const _: () = assert!(std::mem::size_of::<SlotFixed>() % 8 == 0);
 
 /// Bytes of one slot for a history ring of `history_points`.
