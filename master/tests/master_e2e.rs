@@ -678,3 +678,51 @@ fn connections_over_max_connections_are_refused_busy() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn after_a_master_restart_the_replayed_run_shows_no_gap() {
+    let name = format!("sentinel-test-restart-{}", std::process::id());
+    let mut m = Master::start_named(&name);
+    let (mut a, nonce) = Agent::connect(&m.agent_addr);
+    assert!(matches!(
+        a.hello(&nonce, TOKEN, 1, 5),
+        MasterMessage::Welcome(_)
+    ));
+    for seq in 1..=5 {
+        a.send(&AgentMessage::Sample(sample(seq)));
+        assert_eq!(ack(&mut a), seq);
+    }
+    m.signal(libc::SIGTERM);
+    assert!(m.wait_exit().success());
+    m.shm_name = "already-removed".into();
+    drop(m);
+    assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
+
+    let m = Master::start_named(&name);
+    let (mut a, nonce) = Agent::connect(&m.agent_addr);
+    match a.hello(&nonce, TOKEN, 1, 5) {
+        MasterMessage::Welcome(w) => assert_eq!(w.last_seq, 0, "a new table knows nothing"),
+        other => panic!("{other:?}"),
+    }
+    a.send(&AgentMessage::Batch(Batch {
+        samples: (6..=8).map(sample).collect(),
+    }));
+    assert_eq!(ack(&mut a), 8);
+    let (_, hosts) = http_get(&m.http_addr, "/api/v1/hosts").unwrap();
+    let h = &hosts["hosts"][0];
+    let get = |k: &str| h[k].as_u64().unwrap();
+    assert_eq!(
+        (
+            get("last_seq"),
+            get("samples_received"),
+            get("samples_replayed")
+        ),
+        (8, 3, 3),
+        "{h}"
+    );
+    assert_eq!(
+        (get("samples_missing"), get("samples_before_start")),
+        (0, 5),
+        "{h}"
+    );
+}
