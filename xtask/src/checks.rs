@@ -16,7 +16,15 @@ use std::time::{Duration, Instant};
 
 /// Debian packages the checks use (installed when missing).
 pub const APT_PACKAGES: &[&str] = &[
-    "file", "lintian", "rpmlint", "rpm", "debootstrap", "zstd", "qemu-user-static", "systemd", "man-db",
+    "file",
+    "lintian",
+    "rpmlint",
+    "rpm",
+    "debootstrap",
+    "zstd",
+    "qemu-user-static",
+    "systemd",
+    "man-db",
 ];
 
 /// Exposure budgets of `systemd-analyze security` (issue 3).
@@ -88,50 +96,68 @@ pub fn run(options: &Options) -> Result {
     // Everything below reads a verified copy, so a `cargo xtask dist` running meanwhile in
     // the same tree cannot hand a check a half-written package.
     let snapshot = work.join("dist");
-    if !report.check("SHA256SUMS verifies (checked copy in target/check/dist)", || {
-        snapshot_dist(&options.out, &snapshot)
-    }) {
+    if !report.check(
+        "SHA256SUMS verifies (checked copy in target/check/dist)",
+        || snapshot_dist(&options.out, &snapshot),
+    ) {
         println!("0 passed, 1 failed");
-        return Err(format!("{} does not hold a complete dist (run `cargo xtask dist`)", options.out.display()));
+        return Err(format!(
+            "{} does not hold a complete dist (run `cargo xtask dist`)",
+            options.out.display()
+        ));
     }
     let out = snapshot.as_path();
     let version = dist_version(out)?;
-    println!("check-packages: version {version} from {}", options.out.display());
+    println!(
+        "check-packages: version {version} from {}",
+        options.out.display()
+    );
 
     for arch in ARCHES {
         for (package, _) in PACKAGES {
             let bin = out.join(dist::bin_name(package, arch));
-            report.check(&format!("static {}", bin_file(&bin)), || static_binary(&bin));
+            report.check(&format!("static {}", bin_file(&bin)), || {
+                static_binary(&bin)
+            });
         }
     }
-    report.check("aarch64 agent --once --format json under qemu-aarch64-static", || {
-        agent_once_aarch64(out, &work)
-    });
-    report.check("aarch64 master answers /healthz under qemu-aarch64-static", || {
-        master_healthz_aarch64(out, &work)
-    });
+    report.check(
+        "aarch64 agent --once --format json under qemu-aarch64-static",
+        || agent_once_aarch64(out, &work),
+    );
+    report.check(
+        "aarch64 master answers /healthz under qemu-aarch64-static",
+        || master_healthz_aarch64(out, &work),
+    );
     for arch in ARCHES {
         for (package, _) in PACKAGES {
             let deb = out.join(dist::deb_name(package, &version, arch));
-            report.check(&format!("deb fields and contents {}", bin_file(&deb)), || {
-                deb_fields(&deb, package, &version, arch)
-            });
+            report.check(
+                &format!("deb fields and contents {}", bin_file(&deb)),
+                || deb_fields(&deb, package, &version, arch),
+            );
             let rpm = out.join(dist::rpm_name(package, &version, arch));
-            report.check(&format!("rpm fields and contents {}", bin_file(&rpm)), || {
-                rpm_fields(&rpm, package, &version, arch)
-            });
+            report.check(
+                &format!("rpm fields and contents {}", bin_file(&rpm)),
+                || rpm_fields(&rpm, package, &version, arch),
+            );
         }
     }
     report.check("lintian: no errors or warnings", || lintian(out, &version));
-    report.check("rpmlint -c packaging/rpmlint.toml: 0 errors, 0 warnings", || rpmlint(out, &version));
+    report.check(
+        "rpmlint -c packaging/rpmlint.toml: 0 errors, 0 warnings",
+        || rpmlint(out, &version),
+    );
     for (package, budget) in EXPOSURE_BUDGET {
         let deb = out.join(dist::deb_name(package, &version, ARCHES[0]));
-        report.check(&format!("systemd-analyze verify {package}.service prints nothing"), || {
-            unit_verify(&deb, package, &work)
-        });
-        report.check(&format!("systemd-analyze security {package}.service < {budget}"), || {
-            unit_security(package, budget)
-        });
+        report.check(
+            &format!("systemd-analyze verify {package}.service prints nothing"),
+            || unit_verify(&deb, package, &work),
+        );
+        report.check(
+            &format!("systemd-analyze security {package}.service < {budget}"),
+            || unit_security(package, budget),
+        );
     }
 
     if options.skip_install {
@@ -143,7 +169,11 @@ pub fn run(options: &Options) -> Result {
     println!(
         "check-packages: {:.1} s; failed: {}",
         started.elapsed().as_secs_f64(),
-        if report.failed.is_empty() { "none".to_string() } else { report.failed.join("; ") }
+        if report.failed.is_empty() {
+            "none".to_string()
+        } else {
+            report.failed.join("; ")
+        }
     );
     println!("{} passed, {} failed", report.passed, report.failed.len());
     if report.failed.is_empty() {
@@ -154,25 +184,38 @@ pub fn run(options: &Options) -> Result {
 }
 
 fn bin_file(path: &Path) -> String {
-    path.file_name().unwrap_or_default().to_string_lossy().into_owned()
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Copies the artifacts listed in `out`/SHA256SUMS to `snapshot` and verifies them there.
 fn snapshot_dist(out: &Path, snapshot: &Path) -> Result<String> {
     let _ = fs::remove_dir_all(snapshot);
     fs::create_dir_all(snapshot).map_err(|e| e.to_string())?;
-    let sums = fs::read_to_string(out.join("SHA256SUMS")).map_err(|e| format!("{}/SHA256SUMS: {e}", out.display()))?;
+    let sums = fs::read_to_string(out.join("SHA256SUMS"))
+        .map_err(|e| format!("{}/SHA256SUMS: {e}", out.display()))?;
     let mut count = 0;
     for line in sums.lines() {
-        let name = line.split_whitespace().nth(1).ok_or_else(|| format!("bad SHA256SUMS line: {line}"))?;
+        let name = line
+            .split_whitespace()
+            .nth(1)
+            .ok_or_else(|| format!("bad SHA256SUMS line: {line}"))?;
         let name = name.trim_start_matches('*');
         fs::copy(out.join(name), snapshot.join(name)).map_err(|e| format!("{name}: {e}"))?;
         count += 1;
     }
     fs::write(snapshot.join("SHA256SUMS"), &sums).map_err(|e| e.to_string())?;
-    util::capture(Command::new("sha256sum").args(["--check", "--strict", "--quiet", "SHA256SUMS"]).current_dir(snapshot))?;
+    util::capture(
+        Command::new("sha256sum")
+            .args(["--check", "--strict", "--quiet", "SHA256SUMS"])
+            .current_dir(snapshot),
+    )?;
     if count != 12 {
-        return Err(format!("SHA256SUMS lists {count} files, expected 4 binaries + 4 .deb + 4 .rpm"));
+        return Err(format!(
+            "SHA256SUMS lists {count} files, expected 4 binaries + 4 .deb + 4 .rpm"
+        ));
     }
     Ok(format!("{count} files"))
 }
@@ -180,7 +223,8 @@ fn snapshot_dist(out: &Path, snapshot: &Path) -> Result<String> {
 /// The version of the packages in `out`, read from the amd64 agent .deb.
 fn dist_version(out: &Path) -> Result<String> {
     let suffix = format!("_{}.deb", ARCHES[0].deb);
-    let entries = fs::read_dir(out).map_err(|e| format!("{}: {e} (run `cargo xtask dist` first)", out.display()))?;
+    let entries = fs::read_dir(out)
+        .map_err(|e| format!("{}: {e} (run `cargo xtask dist` first)", out.display()))?;
     let deb = entries
         .flatten()
         .map(|e| e.path())
@@ -188,10 +232,18 @@ fn dist_version(out: &Path) -> Result<String> {
             let name = bin_file(p);
             name.starts_with("sentinel-agent_") && name.ends_with(&suffix)
         })
-        .ok_or_else(|| format!("no sentinel-agent_*{suffix} in {} (run `cargo xtask dist` first)", out.display()))?;
+        .ok_or_else(|| {
+            format!(
+                "no sentinel-agent_*{suffix} in {} (run `cargo xtask dist` first)",
+                out.display()
+            )
+        })?;
     let full = util::stdout(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Version"))?;
     let full = full.trim();
-    Ok(full.rsplit_once('-').map_or(full, |(upstream, _)| upstream).to_string())
+    Ok(full
+        .rsplit_once('-')
+        .map_or(full, |(upstream, _)| upstream)
+        .to_string())
 }
 
 // ---- binaries ------------------------------------------------------------------------
@@ -235,8 +287,8 @@ fn agent_once_aarch64(out: &Path, work: &Path) -> Result<String> {
     if !status.success() {
         return Err(format!("exit {status}; stderr: {}", stderr.trim()));
     }
-    let sample: serde_json::Value =
-        serde_json::from_str(stdout.trim()).map_err(|e| format!("stdout is not one JSON object ({e}): {stdout}"))?;
+    let sample: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("stdout is not one JSON object ({e}): {stdout}"))?;
     let mem_total = sample["mem_total_bytes"].as_u64().unwrap_or(0);
     if mem_total == 0 {
         return Err(format!("mem_total_bytes is not > 0 in {stdout}"));
@@ -265,14 +317,27 @@ fn master_healthz_aarch64(out: &Path, work: &Path) -> Result<String> {
     let log_path = work.join("master-qemu.log");
     let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
     let mut child = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c"])
+        .args([
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+        ])
         .arg(
             "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc && \
              printf '%s' \"$SENTINEL_BINFMT\" > /proc/sys/fs/binfmt_misc/register && exec \"$@\"",
         )
         .arg("sh")
         .arg(&bin)
-        .args(["--listen", &format!("127.0.0.1:{listen}"), "--http", &format!("127.0.0.1:{http}")])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+        ])
         .args(["--shm-name", &shm])
         .env("SENTINEL_BINFMT", BINFMT_AARCH64)
         .stdin(Stdio::null())
@@ -289,8 +354,12 @@ fn master_healthz_aarch64(out: &Path, work: &Path) -> Result<String> {
         }
         match http_get(http, "/healthz") {
             Ok((200, body)) => break Ok(body),
-            Ok((code, body)) if Instant::now() >= deadline => break Err(format!("HTTP {code}: {body}")),
-            Err(e) if Instant::now() >= deadline => break Err(format!("no answer within {QEMU_DEADLINE:?}: {e}")),
+            Ok((code, body)) if Instant::now() >= deadline => {
+                break Err(format!("HTTP {code}: {body}"))
+            }
+            Err(e) if Instant::now() >= deadline => {
+                break Err(format!("no answer within {QEMU_DEADLINE:?}: {e}"))
+            }
             _ => std::thread::sleep(Duration::from_millis(250)),
         }
     };
@@ -301,9 +370,10 @@ fn master_healthz_aarch64(out: &Path, work: &Path) -> Result<String> {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     };
-    let body = answer.map_err(|e| format!("{e}\nmaster log ({}):\n{}", log_path.display(), log_tail()))?;
-    let health: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| format!("/healthz body is not JSON ({e}): {body}"))?;
+    let body =
+        answer.map_err(|e| format!("{e}\nmaster log ({}):\n{}", log_path.display(), log_tail()))?;
+    let health: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| format!("/healthz body is not JSON ({e}): {body}"))?;
     if health["status"] != "ok" {
         return Err(format!("/healthz status is not ok: {body}"));
     }
@@ -325,23 +395,36 @@ fn free_port() -> Result<u16> {
 /// Minimal HTTP/1.1 GET on 127.0.0.1: (status code, body).
 fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
     let code = response
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("not an HTTP response: {response:.200}"))?;
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim().to_string();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .trim()
+        .to_string();
     Ok((code, body))
 }
 
 /// SIGTERM to the process we started, by PID; SIGKILL if it is still there after 15 s.
 fn stop(child: &mut std::process::Child, pid: u32) -> Result {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -358,9 +441,14 @@ fn stop(child: &mut std::process::Child, pid: u32) -> Result {
 
 fn deb_fields(deb: &Path, package: &str, version: &str, arch: Arch) -> Result<String> {
     let field = |name: &str| -> Result<String> {
-        Ok(util::stdout(Command::new("dpkg-deb").arg("-f").arg(deb).arg(name))?.trim().to_string())
+        Ok(
+            util::stdout(Command::new("dpkg-deb").arg("-f").arg(deb).arg(name))?
+                .trim()
+                .to_string(),
+        )
     };
-    let (got_arch, got_pkg, got_ver) = (field("Architecture")?, field("Package")?, field("Version")?);
+    let (got_arch, got_pkg, got_ver) =
+        (field("Architecture")?, field("Package")?, field("Version")?);
     if got_arch != arch.deb || got_pkg != package || got_ver != format!("{version}-1") {
         return Err(format!("Package={got_pkg} Version={got_ver} Architecture={got_arch}, expected {package} {version}-1 {}", arch.deb));
     }
@@ -382,28 +470,53 @@ fn deb_fields(deb: &Path, package: &str, version: &str, arch: Arch) -> Result<St
     let ctl = tempdir(&format!("ctl-{package}-{}", arch.deb))?;
     util::capture(Command::new("dpkg-deb").arg("-e").arg(deb).arg(&ctl))?;
     let conffiles = fs::read_to_string(ctl.join("conffiles")).unwrap_or_default();
-    if !conffiles.lines().any(|l| l.trim() == format!("/etc/sentinel/{conf}.toml")) {
-        return Err(format!("conffiles does not list /etc/sentinel/{conf}.toml: {conffiles:?}"));
+    if !conffiles
+        .lines()
+        .any(|l| l.trim() == format!("/etc/sentinel/{conf}.toml"))
+    {
+        return Err(format!(
+            "conffiles does not list /etc/sentinel/{conf}.toml: {conffiles:?}"
+        ));
     }
-    Ok(format!("Architecture={got_arch} Version={got_ver}; conffile /etc/sentinel/{conf}.toml; {} files", expected.len()))
+    Ok(format!(
+        "Architecture={got_arch} Version={got_ver}; conffile /etc/sentinel/{conf}.toml; {} files",
+        expected.len()
+    ))
 }
 
 fn rpm_fields(rpm: &Path, package: &str, version: &str, arch: Arch) -> Result<String> {
-    let got = util::stdout(Command::new("rpm").args(["-qp", "--qf", "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}"]).arg(rpm))?;
+    let got = util::stdout(
+        Command::new("rpm")
+            .args(["-qp", "--qf", "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}"])
+            .arg(rpm),
+    )?;
     let want = format!("{package} {version}-1 {}", arch.rpm);
     if got.trim() != want {
-        return Err(format!("NAME VERSION-RELEASE ARCH = `{}`, expected `{want}`", got.trim()));
+        return Err(format!(
+            "NAME VERSION-RELEASE ARCH = `{}`, expected `{want}`",
+            got.trim()
+        ));
     }
-    let files = util::stdout(Command::new("rpm").args(["-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]"]).arg(rpm))?;
+    let files = util::stdout(
+        Command::new("rpm")
+            .args(["-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]"])
+            .arg(rpm),
+    )?;
     let conf = format!("/etc/sentinel/{}.toml", role_of(package));
     let flags = files
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{conf} ")))
         .ok_or_else(|| format!("{conf} missing from the package"))?;
     if !(flags.contains('c') && flags.contains('n')) {
-        return Err(format!("{conf} is not %config(noreplace) (flags `{flags}`)"));
+        return Err(format!(
+            "{conf} is not %config(noreplace) (flags `{flags}`)"
+        ));
     }
-    for path in [format!("/usr/bin/{package}"), format!("/usr/lib/systemd/system/{package}.service"), format!("/usr/share/man/man8/{package}.8.gz")] {
+    for path in [
+        format!("/usr/bin/{package}"),
+        format!("/usr/lib/systemd/system/{package}.service"),
+        format!("/usr/share/man/man8/{package}.8.gz"),
+    ] {
         if !files.lines().any(|l| l.starts_with(&format!("{path} "))) {
             return Err(format!("{path} missing from the package"));
         }
@@ -412,7 +525,9 @@ fn rpm_fields(rpm: &Path, package: &str, version: &str, arch: Arch) -> Result<St
     if !scripts.contains("useradd") {
         return Err("no %pre scriptlet creating the sentinel user".into());
     }
-    Ok(format!("{want}; {conf} %config(noreplace); scriptlets present"))
+    Ok(format!(
+        "{want}; {conf} %config(noreplace); scriptlets present"
+    ))
 }
 
 fn role_of(package: &str) -> &str {
@@ -422,13 +537,31 @@ fn role_of(package: &str) -> &str {
 fn lintian(out: &Path, version: &str) -> Result<String> {
     let debs: Vec<PathBuf> = ARCHES
         .iter()
-        .flat_map(|a| PACKAGES.iter().map(move |(p, _)| out.join(dist::deb_name(p, version, *a))))
+        .flat_map(|a| {
+            PACKAGES
+                .iter()
+                .map(move |(p, _)| out.join(dist::deb_name(p, version, *a)))
+        })
         .collect();
-    let output = util::output(Command::new("lintian").args(["--fail-on", "error,warning"]).args(&debs))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    let bad: Vec<&str> = text.lines().filter(|l| l.starts_with("E:") || l.starts_with("W:")).collect();
+    let output = util::output(
+        Command::new("lintian")
+            .args(["--fail-on", "error,warning"])
+            .args(&debs),
+    )?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
+        .collect();
     if output.status.success() && bad.is_empty() {
-        Ok(format!("{} packages clean (overrides: packaging/lintian/)", debs.len()))
+        Ok(format!(
+            "{} packages clean (overrides: packaging/lintian/)",
+            debs.len()
+        ))
     } else {
         Err(format!("lintian {}:\n{}", output.status, text.trim_end()))
     }
@@ -437,12 +570,19 @@ fn lintian(out: &Path, version: &str) -> Result<String> {
 fn rpmlint(out: &Path, version: &str) -> Result<String> {
     let rpms: Vec<PathBuf> = ARCHES
         .iter()
-        .flat_map(|a| PACKAGES.iter().map(move |(p, _)| out.join(dist::rpm_name(p, version, *a))))
+        .flat_map(|a| {
+            PACKAGES
+                .iter()
+                .map(move |(p, _)| out.join(dist::rpm_name(p, version, *a)))
+        })
         .collect();
     let config = util::root().join("packaging/rpmlint.toml");
     let output = util::output(Command::new("rpmlint").arg("-c").arg(&config).args(&rpms))?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let summary = text.lines().find(|l| l.contains("packages and") && l.contains("checked")).unwrap_or("");
+    let summary = text
+        .lines()
+        .find(|l| l.contains("packages and") && l.contains("checked"))
+        .unwrap_or("");
     if output.status.success() && summary.contains(" 0 errors, 0 warnings") {
         Ok(summary.trim().to_string())
     } else {
@@ -454,8 +594,16 @@ fn rpmlint(out: &Path, version: &str) -> Result<String> {
 
 /// Host units the packaged units refer to (After=/Wants=/WantedBy=) and their own deps.
 const HOST_UNITS: &[&str] = &[
-    "network-online.target", "network.target", "multi-user.target", "basic.target", "sysinit.target",
-    "shutdown.target", "sockets.target", "paths.target", "timers.target", "slices.target",
+    "network-online.target",
+    "network.target",
+    "multi-user.target",
+    "basic.target",
+    "sysinit.target",
+    "shutdown.target",
+    "sockets.target",
+    "paths.target",
+    "timers.target",
+    "slices.target",
 ];
 
 /// `systemd-analyze verify` on the unit as installed: the unpacked package plus the host
@@ -480,7 +628,11 @@ fn unit_verify(deb: &Path, package: &str, work: &Path) -> Result<String> {
             .env("MANPATH", root.join("usr/share/man"))
             .env("SYSTEMD_LOG_COLOR", "0"),
     )?;
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     if output.status.success() && text.trim().is_empty() {
         Ok("no output, exit 0 (ExecStart binary, man page and referenced units resolved)".into())
     } else {
@@ -499,7 +651,10 @@ fn unit_security(package: &str, budget: f64) -> Result<String> {
     let text = String::from_utf8_lossy(&output.stdout);
     let score: f64 = text
         .lines()
-        .find_map(|l| l.split_once("Overall exposure level for ").map(|(_, rest)| rest))
+        .find_map(|l| {
+            l.split_once("Overall exposure level for ")
+                .map(|(_, rest)| rest)
+        })
         .and_then(|rest| rest.split_once(": ").map(|(_, s)| s))
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
@@ -532,22 +687,32 @@ fn install_checks(report: &mut Report, out: &Path, version: &str, work: &Path) {
     let amd64 = ARCHES[0];
     let newer = upgrade_version(version);
     let upgrade_dir = work.join("upgrade-dist");
-    let mut ready = report.check(&format!("newer build {newer} of the amd64 packages"), || {
-        build_upgrade_packages(&upgrade_dir, &newer, amd64)
-    });
+    let mut ready = report.check(
+        &format!("newer build {newer} of the amd64 packages"),
+        || build_upgrade_packages(&upgrade_dir, &newer, amd64),
+    );
     let debian = work.join("debian-root");
     ready &= report.check("debootstrap'ed Debian root (cached tarball)", || {
         let t = Instant::now();
         debroot::extract(&debian)?;
-        Ok(format!("{} extracted in {:.1} s", debroot::tarball()?.display(), t.elapsed().as_secs_f64()))
+        Ok(format!(
+            "{} extracted in {:.1} s",
+            debroot::tarball()?.display(),
+            t.elapsed().as_secs_f64()
+        ))
     });
     let steps: [(&str, &dyn Fn() -> Result<String>); 4] = [
-        ("dpkg -i amd64 .debs: user, enabled units, conffiles, fleet token", &|| {
-            deb_install(&debian, out, version, amd64)
+        (
+            "dpkg -i amd64 .debs: user, enabled units, conffiles, fleet token",
+            &|| deb_install(&debian, out, version, amd64),
+        ),
+        ("dpkg -i newer build keeps the edited conffile", &|| {
+            deb_upgrade(&debian, &upgrade_dir, &newer, amd64)
         }),
-        ("dpkg -i newer build keeps the edited conffile", &|| deb_upgrade(&debian, &upgrade_dir, &newer, amd64)),
         ("dpkg -r keeps config", &|| deb_remove(&debian)),
-        ("dpkg --purge removes config and state", &|| deb_purge(&debian)),
+        ("dpkg --purge removes config and state", &|| {
+            deb_purge(&debian)
+        }),
     ];
     run_steps(report, ready, &steps);
 
@@ -558,12 +723,14 @@ fn install_checks(report: &mut Report, out: &Path, version: &str, work: &Path) {
             Ok(rpm_root.display().to_string())
         });
     let steps: [(&str, &dyn Fn() -> Result<String>); 2] = [
-        ("rpm --root -i x86_64 .rpms: scriptlets create user and token", &|| {
-            rpm_install(&rpm_root, out, version, amd64)
-        }),
-        ("rpm --root -U newer build keeps the edited %config(noreplace)", &|| {
-            rpm_upgrade(&rpm_root, &upgrade_dir, &newer, amd64)
-        }),
+        (
+            "rpm --root -i x86_64 .rpms: scriptlets create user and token",
+            &|| rpm_install(&rpm_root, out, version, amd64),
+        ),
+        (
+            "rpm --root -U newer build keeps the edited %config(noreplace)",
+            &|| rpm_upgrade(&rpm_root, &upgrade_dir, &newer, amd64),
+        ),
     ];
     run_steps(report, ready, &steps);
 }
@@ -587,7 +754,9 @@ fn build_upgrade_packages(dir: &Path, version: &str, arch: Arch) -> Result<Strin
     let mut made = Vec::new();
     for (package, crate_dir) in PACKAGES {
         made.push(bin_file(&dist::deb(package, arch, version, dir)?));
-        made.push(bin_file(&dist::rpm(package, crate_dir, arch, version, dir)?));
+        made.push(bin_file(&dist::rpm(
+            package, crate_dir, arch, version, dir,
+        )?));
     }
     Ok(made.join(", "))
 }
@@ -597,7 +766,8 @@ fn stage(root: &Path, files: &[PathBuf]) -> Result<Vec<String>> {
     let mut inside = Vec::new();
     for file in files {
         let name = bin_file(file);
-        fs::copy(file, root.join("tmp").join(&name)).map_err(|e| format!("{}: {e}", file.display()))?;
+        fs::copy(file, root.join("tmp").join(&name))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
         inside.push(format!("/tmp/{name}"));
     }
     Ok(inside)
@@ -626,7 +796,9 @@ fn gid_of(root: &Path, name: &str) -> Result<u32> {
         .lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&name)).then(|| f.get(2).and_then(|g| g.parse().ok())).flatten()
+            (f.first() == Some(&name))
+                .then(|| f.get(2).and_then(|g| g.parse().ok()))
+                .flatten()
         })
         .ok_or_else(|| format!("group {name} not found"))
 }
@@ -638,7 +810,11 @@ fn token_ok(root: &Path) -> Result<String> {
     let mode = meta.permissions().mode() & 0o7777;
     let gid = gid_of(root, "sentinel")?;
     if mode != 0o640 || meta.uid() != 0 || meta.gid() != gid {
-        return Err(format!("fleet-token mode {mode:o} uid {} gid {} (want 640, 0, {gid})", meta.uid(), meta.gid()));
+        return Err(format!(
+            "fleet-token mode {mode:o} uid {} gid {} (want 640, 0, {gid})",
+            meta.uid(),
+            meta.gid()
+        ));
     }
     let token = fs::read_to_string(&path).map_err(|e| e.to_string())?;
     let token = token.trim().to_string();
@@ -649,15 +825,21 @@ fn token_ok(root: &Path) -> Result<String> {
 }
 
 fn deb_install(root: &Path, out: &Path, version: &str, arch: Arch) -> Result<String> {
-    let debs: Vec<PathBuf> = PACKAGES.iter().map(|(p, _)| out.join(dist::deb_name(p, version, arch))).collect();
+    let debs: Vec<PathBuf> = PACKAGES
+        .iter()
+        .map(|(p, _)| out.join(dist::deb_name(p, version, arch)))
+        .collect();
     let inside = stage(root, &debs)?;
     let mut args = vec!["dpkg", "-i"];
     args.extend(inside.iter().map(String::as_str));
     in_root(root, &args)?;
     let user = user_exists(root)?;
     for (package, _) in PACKAGES {
-        let link = root.join(format!("etc/systemd/system/multi-user.target.wants/{package}.service"));
-        let target = fs::read_link(&link).map_err(|e| format!("{package} not enabled ({}: {e})", link.display()))?;
+        let link = root.join(format!(
+            "etc/systemd/system/multi-user.target.wants/{package}.service"
+        ));
+        let target = fs::read_link(&link)
+            .map_err(|e| format!("{package} not enabled ({}: {e})", link.display()))?;
         if !target.ends_with(format!("{package}.service")) {
             return Err(format!("{} points at {}", link.display(), target.display()));
         }
@@ -665,13 +847,28 @@ fn deb_install(root: &Path, out: &Path, version: &str, arch: Arch) -> Result<Str
         if !conf.is_file() {
             return Err(format!("{} missing", conf.display()));
         }
-        let status = in_root(root, &["dpkg-query", "-W", "-f", "${Status} ${Version}\n${Conffiles}\n", package])?;
-        if !status.contains("install ok installed") || !status.contains(&format!("/etc/sentinel/{}.toml", role_of(package))) {
+        let status = in_root(
+            root,
+            &[
+                "dpkg-query",
+                "-W",
+                "-f",
+                "${Status} ${Version}\n${Conffiles}\n",
+                package,
+            ],
+        )?;
+        if !status.contains("install ok installed")
+            || !status.contains(&format!("/etc/sentinel/{}.toml", role_of(package)))
+        {
             return Err(format!("dpkg-query {package}: {status}"));
         }
     }
-    let master_conf = fs::read_to_string(root.join("etc/sentinel/master.toml")).map_err(|e| e.to_string())?;
-    if !master_conf.lines().any(|l| l.trim() == "token_file = \"/etc/sentinel/fleet-token\"") {
+    let master_conf =
+        fs::read_to_string(root.join("etc/sentinel/master.toml")).map_err(|e| e.to_string())?;
+    if !master_conf
+        .lines()
+        .any(|l| l.trim() == "token_file = \"/etc/sentinel/fleet-token\"")
+    {
         return Err("master.toml does not set token_file = \"/etc/sentinel/fleet-token\"".into());
     }
     token_ok(root)?;
@@ -685,7 +882,10 @@ fn deb_upgrade(root: &Path, dir: &Path, newer: &str, arch: Arch) -> Result<Strin
     fs::write(&agent_conf, &text).map_err(|e| e.to_string())?;
     let token_before = token_ok(root)?;
 
-    let debs: Vec<PathBuf> = PACKAGES.iter().map(|(p, _)| dir.join(dist::deb_name(p, newer, arch))).collect();
+    let debs: Vec<PathBuf> = PACKAGES
+        .iter()
+        .map(|(p, _)| dir.join(dist::deb_name(p, newer, arch)))
+        .collect();
     let inside = stage(root, &debs)?;
     let mut args = vec!["dpkg", "-i"];
     args.extend(inside.iter().map(String::as_str));
@@ -695,17 +895,24 @@ fn deb_upgrade(root: &Path, dir: &Path, newer: &str, arch: Arch) -> Result<Strin
     if !after.lines().any(|l| l == EDIT) {
         return Err("the edited line is gone from /etc/sentinel/agent.toml".into());
     }
-    let installed = in_root(root, &["dpkg-query", "-W", "-f", "${Version}", "sentinel-agent"])?;
+    let installed = in_root(
+        root,
+        &["dpkg-query", "-W", "-f", "${Version}", "sentinel-agent"],
+    )?;
     if installed.trim() != format!("{newer}-1") {
         return Err(format!("installed version {installed}, expected {newer}-1"));
     }
     if token_ok(root)? != token_before {
         return Err("the upgrade replaced the fleet token".into());
     }
-    if root.join("etc/sentinel/agent.toml.dpkg-dist").exists() || root.join("etc/sentinel/agent.toml.dpkg-new").exists() {
+    if root.join("etc/sentinel/agent.toml.dpkg-dist").exists()
+        || root.join("etc/sentinel/agent.toml.dpkg-new").exists()
+    {
         return Err("dpkg left agent.toml.dpkg-dist/.dpkg-new".into());
     }
-    Ok(format!("now {newer}-1; edited line kept; fleet token unchanged"))
+    Ok(format!(
+        "now {newer}-1; edited line kept; fleet token unchanged"
+    ))
 }
 
 fn deb_remove(root: &Path) -> Result<String> {
@@ -715,9 +922,15 @@ fn deb_remove(root: &Path) -> Result<String> {
             return Err(format!("/{path} still there after remove"));
         }
     }
-    for path in ["etc/sentinel/agent.toml", "etc/sentinel/master.toml", "etc/sentinel/fleet-token"] {
+    for path in [
+        "etc/sentinel/agent.toml",
+        "etc/sentinel/master.toml",
+        "etc/sentinel/fleet-token",
+    ] {
         if !root.join(path).exists() {
-            return Err(format!("/{path} is gone after remove (config must stay until purge)"));
+            return Err(format!(
+                "/{path} is gone after remove (config must stay until purge)"
+            ));
         }
     }
     let agent = fs::read_to_string(root.join("etc/sentinel/agent.toml")).unwrap_or_default();
@@ -731,8 +944,12 @@ fn deb_purge(root: &Path) -> Result<String> {
     // State the agent would have written at run time.
     let state = root.join("var/lib/sentinel");
     fs::create_dir_all(&state).map_err(|e| e.to_string())?;
-    fs::write(state.join("agent-id"), "0123456789abcdef0123456789abcdef\n").map_err(|e| e.to_string())?;
-    in_root(root, &["dpkg", "--purge", "sentinel-agent", "sentinel-master"])?;
+    fs::write(state.join("agent-id"), "0123456789abcdef0123456789abcdef\n")
+        .map_err(|e| e.to_string())?;
+    in_root(
+        root,
+        &["dpkg", "--purge", "sentinel-agent", "sentinel-master"],
+    )?;
     for path in [
         "etc/sentinel/agent.toml",
         "etc/sentinel/master.toml",
@@ -753,22 +970,33 @@ fn rpm_cmd(root: &Path) -> Command {
     let mut cmd = Command::new("rpm");
     // --force-debian: Debian's rpm refuses to install without it; --nodeps: the root's
     // rpm database is empty (its packages are dpkg's).
-    cmd.arg("--root").arg(root).args(["--force-debian", "--nodeps"]);
+    cmd.arg("--root")
+        .arg(root)
+        .args(["--force-debian", "--nodeps"]);
     cmd
 }
 
 fn rpm_install(root: &Path, out: &Path, version: &str, arch: Arch) -> Result<String> {
-    let rpms: Vec<PathBuf> = PACKAGES.iter().map(|(p, _)| out.join(dist::rpm_name(p, version, arch))).collect();
+    let rpms: Vec<PathBuf> = PACKAGES
+        .iter()
+        .map(|(p, _)| out.join(dist::rpm_name(p, version, arch)))
+        .collect();
     util::capture(rpm_cmd(root).arg("-i").args(&rpms))?;
     let user = user_exists(root)?;
     token_ok(root)?;
-    let config = util::capture(Command::new("rpm").arg("--root").arg(root).args(["-qc", "sentinel-agent", "sentinel-master"]))?;
+    let config = util::capture(Command::new("rpm").arg("--root").arg(root).args([
+        "-qc",
+        "sentinel-agent",
+        "sentinel-master",
+    ]))?;
     for conf in ["/etc/sentinel/agent.toml", "/etc/sentinel/master.toml"] {
         if !config.lines().any(|l| l.trim() == conf) || !root.join(&conf[1..]).is_file() {
             return Err(format!("{conf} not installed as config: {config}"));
         }
     }
-    Ok(format!("%pre ran: {user}; %post made fleet-token 0640 root:sentinel; configs in place"))
+    Ok(format!(
+        "%pre ran: {user}; %post made fleet-token 0640 root:sentinel; configs in place"
+    ))
 }
 
 fn rpm_upgrade(root: &Path, dir: &Path, newer: &str, arch: Arch) -> Result<String> {
@@ -776,13 +1004,21 @@ fn rpm_upgrade(root: &Path, dir: &Path, newer: &str, arch: Arch) -> Result<Strin
     let mut text = fs::read_to_string(&agent_conf).map_err(|e| e.to_string())?;
     text.push_str(&format!("{EDIT}\n"));
     fs::write(&agent_conf, &text).map_err(|e| e.to_string())?;
-    let rpms: Vec<PathBuf> = PACKAGES.iter().map(|(p, _)| dir.join(dist::rpm_name(p, newer, arch))).collect();
+    let rpms: Vec<PathBuf> = PACKAGES
+        .iter()
+        .map(|(p, _)| dir.join(dist::rpm_name(p, newer, arch)))
+        .collect();
     util::capture(rpm_cmd(root).arg("-U").args(&rpms))?;
     let after = fs::read_to_string(&agent_conf).map_err(|e| e.to_string())?;
     if !after.lines().any(|l| l == EDIT) {
         return Err("the edited line is gone from /etc/sentinel/agent.toml".into());
     }
-    let q = util::capture(Command::new("rpm").arg("--root").arg(root).args(["-q", "sentinel-agent"]))?;
+    let q = util::capture(
+        Command::new("rpm")
+            .arg("--root")
+            .arg(root)
+            .args(["-q", "sentinel-agent"]),
+    )?;
     if !q.contains(newer) {
         return Err(format!("rpm -q says {q}"));
     }
@@ -794,5 +1030,8 @@ fn rpm_upgrade(root: &Path, dir: &Path, newer: &str, arch: Arch) -> Result<Strin
     if !saved.is_file() {
         return Err("rpm -e did not keep the edited agent.toml as .rpmsave".into());
     }
-    Ok(format!("{}; edited line kept; rpm -e kept it as agent.toml.rpmsave", q.trim()))
+    Ok(format!(
+        "{}; edited line kept; rpm -e kept it as agent.toml.rpmsave",
+        q.trim()
+    ))
 }

@@ -7,6 +7,9 @@ use crate::{checks, dist};
 pub fn run() -> Result {
     let dist_options = dist::Options::parse(&[])?;
     dist::run(&dist_options)?;
-    let check_options = checks::Options { out: dist_options.out, skip_install: false };
+    let check_options = checks::Options {
+        out: dist_options.out,
+        skip_install: false,
+    };
     checks::run(&check_options)
 }

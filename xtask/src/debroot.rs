@@ -70,7 +70,13 @@ pub fn extract(dest: &Path) -> Result {
         fs::remove_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
     }
     fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-    util::run(Command::new("tar").arg("-C").arg(dest).args(["--numeric-owner", "--zstd", "-xf"]).arg(&tar))
+    util::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(dest)
+            .args(["--numeric-owner", "--zstd", "-xf"])
+            .arg(&tar),
+    )
 }
 
 /// `chroot root args...` with /proc mounted, in a private mount namespace.
@@ -82,7 +88,10 @@ pub fn chroot(root: &Path, args: &[&str]) -> Command {
         .arg(root)
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
     cmd
 }
 
@@ -96,7 +105,10 @@ fn mirror() -> Result<String> {
     if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
         paths.sort();
-        for path in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "sources")) {
+        for path in paths
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "sources"))
+        {
             let text = fs::read_to_string(path).unwrap_or_default();
             for stanza in text.split("\n\n") {
                 let field = |name: &str| {
@@ -118,10 +130,15 @@ fn mirror() -> Result<String> {
     // One-line sources: `deb [opts] URI SUITE COMPONENTS...`.
     let text = fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
     for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().filter(|w| !w.starts_with('[')).collect();
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .filter(|w| !w.starts_with('['))
+            .collect();
         if words.first() == Some(&"deb") && words.get(2) == Some(&suite.as_str()) {
             return Ok(words[1].to_string());
         }
     }
-    Err(format!("no apt source for `{suite}` found; set SENTINEL_DEBIAN_MIRROR"))
+    Err(format!(
+        "no apt source for `{suite}` found; set SENTINEL_DEBIAN_MIRROR"
+    ))
 }

@@ -12,7 +12,8 @@ use std::process::Command;
 use std::time::Instant;
 
 /// The two deployables: (Cargo package = binary = Debian/RPM package name, crate dir).
-pub const PACKAGES: [(&str, &str); 2] = [("sentinel-agent", "agent"), ("sentinel-master", "master")];
+pub const PACKAGES: [(&str, &str); 2] =
+    [("sentinel-agent", "agent"), ("sentinel-master", "master")];
 
 /// One target architecture under its three names.
 #[derive(Clone, Copy)]
@@ -23,8 +24,16 @@ pub struct Arch {
 }
 
 pub const ARCHES: [Arch; 2] = [
-    Arch { triple: "x86_64-unknown-linux-musl", deb: "amd64", rpm: "x86_64" },
-    Arch { triple: "aarch64-unknown-linux-musl", deb: "arm64", rpm: "aarch64" },
+    Arch {
+        triple: "x86_64-unknown-linux-musl",
+        deb: "amd64",
+        rpm: "x86_64",
+    },
+    Arch {
+        triple: "aarch64-unknown-linux-musl",
+        deb: "arm64",
+        rpm: "aarch64",
+    },
 ];
 
 /// Debian revision and RPM release of every package we build.
@@ -40,7 +49,11 @@ pub fn rpm_name(package: &str, version: &str, arch: Arch) -> String {
     format!("{package}-{version}-{REVISION}.{}.rpm", arch.rpm)
 }
 pub fn built_binary(package: &str, arch: Arch) -> PathBuf {
-    util::root().join("target").join(arch.triple).join("release").join(package)
+    util::root()
+        .join("target")
+        .join(arch.triple)
+        .join("release")
+        .join(package)
 }
 
 pub struct Options {
@@ -54,7 +67,9 @@ pub struct Options {
 
 impl Options {
     pub fn parse(args: &[String]) -> Result<Self> {
-        let mut version = std::env::var("SENTINEL_VERSION").ok().filter(|v| !v.is_empty());
+        let mut version = std::env::var("SENTINEL_VERSION")
+            .ok()
+            .filter(|v| !v.is_empty());
         let mut out = util::root().join("target/dist");
         let mut no_build = false;
         let mut i = 0;
@@ -72,7 +87,11 @@ impl Options {
             None => util::workspace_version()?,
         };
         util::validate_version(&version)?;
-        Ok(Options { version, out, no_build })
+        Ok(Options {
+            version,
+            out,
+            no_build,
+        })
     }
 }
 
@@ -106,10 +125,18 @@ pub fn run(options: &Options) -> Result<Vec<PathBuf>> {
     }
     write_sha256sums(&options.out, &artifacts)?;
 
-    println!("dist: version {} in {}", options.version, options.out.display());
+    println!(
+        "dist: version {} in {}",
+        options.version,
+        options.out.display()
+    );
     for path in &artifacts {
         let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        println!("  {:>10}  {}", size, path.file_name().unwrap_or_default().to_string_lossy());
+        println!(
+            "  {:>10}  {}",
+            size,
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
     }
     println!(
         "dist: done in {:.1} s (build {:.1} s)",
@@ -123,7 +150,8 @@ pub fn run(options: &Options) -> Result<Vec<PathBuf>> {
 /// Cargo.toml; linker from .cargo/config.toml).
 fn build() -> Result {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(util::root()).args(["build", "--release", "--locked"]);
+    cmd.current_dir(util::root())
+        .args(["build", "--release", "--locked"]);
     for arch in ARCHES {
         cmd.args(["--target", arch.triple]);
     }
@@ -164,7 +192,16 @@ fn clean(out: &Path) -> Result {
 pub fn deb(package: &str, arch: Arch, version: &str, out: &Path) -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(util::root())
-        .args(["deb", "-p", package, "--target", arch.triple, "--no-build", "--no-strip", "-o"])
+        .args([
+            "deb",
+            "-p",
+            package,
+            "--target",
+            arch.triple,
+            "--no-build",
+            "--no-strip",
+            "-o",
+        ])
         .arg(out)
         .args(["--deb-version", &format!("{version}-{REVISION}")]);
     util::capture(&mut cmd)?;
@@ -173,10 +210,23 @@ pub fn deb(package: &str, arch: Arch, version: &str, out: &Path) -> Result<PathB
 }
 
 /// `cargo generate-rpm`: the arch comes from --target, the version from --set-metadata.
-pub fn rpm(package: &str, crate_dir: &str, arch: Arch, version: &str, out: &Path) -> Result<PathBuf> {
+pub fn rpm(
+    package: &str,
+    crate_dir: &str,
+    arch: Arch,
+    version: &str,
+    out: &Path,
+) -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(util::root())
-        .args(["generate-rpm", "-p", crate_dir, "--target", arch.triple, "-o"])
+        .args([
+            "generate-rpm",
+            "-p",
+            crate_dir,
+            "--target",
+            arch.triple,
+            "-o",
+        ])
         .arg(out)
         .args(["--set-metadata", &format!("version = \"{version}\"")])
         .args(["--set-metadata", &format!("release = \"{REVISION}\"")]);

@@ -18,7 +18,11 @@ pub fn ensure_rust_targets() -> Result {
     if missing.is_empty() {
         return Ok(());
     }
-    util::run(Command::new("rustup").args(["target", "add"]).args(&missing))
+    util::run(
+        Command::new("rustup")
+            .args(["target", "add"])
+            .args(&missing),
+    )
 }
 
 /// `cargo install --locked <krate>` unless `cargo <subcommand> --version` already works.
@@ -34,7 +38,11 @@ static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
 /// `apt-get install` the Debian packages that are not installed yet.
 pub fn ensure_apt(packages: &[&str]) -> Result {
-    let missing: Vec<&str> = packages.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -53,5 +61,8 @@ fn dpkg_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f", "${Status}", package])
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
 }

@@ -56,7 +56,11 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-    Err(format!("`{}` failed: {status}; end of {}:\n{tail}", show(cmd), log.display()))
+    Err(format!(
+        "`{}` failed: {status}; end of {}:\n{tail}",
+        show(cmd),
+        log.display()
+    ))
 }
 
 /// Runs a command and captures its output, whatever the exit status.
@@ -77,7 +81,12 @@ pub fn capture(cmd: &mut Command) -> Result<String> {
     if out.status.success() {
         Ok(text)
     } else {
-        Err(format!("`{}` failed: {}\n{}", show(cmd), out.status, text.trim_end()))
+        Err(format!(
+            "`{}` failed: {}\n{}",
+            show(cmd),
+            out.status,
+            text.trim_end()
+        ))
     }
 }
 
@@ -108,7 +117,10 @@ pub fn works(prog: &str, args: &[&str]) -> bool {
 }
 
 /// Waits for a child with a deadline, collecting its stdout; kills it when time is up.
-pub fn wait_with_deadline(mut child: Child, limit: Duration) -> Result<(std::process::ExitStatus, String, String)> {
+pub fn wait_with_deadline(
+    mut child: Child,
+    limit: Duration,
+) -> Result<(std::process::ExitStatus, String, String)> {
     let deadline = Instant::now() + limit;
     // Read pipes in threads so a chatty child cannot block on a full pipe.
     let mut out_pipe = child.stdout.take();
@@ -134,11 +146,18 @@ pub fn wait_with_deadline(mut child: Child, limit: Duration) -> Result<(std::pro
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("timed out after {limit:?} (pid {} killed)", child.id()));
+            return Err(format!(
+                "timed out after {limit:?} (pid {} killed)",
+                child.id()
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    Ok((status, out_thread.join().unwrap_or_default(), err_thread.join().unwrap_or_default()))
+    Ok((
+        status,
+        out_thread.join().unwrap_or_default(),
+        err_thread.join().unwrap_or_default(),
+    ))
 }
 
 /// `version = "x.y.z"` of `[workspace.package]` in the root Cargo.toml.
@@ -157,25 +176,33 @@ pub fn workspace_version() -> Result<String> {
             }
         }
     }
-    Err(format!("{}: no version in [workspace.package]", path.display()))
+    Err(format!(
+        "{}: no version in [workspace.package]",
+        path.display()
+    ))
 }
 
 /// A version usable both as a Debian upstream version and an RPM version.
 pub fn validate_version(v: &str) -> Result {
     let ok = !v.is_empty()
         && v.starts_with(|c: char| c.is_ascii_digit())
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '~'));
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '~'));
     if ok {
         Ok(())
     } else {
-        Err(format!("version `{v}`: use digits, letters, '.', '+' or '~' (no '-'), starting with a digit"))
+        Err(format!(
+            "version `{v}`: use digits, letters, '.', '+' or '~' (no '-'), starting with a digit"
+        ))
     }
 }
 
 /// Takes the value following `flag` out of an argument list.
 pub fn take_value(args: &[String], i: &mut usize, flag: &str) -> Result<String> {
     *i += 1;
-    args.get(*i).cloned().ok_or_else(|| format!("{flag} needs a value"))
+    args.get(*i)
+        .cloned()
+        .ok_or_else(|| format!("{flag} needs a value"))
 }
 
 /// Raw stdout of a command that must succeed.
