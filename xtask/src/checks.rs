@@ -30,6 +30,15 @@ pub const APT_PACKAGES: &[&str] = &[
 /// Exposure budgets of `systemd-analyze security` (issue 3).
 const EXPOSURE_BUDGET: [(&str, f64); 2] = [("sentinel-agent", 2.0), ("sentinel-master", 3.0)];
 
+/// Size budget per binary (issue 3), in bytes: agent <= 2 MB, master <= 4 MB (decimal).
+fn size_budget(package: &str) -> u64 {
+    if package == "sentinel-agent" {
+        2_000_000
+    } else {
+        4_000_000
+    }
+}
+
 /// How long a binary under qemu-user may take to answer; emulation is slow on 2 cores.
 const QEMU_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -118,6 +127,15 @@ pub fn run(options: &Options) -> Result {
             let bin = out.join(dist::bin_name(package, arch));
             report.check(&format!("static {}", bin_file(&bin)), || {
                 static_binary(&bin)
+            });
+            report.check(&format!("size budget {}", bin_file(&bin)), || {
+                let size = fs::metadata(&bin).map_err(|e| e.to_string())?.len();
+                let budget = size_budget(package);
+                if size <= budget {
+                    Ok(format!("{size} bytes <= {budget}"))
+                } else {
+                    Err(format!("{size} bytes > budget {budget}"))
+                }
             });
         }
     }
