@@ -65,6 +65,11 @@ impl FailureLog {
         }
     }
 
+    /// True while failures are being suppressed (a line is due once the period ends).
+    pub fn quiet(&self) -> bool {
+        self.suppressed > 0
+    }
+
     /// Ends a run of failures; returns how many there were.
     pub fn succeeded(&mut self) -> u64 {
         self.last_logged = None;
@@ -100,7 +105,9 @@ mod tests {
         for i in 1..10 {
             assert_eq!(f.failed_at(t0 + Duration::from_secs(i)), None);
         }
+        assert!(f.quiet());
         assert_eq!(f.failed_at(t0 + LOG_EVERY), Some(9));
+        assert!(!f.quiet());
         assert_eq!(f.succeeded(), 11);
         assert_eq!(
             f.failed_at(t0 + LOG_EVERY),

@@ -283,6 +283,9 @@ pub struct Agent {
     backoff: Backoff,
     /// Rate limit for connection failures: the master being down must not flood the log.
     conn_failures: FailureLog,
+    /// Rate limit for broken connections, never reset by a reconnect: a master that accepts
+    /// and then drops us at once (backoff resets after each handshake) must not flood the log.
+    disconnects: FailureLog,
     /// Rate limit for samples lost to an unusable reading.
     sample_failures: FailureLog,
     /// Rate limit for ticks skipped because the previous sample is still being taken.
@@ -301,6 +304,7 @@ impl Agent {
             handed_upto: Seq(0),
             seq: Seq(0),
             conn_failures: FailureLog::default(),
+            disconnects: FailureLog::default(),
             sample_failures: FailureLog::default(),
             slow_samples: FailureLog::default(),
         }
@@ -399,10 +403,15 @@ impl Agent {
         self.backoff.reset();
         self.spool.ack(Seq(last_seq));
         let backlog = self.spool.after(Seq(last_seq)).count();
-        tracing::info!(
-            master = %self.opts.master, last_seq, backlog, failures_before = failures,
-            "Connected to the master."
-        );
+        if self.disconnects.quiet() {
+            // A flapping connection: the disconnect line was suppressed, so is this one.
+            tracing::debug!(master = %self.opts.master, last_seq, backlog, "Reconnected to the master.");
+        } else {
+            tracing::info!(
+                master = %self.opts.master, last_seq, backlog, failures_before = failures,
+                "Connected to the master."
+            );
+        }
         if master_version != PROTOCOL_VERSION {
             tracing::warn!(
                 master_version,
@@ -462,10 +471,16 @@ impl Agent {
             return self.failed(error);
         }
         let delay = self.backoff.next_delay();
-        tracing::warn!(
-            master = %self.opts.master, error = %error, unacked = self.spool.len(),
-            "Lost the connection to the master; will reconnect."
-        );
+        match self.disconnects.failed() {
+            Some(suppressed) => tracing::warn!(
+                master = %self.opts.master, error = %error, unacked = self.spool.len(), suppressed,
+                "Lost the connection to the master; will reconnect."
+            ),
+            None => tracing::debug!(
+                master = %self.opts.master, error = %error, unacked = self.spool.len(),
+                "Lost the connection to the master again; will reconnect."
+            ),
+        }
         State::Idle {
             retry_at: Instant::now() + delay,
         }

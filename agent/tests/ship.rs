@@ -574,3 +574,27 @@ async fn a_master_that_stops_acking_is_abandoned_after_the_idle_timeout() {
     assert_eq!(first[0].seq, 1, "nothing was acked, so nothing was trimmed");
     drop(silent);
 }
+
+#[tokio::test]
+async fn a_flapping_master_does_not_flood_the_log() {
+    let master = FakeMaster::bind().await;
+    let agent = AgentProc::start(&master.addr(), "ship-flap");
+    // Welcome, then drop at once: the backoff resets after every handshake, so the agent
+    // comes straight back; the log must not say so every time.
+    for _ in 0..6 {
+        let conn = master.accept(0).await;
+        drop(conn);
+    }
+    let mut conn = master.accept(0).await;
+    let seqs = conn.seqs_until(3).await;
+    assert_eq!(seqs[0], 1, "nothing was acked, so everything is sent");
+    let log = agent.log();
+    let warns = log.lines().filter(|l| l.contains(" WARN ")).count();
+    assert_eq!(warns, 1, "{log}");
+    assert_eq!(
+        log.matches("Lost the connection to the master again")
+            .count(),
+        5,
+        "suppressed disconnects are still at debug: {log}"
+    );
+}
