@@ -95,7 +95,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(ship::Agent::new(id, opts, collector).run())?;
+    let result = runtime.block_on(ship::Agent::new(id, opts, collector).run());
+    // A sample stuck in a hung statvfs must not hold up the exit (dropping the runtime would
+    // wait for it).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result?;
     Ok(())
 }
 

@@ -317,6 +317,7 @@ impl Agent {
         tracing::info!(
             master = %self.opts.master, agent_id = %self.id.agent_id, hostname = %self.id.hostname,
             run_id = self.id.run_id, interval = %humantime::format_duration(self.id.interval),
+            version = env!("CARGO_PKG_VERSION"),
             "Agent started."
         );
         // The priming CPU reading was taken at construction; the first sample needs a gap.
