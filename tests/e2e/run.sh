@@ -15,6 +15,7 @@
 #   SENTINEL_E2E_CACHE   cache for the root filesystem and the Ansible venv
 #                        (default /var/cache/sentinel-e2e)
 #   SENTINEL_E2E_KEEP=1  keep the run's logs directory (target/e2e/run) on success too
+#   SENTINEL_E2E_HOLD=S  before teardown, keep the fleet up for S seconds to look around
 #
 # Traffic stays on the bridge inside namespaces created here: every client (ansible, ssh,
 # the API checks) runs in the client namespace; nothing is sent from the root namespace.
@@ -207,7 +208,7 @@ boot_all() {
         local cgs=()
         for cg in "${CGROUPS[@]}"; do cgs+=("$cg/$h"); done
         setsid "$LIB/boot.sh" "$h" "$LOWER" "$d" "$NSDIR" "${cgs[@]}" \
-            > "$WORK/$h.console.log" 2>&1 < /dev/null 9>&- &
+            > "$WORK/$h.console.log" 2>&1 < /dev/null  &
         echo $! > "$WORK/$h.pid"
     done
     local deadline=$((SECONDS + 90)) s
@@ -295,6 +296,7 @@ on_exit() {
     log "tearing down"
     teardown
     check "teardown: no process, mount, namespace, cgroup or veth left" teardown_is_clean
+    release_lock
     local total
     total=$(echo "$(date +%s.%N) - $T0" | bc)
     echo
@@ -307,6 +309,21 @@ on_exit() {
     [ "$FAILED" = 0 ] && [ -z "${SENTINEL_E2E_KEEP:-}" ] && rm -rf "$WORK"
     [ "$FAILED" = 0 ] && exit 0 || exit 1
 }
+
+# One run at a time on a machine: the names, addresses and cgroups are fixed. A PID file, not
+# flock, so that no process a run leaves behind can hold the lock.
+LOCK=/run/lock/sentinel-e2e.pid
+acquire_lock() {
+    local p deadline=$((SECONDS + 1200))
+    until (set -o noclobber; echo $$ > "$LOCK") 2> /dev/null; do
+        p=$(cat "$LOCK" 2> /dev/null) || continue
+        if ! kill -0 "$p" 2> /dev/null; then rm -f "$LOCK"; continue; fi
+        [ $SECONDS -lt $deadline ] || die "another e2e run (PID $p) holds $LOCK"
+        [ -n "${warned:-}" ] || { log "waiting for the e2e run with PID $p"; warned=1; }
+        sleep 1
+    done
+}
+release_lock() { [ "$(cat "$LOCK" 2> /dev/null)" = $$ ] && rm -f "$LOCK"; return 0; }
 
 # --- ansible ---------------------------------------------------------------------------------
 write_inventory() {
@@ -333,11 +350,14 @@ play() {
     local name=$1; shift
     local out=$WORK/play-$name.log
     log "ansible-playbook site.yml ($name) $*"
-    if ! (cd "$REPO/deploy/ansible" && ip netns exec "$CLIENT" env \
-            ANSIBLE_HOME="$WORK/ansible" ANSIBLE_HOST_KEY_CHECKING=False ANSIBLE_PIPELINING=True \
-            ANSIBLE_NOCOLOR=1 ANSIBLE_FORKS=5 ANSIBLE_SSH_ARGS="${SSH_OPTS[*]}" \
-            PATH="$VENV/bin:$PATH" \
-            ansible-playbook -i "$WORK/inventory.yml" site.yml "$@") > "$out" 2>&1; then
+    # In the background and waited for, so that a SIGTERM is acted on at once (bash runs a
+    # trap only after the foreground command); teardown kills what runs in the namespace.
+    (cd "$REPO/deploy/ansible" && exec ip netns exec "$CLIENT" env \
+        ANSIBLE_HOME="$WORK/ansible" ANSIBLE_HOST_KEY_CHECKING=False ANSIBLE_PIPELINING=True \
+        ANSIBLE_NOCOLOR=1 ANSIBLE_FORKS=5 ANSIBLE_SSH_ARGS="${SSH_OPTS[*]}" \
+        PATH="$VENV/bin:$PATH" \
+        ansible-playbook -i "$WORK/inventory.yml" site.yml "$@") > "$out" 2>&1 < /dev/null  &
+    if ! wait $!; then
         tail -40 "$out"
         return 1
     fi
@@ -347,6 +367,7 @@ recap_changed() { # total changed= of the last run's recap
     sed -n '/PLAY RECAP/,$p' "$WORK/play-$1.log" | grep -oE 'changed=[0-9]+' | cut -d= -f2 | paste -sd+ | bc
 }
 
+COUNTERS="status connected run_id last_seq samples_received samples_replayed samples_dropped samples_missing duplicates reconnects"
 fleet() { ip netns exec "$CLIENT" python3 "$LIB/fleet.py" "$API" "$@"; }
 svc() { [ "$1" = "$MASTER" ] && echo sentinel-master || echo sentinel-agent; }
 mainpid() { on "$1" systemctl show -p MainPID --value "$2"; }
@@ -354,8 +375,7 @@ mainpid() { on "$1" systemctl show -p MainPID --value "$2"; }
 # ============================================================================================
 main() {
     preflight
-    exec 9> /run/lock/sentinel-e2e.lock
-    flock -w 1200 9 || die "another e2e run holds /run/lock/sentinel-e2e.lock"
+    acquire_lock
     mkdir -p "$WORK" "$CACHE"
     teardown # whatever an earlier, killed run left
     rm -rf "$WORK" && mkdir -p "$WORK/ssh" "$NSDIR"
@@ -391,6 +411,12 @@ main() {
     check_interval_change
     check_upgrade
     check_rpm
+    if [ -n "${SENTINEL_E2E_HOLD:-}" ]; then
+        log "holding the fleet for ${SENTINEL_E2E_HOLD}s (rm $WORK/hold to tear down now)"
+        touch "$WORK/hold"
+        local until=$((SECONDS + SENTINEL_E2E_HOLD))
+        while [ -e "$WORK/hold" ] && [ $SECONDS -lt $until ]; do sleep 1; done
+    fi
 }
 
 lint() {
@@ -445,9 +471,16 @@ no_gap() {
     return $ok
 }
 check_master_restart() {
+    local t
     all_up 30 > /dev/null || true
+    fleet table $COUNTERS
+    t=$(fleet now)
     on "$MASTER" systemctl restart sentinel-master
-    check "master restart: all 3 up again within 10 s" all_up 10
+    # `up` must come from samples received after the restart, not from a table that survived
+    # it, nor from a bare handshake.
+    check "master restart: all 3 up again within 10 s (with samples received after the restart)" \
+        all_up 10 --seen-after "$t" --min samples_received=1
+    fleet table $COUNTERS
     check "master restart: no sequence gap (samples_missing == 0)" no_gap
 }
 
@@ -479,7 +512,8 @@ check_agent_sigkill() {
 }
 
 check_interval_change() {
-    local h m0 m1 ok=0 a0=() a1=()
+    local h m0 m1 ok=0 a0=() a1=() t
+    t=$(fleet now)
     m0=$(mainpid "$MASTER" sentinel-master)
     for h in "${AGENTS[@]}"; do a0+=("$(mainpid "$h" sentinel-agent)"); done
     if ! play interval -e sentinel_agent_interval=2s; then fail "interval change: playbook run"; return; fi
@@ -490,7 +524,7 @@ check_interval_change() {
     for h in "${AGENTS[@]}"; do on "$h" grep -qx 'interval = "2s"' /etc/sentinel/agent.toml || ok=1; done
     check "interval change: agent.toml has interval = \"2s\" on every agent" test $ok = 0
     check "interval change: master sees interval_ms=2000 from every agent, all up" \
-        all_up 20 --where interval_ms=2000
+        all_up 20 --where interval_ms=2000 --seen-after "$t"
 }
 pids_all_differ() {
     local i
@@ -498,8 +532,9 @@ pids_all_differ() {
 }
 
 check_upgrade() {
-    local h ok=0 v line="# e2e: hand-edited line, must survive the upgrade" before=() after=()
+    local h ok=0 v line="# e2e: hand-edited line, must survive the upgrade" before=() after=() t
     for h in "$MASTER" "${AGENTS[@]}"; do before+=("$(mainpid "$h" "$(svc "$h")")"); done
+    t=$(fleet now)
     h=${AGENTS[2]}
     echo "$line" | on "$h" tee -a /etc/sentinel/agent.toml > /dev/null
     if ! play upgrade -e sentinel_release="$UPGRADE_VERSION"; then fail "upgrade: playbook run"; return; fi
@@ -514,7 +549,8 @@ check_upgrade() {
     check "upgrade: every service restarted (MainPID ${before[*]} -> ${after[*]})" pids_all_differ
     check "upgrade: hand-edited line in agent.toml on ${AGENTS[2]} kept" \
         on "${AGENTS[2]}" grep -qxF "$line" /etc/sentinel/agent.toml
-    check "upgrade: fleet back up" all_up 30
+    check "upgrade: fleet back up (samples received after the upgrade)" \
+        all_up 30 --seen-after "$t" --min samples_received=1
 }
 
 check_rpm() {

@@ -9,9 +9,13 @@ and the exit status is 1.
   fleet.py URL wait NAME=STATUS... [--exact] [--timeout S] [--where FIELD=VALUE]
                                              until each NAME has STATUS (and FIELD==VALUE);
                                              --exact: and no other host is listed
+                                             --seen-after MS: and last_seen_ms > MS
+                                             --min FIELD=N: and FIELD >= N
   fleet.py URL sequence NAME STATUS... [--timeout S]
                                              until NAME has gone through the statuses in order
   fleet.py URL field NAME FIELD              print one field of host NAME
+  fleet.py URL now                           print the master's now_ms
+  fleet.py URL table FIELD...                print FIELDs of every host, one line each
   fleet.py URL get PATH                      print status code, content type, body size
 """
 import json
@@ -36,14 +40,14 @@ def brief(hs):
 
 
 def parse_opts(args):
-    opts = {"--timeout": "30", "--exact": False, "--where": []}
+    opts = {"--timeout": "30", "--exact": False, "--where": [], "--seen-after": "0", "--min": []}
     rest = []
     it = iter(args)
     for a in it:
         if a == "--exact":
             opts["--exact"] = True
-        elif a == "--where":
-            opts["--where"].append(next(it))
+        elif a in ("--where", "--min"):
+            opts[a].append(next(it))
         elif a in opts:
             opts[a] = next(it)
         else:
@@ -55,6 +59,7 @@ def wait(base, args):
     opts, pairs = parse_opts(args)
     want = dict(p.split("=", 1) for p in pairs)
     where = [w.split("=", 1) for w in opts["--where"]]
+    mins = [(f, int(v)) for f, v in (m.split("=", 1) for m in opts["--min"])]
     deadline = time.monotonic() + float(opts["--timeout"])
     start = time.monotonic()
     last = "no answer"
@@ -63,6 +68,8 @@ def wait(base, args):
             hs = hosts(base)
             ok = all(n in hs and hs[n]["status"] == s for n, s in want.items())
             ok = ok and all(str(hs[n].get(f)).lower() == v.lower() for n in want for f, v in where)
+            ok = ok and all(hs[n]["last_seen_ms"] > int(opts["--seen-after"]) for n in want)
+            ok = ok and all(int(hs[n][f]) >= v for n in want for f, v in mins)
             if opts["--exact"]:
                 ok = ok and set(hs) == set(want)
             last = brief(hs)
@@ -110,6 +117,13 @@ def main(argv):
         return wait(base, args)
     if cmd == "sequence":
         return sequence(base, args)
+    if cmd == "now":
+        print(json.loads(fetch(base + "/api/v1/hosts")[2])["now_ms"])
+        return 0
+    if cmd == "table":
+        for n, h in sorted(hosts(base).items()):
+            print("    " + n + " " + " ".join(f"{f}={h.get(f)}" for f in args))
+        return 0
     if cmd == "field":
         print(hosts(base)[args[0]][args[1]])
         return 0
