@@ -28,6 +28,34 @@ struct Cli {
 enum Cmd {
     /// Simulated agents against a master (or a sink).
     Run(RunArgs),
+    /// Latency of HTTP GETs, one at a time (e.g. /api/v1/hosts or /metrics while `run` loads
+    /// the master from another process).
+    Probe {
+        #[arg(long)]
+        http: SocketAddr,
+        #[arg(long, default_value = "/api/v1/hosts")]
+        path: String,
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Freshness: one more agent sends a sample every interval and polls the HTTP API until the
+    /// sample is visible; reports sample timestamp -> visible over HTTP.
+    Freshness {
+        #[arg(long)]
+        master: SocketAddr,
+        #[arg(long)]
+        http: SocketAddr,
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value_t = 30)]
+        samples: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// A receiver that completes the handshake, then reads and discards whole frames, acking
     /// each one; the baseline for `run`.
     Sink {
@@ -403,6 +431,136 @@ async fn sink(listen: SocketAddr, dump: bool) -> Result<()> {
     }
 }
 
+/// One HTTP/1.0 GET; returns (status, body).
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line"))?;
+    Ok((status, raw[split + 4..].to_vec()))
+}
+
+fn latency_report(mut ms: Vec<f64>, extra: serde_json::Value, json: bool) -> Result<()> {
+    ms.sort_by(f64::total_cmp);
+    let pick = |p: f64| {
+        if ms.is_empty() {
+            0.0
+        } else {
+            ms[((ms.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    let mut report = serde_json::json!({
+        "count": ms.len(), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0), "min_ms": pick(0.0),
+    });
+    if let (Some(r), serde_json::Value::Object(e)) = (report.as_object_mut(), extra) {
+        r.extend(e);
+    }
+    println!(
+        "{}",
+        if json {
+            report.to_string()
+        } else {
+            serde_json::to_string_pretty(&report)?
+        }
+    );
+    Ok(())
+}
+
+async fn probe(http: SocketAddr, path: String, requests: usize, json: bool) -> Result<()> {
+    let mut ms = Vec::with_capacity(requests);
+    let mut bytes = 0;
+    for _ in 0..requests {
+        let t = Instant::now();
+        let (status, body) = http_get(http, &path).await?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if status != 200 {
+            bail!("GET {path}: status {status}");
+        }
+        bytes = body.len();
+    }
+    latency_report(
+        ms,
+        serde_json::json!({ "path": path, "body_bytes": bytes }),
+        json,
+    )
+}
+
+async fn freshness(
+    master: SocketAddr,
+    http: SocketAddr,
+    token_file: Option<std::path::PathBuf>,
+    interval: Duration,
+    samples: usize,
+    json: bool,
+) -> Result<()> {
+    let args = RunArgs {
+        master,
+        agents: 1,
+        interval,
+        duration: Duration::ZERO,
+        token_file,
+        flood: false,
+        window: 1,
+        batch: 1,
+        id_base: 0xF7E5,
+        json,
+    };
+    let token = match &args.token_file {
+        Some(p) => std::fs::read_to_string(p)?.trim_end().as_bytes().to_vec(),
+        None => Vec::new(),
+    };
+    let mut conn = connect(&args, 0, &token).await?;
+    let id = format!(
+        "{:032x}",
+        (0x5e47_0000u128 << 64) | u128::from(args.id_base)
+    );
+    let path = format!("/api/v1/hosts/{id}");
+    let mut rng = fastrand::Rng::with_seed(1);
+    let mut ms = Vec::with_capacity(samples);
+    let mut tick = tokio::time::interval(interval);
+    for seq in 1..=samples as u64 {
+        tick.tick().await;
+        let sent = Instant::now();
+        conn.send(encode(&AgentMessage::Sample(sample(0, seq, &mut rng)))?)
+            .await?;
+        loop {
+            let (status, body) = http_get(http, &path).await?;
+            let seen = status == 200
+                && serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["last_seq"].as_u64())
+                    .is_some_and(|s| s >= seq);
+            if seen {
+                break;
+            }
+            if sent.elapsed() > Duration::from_secs(10) {
+                bail!("sample {seq} not visible over HTTP after 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        ms.push(sent.elapsed().as_secs_f64() * 1000.0);
+        // Drain acks so the socket buffer never fills.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::ZERO, conn.next()).await {}
+    }
+    latency_report(
+        ms,
+        serde_json::json!({ "what": "sample timestamp -> visible over HTTP" }),
+        json,
+    )
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -411,5 +569,19 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Run(args) => rt.block_on(run(args)),
         Cmd::Sink { listen, dump } => rt.block_on(sink(listen, dump)),
+        Cmd::Probe {
+            http,
+            path,
+            requests,
+            json,
+        } => rt.block_on(probe(http, path, requests, json)),
+        Cmd::Freshness {
+            master,
+            http,
+            token_file,
+            interval,
+            samples,
+            json,
+        } => rt.block_on(freshness(master, http, token_file, interval, samples, json)),
     }
 }
