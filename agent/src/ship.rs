@@ -402,6 +402,16 @@ impl Agent {
         } = session;
         let failures = self.conn_failures.succeeded();
         self.backoff.reset();
+        if last_seq > self.seq.0 {
+            // Only a confused master claims samples we never produced; believing it would
+            // silently skip every sample up to its number.
+            tracing::warn!(
+                last_seq,
+                produced = self.seq.0,
+                "The master claims more samples than this run produced; ignoring the excess."
+            );
+        }
+        let last_seq = last_seq.min(self.seq.0);
         self.spool.ack(Seq(last_seq));
         let backlog = self.spool.after(Seq(last_seq)).count();
         if self.disconnects.quiet() {
