@@ -719,10 +719,14 @@ fn install_checks(report: &mut Report, out: &Path, version: &str, work: &Path) {
             t.elapsed().as_secs_f64()
         ))
     });
-    let steps: [(&str, &dyn Fn() -> Result<String>); 4] = [
+    let steps: [(&str, &dyn Fn() -> Result<String>); 5] = [
         (
             "dpkg -i amd64 .debs: user, enabled units, conffiles, fleet token",
             &|| deb_install(&debian, out, version, amd64),
+        ),
+        (
+            "installed binaries run as sentinel with the packaged config",
+            &|| run_as_service_user(&debian, work),
         ),
         ("dpkg -i newer build keeps the edited conffile", &|| {
             deb_upgrade(&debian, &upgrade_dir, &newer, amd64)
@@ -891,6 +895,92 @@ fn deb_install(root: &Path, out: &Path, version: &str, arch: Arch) -> Result<Str
     }
     token_ok(root)?;
     Ok(format!("{user}; both units enabled (multi-user.target.wants); conffiles registered; fleet-token 0640 root:sentinel"))
+}
+
+/// The installed agent and master, run inside the root as the sentinel user with the
+/// packaged config files: the agent prints a sample; the master reads the generated token
+/// (0640 root:sentinel) and answers /healthz on loopback.
+fn run_as_service_user(root: &Path, work: &Path) -> Result<String> {
+    let as_sentinel = [
+        "setpriv",
+        "--reuid=sentinel",
+        "--regid=sentinel",
+        "--init-groups",
+    ];
+    let mut agent = as_sentinel.to_vec();
+    agent.extend([
+        "/usr/bin/sentinel-agent",
+        "--config",
+        "/etc/sentinel/agent.toml",
+        "--state-dir",
+        "/tmp/sentinel-check-state",
+        "--once",
+        "--format",
+        "json",
+    ]);
+    let out = util::output(debroot::chroot(root, &agent).stderr(Stdio::piped()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sample: serde_json::Value = serde_json::from_str(text.trim()).map_err(|e| {
+        format!(
+            "agent --once: {e}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if !out.status.success() || sample["mem_total_bytes"].as_u64().unwrap_or(0) == 0 {
+        return Err(format!("agent --once: {} {text}", out.status));
+    }
+
+    let (listen, http) = (free_port()?, free_port()?);
+    let listen = format!("127.0.0.1:{listen}");
+    let http_addr = format!("127.0.0.1:{http}");
+    let shm = format!("sentinel-check-deb-{}", std::process::id());
+    let mut master = as_sentinel.to_vec();
+    master.extend([
+        "/usr/bin/sentinel-master",
+        "--config",
+        "/etc/sentinel/master.toml",
+        "--listen",
+        &listen,
+        "--http",
+        &http_addr,
+        "--shm-name",
+        &shm,
+    ]);
+    let log_path = work.join("master-in-root.log");
+    let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let mut child = debroot::chroot(root, &master)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start the master: {e}"))?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(format!("master exited early: {status}"));
+        }
+        match http_get(http, "/healthz") {
+            Ok((200, body)) => break Ok(body),
+            _ if Instant::now() >= deadline => {
+                break Err("no 200 from /healthz within 20 s".to_string())
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let stopped = stop(&mut child, pid);
+    let log_text = fs::read_to_string(&log_path).unwrap_or_default();
+    let body = answer.map_err(|e| format!("{e}; log:\n{log_text}"))?;
+    stopped?;
+    if log_text.contains("no token_file configured") {
+        return Err(format!(
+            "master ran without the fleet token; log:\n{log_text}"
+        ));
+    }
+    Ok(format!(
+        "agent sample mem_total_bytes={}; master as sentinel with master.toml + fleet-token: /healthz {body}",
+        sample["mem_total_bytes"]
+    ))
 }
 
 fn deb_upgrade(root: &Path, dir: &Path, newer: &str, arch: Arch) -> Result<String> {

@@ -79,11 +79,15 @@ pub fn extract(dest: &Path) -> Result {
     )
 }
 
-/// `chroot root args...` with /proc mounted, in a private mount namespace.
+/// `chroot root args...` with /proc and a private /dev/shm mounted, in a private mount
+/// namespace. unshare, sh and chroot all exec: the child's PID is the command's PID.
 pub fn chroot(root: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"R="$1"; shift; mount -t proc proc "$R/proc" && exec chroot "$R" "$@""#)
+        .arg(
+            r#"R="$1"; shift; mkdir -p "$R/dev/shm" && mount -t proc proc "$R/proc" &&
+               mount -t tmpfs -o mode=1777 tmpfs "$R/dev/shm" && exec chroot "$R" "$@""#,
+        )
         .arg("sh")
         .arg(root)
         .args(args)
