@@ -94,6 +94,10 @@ struct RunArgs {
     /// Prefix of the simulated hostnames and ids, so several generators can share a master.
     #[arg(long, default_value_t = 0)]
     id_base: u64,
+    /// Also report the CPU use of this process (e.g. the master's collector) over the
+    /// measurement window, as percent of one core.
+    #[arg(long)]
+    watch_pid: Option<u32>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -313,6 +317,18 @@ fn next_frame(args: &RunArgs, i: u64, seq: &mut u64, rng: &mut fastrand::Rng) ->
     encode(&AgentMessage::Batch(Batch { samples }))
 }
 
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// USER_HZ: 100 on every Linux architecture Sentinel targets.
+fn clock_ticks() -> f64 {
+    100.0
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -335,6 +351,18 @@ async fn run(args: RunArgs) -> Result<()> {
     let ramp = Duration::from_millis((args.agents as u64).min(10_000) / 2);
     let start = Instant::now();
     let end = start + ramp + args.interval + args.duration;
+    // The measurement window is the last `duration`: every agent connected and streaming.
+    let window = {
+        let (totals, pid, at) = (totals.clone(), args.watch_pid, start + ramp + args.interval);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            (
+                totals.samples_acked.load(Ordering::Relaxed),
+                pid.and_then(cpu_ticks),
+                Instant::now(),
+            )
+        })
+    };
     let mut tasks = Vec::with_capacity(args.agents);
     for i in 0..args.agents as u64 {
         if i % 500 == 499 {
@@ -360,6 +388,12 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let (acked_at_window, ticks_at_window, window_start) = window.await?;
+    let window_s = window_start.elapsed().as_secs_f64();
+    let watched_cpu = match (ticks_at_window, args.watch_pid.and_then(cpu_ticks)) {
+        (Some(a), Some(b)) => Some((b - a) as f64 / clock_ticks() / window_s * 100.0),
+        _ => None,
+    };
     latencies.sort_unstable();
     let acked = totals.samples_acked.load(Ordering::Relaxed);
     let report = serde_json::json!({
@@ -370,7 +404,9 @@ async fn run(args: RunArgs) -> Result<()> {
         "samples_sent": totals.samples_sent.load(Ordering::Relaxed),
         "samples_acked": acked,
         "seconds": elapsed,
-        "acked_per_second": acked as f64 / args.duration.as_secs_f64().max(0.001),
+        "window_seconds": window_s,
+        "acked_per_second": (acked - acked_at_window) as f64 / window_s.max(0.001),
+        "watched_pid_cpu_percent": watched_cpu,
         "ack_latency_ms_p50": percentile(&latencies, 0.50),
         "ack_latency_ms_p99": percentile(&latencies, 0.99),
         "ack_latency_ms_max": percentile(&latencies, 1.0),
@@ -515,6 +551,7 @@ async fn freshness(
         window: 1,
         batch: 1,
         id_base: 0xF7E5,
+        watch_pid: None,
         json,
     };
     let token = match &args.token_file {
