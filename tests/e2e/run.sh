@@ -409,6 +409,7 @@ main() {
     check_agent_stop
     check_agent_sigkill
     check_interval_change
+    check_token_rotation
     check_upgrade
     check_rpm
     if [ -n "${SENTINEL_E2E_HOLD:-}" ]; then
@@ -531,13 +532,40 @@ pids_all_differ() {
     for i in "${!a0[@]}"; do [ "${a0[$i]}" != "${a1[$i]}" ] && [ "${a1[$i]}" != 0 ] || return 1; done
 }
 
+check_token_rotation() {
+    local t h ok=0 want
+    t=$(fleet now)
+    want=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+    # From a vars file, as a vault-encrypted file would be given (and not visible in ps).
+    printf 'sentinel_master_fleet_token: "%s"\nsentinel_agent_fleet_token: "%s"\n' "$want" "$want" \
+        > "$WORK/rotate.yml"
+    if ! play rotate -e "@$WORK/rotate.yml"; then fail "token rotation: playbook run"; return; fi
+    for h in "$MASTER" "${AGENTS[@]}"; do
+        [ "$(on "$h" cat /etc/sentinel/fleet-token)" = "$want" ] || { echo "    $h: other token"; ok=1; }
+        [ "$(on "$h" stat -c '%a %U:%G' /etc/sentinel/fleet-token)" = "640 root:sentinel" ] \
+            || { echo "    $h: token file mode/owner $(on "$h" stat -c '%a %U:%G' /etc/sentinel/fleet-token)"; ok=1; }
+    done
+    check "token rotation (vault variables): new token, 0640 root:sentinel, on all 4 hosts" test $ok = 0
+    check "token rotation: fleet up with the new token" all_up 30 --seen-after "$t" --min samples_received=1
+}
+
 check_upgrade() {
     local h ok=0 v line="# e2e: hand-edited line, must survive the upgrade" before=() after=() t
     for h in "$MASTER" "${AGENTS[@]}"; do before+=("$(mainpid "$h" "$(svc "$h")")"); done
     t=$(fleet now)
     h=${AGENTS[2]}
     echo "$line" | on "$h" tee -a /etc/sentinel/agent.toml > /dev/null
-    if ! play upgrade -e sentinel_release="$UPGRADE_VERSION"; then fail "upgrade: playbook run"; return; fi
+    # This rollout takes the packages from a URL (a web server in the client namespace).
+    ip netns exec "$CLIENT" python3 -m http.server 8080 --bind "$CLIENT_IP" --directory "$WORK/dist" \
+        > "$WORK/http-server.log" 2>&1 < /dev/null &
+    disown
+    if ! play upgrade -e sentinel_release="$UPGRADE_VERSION" \
+            -e sentinel_master_package_url="http://$CLIENT_IP:8080" \
+            -e sentinel_agent_package_url="http://$CLIENT_IP:8080/"; then
+        fail "upgrade: playbook run"; return
+    fi
+    check "upgrade: the 4 hosts downloaded the $UPGRADE_VERSION packages from the URL" \
+        test "$(grep -c "GET /sentinel-[a-z]*_$UPGRADE_VERSION-.* 200" "$WORK/http-server.log")" = 4
     for h in "$MASTER" "${AGENTS[@]}"; do
         v=$(on "$h" dpkg-query -W -f '${Version}' "$(svc "$h")")
         after+=("$(mainpid "$h" "$(svc "$h")")")
