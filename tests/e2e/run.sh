@@ -44,7 +44,6 @@ CG_NAME=sentinel-e2e
 
 # Pinned controller tools (PyPI). ansible-core 2.19 is the newest that runs on Python 3.11.
 PIP_PINS="ansible-core==2.19.14 ansible-lint==26.10.1"
-APT_NEEDS="systemd-container debootstrap zstd iproute2 openssh-client python3-venv"
 
 log() { printf '[%6.1fs] %s\n' "$(echo "$(date +%s.%N) - $T0" | bc)" "$*"; }
 skip() { echo "SKIPPED: $*"; exit 0; }
@@ -69,9 +68,9 @@ preflight() {
     grep -qw overlay /proc/filesystems || skip "kernel has no overlayfs"
     [ -e /proc/self/ns/net ] && [ -e /proc/self/ns/pid ] || skip "kernel lacks network/PID namespaces"
     if [ -d /sys/fs/cgroup/unified ] && [ -d /sys/fs/cgroup/systemd ]; then
-        CGROUPS=(/sys/fs/cgroup/systemd/$CG_NAME /sys/fs/cgroup/unified/$CG_NAME)
+        CGROUPS=("/sys/fs/cgroup/systemd/$CG_NAME" "/sys/fs/cgroup/unified/$CG_NAME")
     elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-        CGROUPS=(/sys/fs/cgroup/$CG_NAME)
+        CGROUPS=("/sys/fs/cgroup/$CG_NAME")
     else
         skip "no usable cgroup hierarchy for systemd in containers"
     fi
@@ -437,7 +436,9 @@ all_active() {
 }
 all_up() { # all_up TIMEOUT [fleet.py wait options]
     local t=$1; shift
-    fleet wait --exact --timeout "$t" "$@" $(for h in "${AGENTS[@]}"; do echo "$h=up"; done)
+    local h want=()
+    for h in "${AGENTS[@]}"; do want+=("$h=up"); done
+    fleet wait --exact --timeout "$t" "$@" "${want[@]}"
 }
 mem_matches() {
     local h want got ok=0
