@@ -68,6 +68,127 @@ pub struct FileConfig {
     pub history_points: Option<u32>,
     /// Concurrent agent connections.
     pub max_connections: Option<usize>,
+    /// Optional: push every stored sample to a Prometheus remote-write endpoint.
+    pub remote_write: Option<RemoteWriteFile>,
+}
+
+/// `[remote_write]` in master.toml: the http process pushes every sample the table stores
+/// (replayed ones included, each with the agent's own timestamp) to a Prometheus
+/// remote-write endpoint (protobuf + snappy, remote-write 1.0).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteFile {
+    /// Required. The receiver, e.g. "http://127.0.0.1:9090/api/v1/write" (Prometheus with
+    /// `--web.enable-remote-write-receiver`). Plain http only: put a TLS proxy in front of a
+    /// remote https endpoint.
+    pub url: String,
+    /// Most samples held in memory waiting to be sent [default: 100000]. When full, the
+    /// forwarder stops reading the table and the hosts' history rings buffer instead; samples
+    /// the ring overwrites before they were read count as dropped.
+    pub queue_samples: Option<usize>,
+    /// Most samples per request [default: 2000].
+    pub batch_samples: Option<usize>,
+    /// Timeout of one request [default: "10s"].
+    pub timeout: Option<String>,
+    /// First retry delay after a failed request (5xx, 429 or no connection); doubles per
+    /// failure up to `max_backoff` [default: "100ms"].
+    pub min_backoff: Option<String>,
+    /// Longest retry delay [default: "5s"]. A request the receiver rejects with another 4xx
+    /// is not retried: its samples count as dropped.
+    pub max_backoff: Option<String>,
+    /// Extra labels added to every series, e.g. `{ master = "dc1" }`.
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// The effective remote_write settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteWrite {
+    /// "host:port" of the receiver.
+    pub authority: String,
+    /// Path and query of the receiver ("/api/v1/write").
+    pub path: String,
+    pub queue_samples: usize,
+    pub batch_samples: usize,
+    pub timeout: std::time::Duration,
+    pub min_backoff: std::time::Duration,
+    pub max_backoff: std::time::Duration,
+    pub labels: Vec<(String, String)>,
+}
+
+pub const fn default_queue_samples() -> usize {
+    100_000
+}
+pub const fn default_batch_samples() -> usize {
+    2000
+}
+pub const DEFAULT_RW_TIMEOUT: &str = "10s";
+pub const DEFAULT_MIN_BACKOFF: &str = "100ms";
+pub const DEFAULT_MAX_BACKOFF: &str = "5s";
+
+impl RemoteWriteFile {
+    fn resolve(self) -> anyhow::Result<RemoteWrite> {
+        let rest = self.url.strip_prefix("http://").with_context(|| {
+            format!(
+                "key `remote_write.url`: expected http://HOST:PORT/PATH (https is not supported; use a local TLS proxy), got {:?}",
+                self.url
+            )
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority
+            .rsplit_once(':')
+            .and_then(|(h, p)| (!h.is_empty()).then_some(p))
+            .and_then(|p| p.parse::<u16>().ok())
+            .is_none()
+        {
+            bail!(
+                "key `remote_write.url`: expected http://HOST:PORT/PATH with a port, got {:?}",
+                self.url
+            );
+        }
+        let dur = |key: &str, v: Option<String>, default: &str| {
+            let text = v.unwrap_or_else(|| default.to_string());
+            humantime::parse_duration(&text)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| {
+                    format!(
+                        "key `remote_write.{key}`: expected a duration like \"5s\", got {text:?}"
+                    )
+                })
+        };
+        let queue_samples = self.queue_samples.unwrap_or(default_queue_samples());
+        let batch_samples = self.batch_samples.unwrap_or(default_batch_samples());
+        if queue_samples == 0 || batch_samples == 0 {
+            bail!("key `remote_write.queue_samples`/`batch_samples`: expected at least 1");
+        }
+        let labels: Vec<(String, String)> = self.labels.unwrap_or_default().into_iter().collect();
+        for (name, _) in &labels {
+            let ok = name
+                .chars()
+                .enumerate()
+                .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+            if !ok
+                || name.is_empty()
+                || name.starts_with("__")
+                || ["host", "id"].contains(&name.as_str())
+            {
+                bail!("key `remote_write.labels`: {name:?} is not a usable label name (Prometheus syntax; not host, id or __*)");
+            }
+        }
+        Ok(RemoteWrite {
+            authority: authority.to_string(),
+            path: path.to_string(),
+            queue_samples,
+            batch_samples,
+            timeout: dur("timeout", self.timeout, DEFAULT_RW_TIMEOUT)?,
+            min_backoff: dur("min_backoff", self.min_backoff, DEFAULT_MIN_BACKOFF)?,
+            max_backoff: dur("max_backoff", self.max_backoff, DEFAULT_MAX_BACKOFF)?,
+            labels,
+        })
+    }
 }
 
 /// The effective configuration.
@@ -80,6 +201,7 @@ pub struct Config {
     pub capacity: u32,
     pub history_points: u32,
     pub max_connections: usize,
+    pub remote_write: Option<RemoteWrite>,
 }
 
 pub fn default_listen() -> String {
@@ -146,6 +268,13 @@ impl Config {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(default_max_connections()),
+            remote_write: match file.remote_write {
+                Some(rw) => Some(
+                    rw.resolve()
+                        .with_context(|| format!("invalid configuration ({source})"))?,
+                ),
+                None => None,
+            },
         };
         config
             .check()
@@ -239,6 +368,10 @@ mod tests {
             ("listen = \"0.0.0.0:7410\"\nbogus = 1\n", "key `bogus`"),
             ("history_points = -3\n", "key `history_points`"),
             ("shm_name = 5\n", "key `shm_name`"),
+            (
+                "[remote_write]\nurl = \"http://x:1/w\"\nretries = 3\n",
+                "key `retries`",
+            ),
         ];
         for (text, want) in cases {
             let err = parse_file(Path::new("/etc/x.toml"), text)
@@ -345,6 +478,54 @@ mod tests {
             ),
             (20, "127.0.0.1:1", "0.0.0.0:7410", 600)
         );
+    }
+
+    #[test]
+    fn remote_write_section_is_checked_and_defaulted() {
+        let load = |text: &str| {
+            let dir = std::env::temp_dir().join(format!("sentinel-cfg3-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("rw.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Cli {
+                config: Some(path),
+                ..Cli::default()
+            })
+            .map_err(|e| format!("{e:#}"))
+        };
+        let c = load("[remote_write]\nurl = \"http://127.0.0.1:9090/api/v1/write\"\nlabels = { master = \"dc1\" }\n").unwrap();
+        let rw = c.remote_write.unwrap();
+        assert_eq!(
+            (
+                rw.authority.as_str(),
+                rw.path.as_str(),
+                rw.queue_samples,
+                rw.batch_samples
+            ),
+            ("127.0.0.1:9090", "/api/v1/write", 100_000, 2000)
+        );
+        assert_eq!(rw.max_backoff, std::time::Duration::from_secs(5));
+        assert_eq!(rw.labels, vec![("master".to_string(), "dc1".to_string())]);
+        assert!(load("").unwrap().remote_write.is_none());
+        for (text, want) in [
+            (
+                "[remote_write]\nurl = \"https://x:1/w\"\n",
+                "https is not supported",
+            ),
+            ("[remote_write]\nurl = \"http://x/w\"\n", "with a port"),
+            (
+                "[remote_write]\nurl = \"http://x:1/w\"\ntimeout = \"soon\"\n",
+                "remote_write.timeout",
+            ),
+            (
+                "[remote_write]\nurl = \"http://x:1/w\"\nlabels = { id = \"x\" }\n",
+                "remote_write.labels",
+            ),
+            ("[remote_write]\nqueue_samples = 5\n", "url"),
+        ] {
+            let err = load(text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod collector;
 mod config;
 mod http;
+mod remote_write;
 mod segment;
 mod status;
 mod supervisor;

@@ -64,6 +64,16 @@ pub struct Table {
 unsafe impl Send for Table {}
 unsafe impl Sync for Table {}
 
+/// A consistent copy of one host's record with its newest history points (see
+/// [`Table::read_history`]).
+pub struct Recent {
+    pub record: Record,
+    /// The number (0-based, over the host's life in this table) of `points[0]`.
+    pub first: u64,
+    pub points: Vec<HistoryPoint>,
+    pub sample: Option<Vec<u8>>,
+}
+
 /// A consistent copy of one host: record, latest sample bytes and history (oldest first).
 pub struct HostDetail {
     pub record: Record,
@@ -296,6 +306,78 @@ impl Table {
             record,
             sample,
             history,
+        })
+    }
+
+    /// Slot `i`'s seqlock counter: it moves on every write, so the http process can tell which
+    /// hosts changed without copying them (live updates). Read-only, never waits.
+    pub fn slot_version(&self, i: usize) -> u64 {
+        self.seq(i).load(Ordering::Acquire)
+    }
+
+    /// A consistent copy of slot `i`'s record and of its history points numbered `from..count`
+    /// (`count` = the record's `history_count`; point `k` is the k-th stored sample), limited
+    /// to the newest `max` and to those the ring still holds, oldest first. Copies only those
+    /// ring cells (sparklines of 5,000 hosts and the remote_write forwarder read through this).
+    /// With `with_sample`, also the latest sample's bytes (only its length is copied).
+    pub fn read_history(
+        &self,
+        i: usize,
+        from: u64,
+        max: usize,
+        with_sample: bool,
+    ) -> Option<Recent> {
+        let points = u64::from(self.history_points);
+        let mut out = Vec::new();
+        let mut first = 0;
+        let mut sample = Vec::new();
+        let record = self.read_consistent(i, |src| {
+            let mut rec = Record::zeroed();
+            out.clear();
+            sample.clear();
+            // SAFETY: src, the sample buffer and the ring cells are inside slot i; indices are
+            // reduced mod points and the sample length is clamped to the buffer.
+            unsafe {
+                copy_words(
+                    src as *const u8,
+                    &mut rec as *mut Record as *mut u8,
+                    std::mem::size_of::<Record>(),
+                );
+                if with_sample && rec.has_sample == 1 {
+                    let buf = usize::from(rec.sample_buf & 1);
+                    let len = (rec.sample_len[buf] as usize).min(SAMPLE_BYTES);
+                    sample.resize(len.div_ceil(8) * 8, 0);
+                    let bufp = ptr::addr_of!((*self.slot(i)).samples[buf]) as *const u8;
+                    copy_words(bufp, sample.as_mut_ptr(), sample.len());
+                    sample.truncate(len);
+                }
+                let count = rec.history_count;
+                first = from
+                    .max(count.saturating_sub(points))
+                    .max(count.saturating_sub(max as u64));
+                for k in first..count.max(first) {
+                    let mut p = HistoryPoint::default();
+                    copy_words(
+                        self.ring(i).add((k % points) as usize) as *const u8,
+                        &mut p as *mut HistoryPoint as *mut u8,
+                        std::mem::size_of::<HistoryPoint>(),
+                    );
+                    out.push(p);
+                }
+            }
+            rec
+        })?;
+        // The ring cell of the write in progress may be torn; the record carries its value.
+        for (k, p) in (first..).zip(out.iter_mut()) {
+            if k % points == record.pending_index {
+                *p = record.pending_point;
+            }
+        }
+        Some(Recent {
+            record,
+            first,
+            points: out,
+            sample: (with_sample && record.has_sample == 1).then_some(sample),
         })
     }
 

@@ -1,0 +1,287 @@
+//! /metrics in the Prometheus text format (0.0.4): `sentinel_` names with unit suffixes, HELP
+//! and TYPE for every family, per-host series labelled `host` and `id` only (bounded by the
+//! table's capacity), and the master's own health.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use super::api::{records, status_of};
+use crate::status::Status;
+use crate::table::{Record, Table};
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+pub fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+type Getter = fn(&Record, u64) -> Option<f64>;
+
+/// Per-host families: (name, type, help, value; `None` = no series for that host).
+const HOST_FAMILIES: &[(&str, &str, &str, Getter)] = &[
+    (
+        "sentinel_host_up",
+        "gauge",
+        "1 if the host's status is up (a sample within 3 intervals), else 0.",
+        |r, now| Some(f64::from(u8::from(status_of(r, now) == Status::Up))),
+    ),
+    (
+        "sentinel_host_cpu_ratio",
+        "gauge",
+        "CPU busy share of the latest sample (0-1).",
+        |r, _| Some(f64::from(r.summary.cpu_percent) / 100.0),
+    ),
+    (
+        "sentinel_host_cpu_iowait_ratio",
+        "gauge",
+        "CPU iowait share of the latest sample (0-1).",
+        |r, _| Some(f64::from(r.summary.cpu_iowait_percent) / 100.0),
+    ),
+    (
+        "sentinel_host_memory_total_bytes",
+        "gauge",
+        "Total memory of the latest sample.",
+        |r, _| Some(r.summary.mem_total_bytes as f64),
+    ),
+    (
+        "sentinel_host_memory_available_bytes",
+        "gauge",
+        "Available memory of the latest sample.",
+        |r, _| Some(r.summary.mem_available_bytes as f64),
+    ),
+    (
+        "sentinel_host_memory_used_bytes",
+        "gauge",
+        "Used memory of the latest sample.",
+        |r, _| Some(r.summary.mem_used_bytes as f64),
+    ),
+    (
+        "sentinel_host_swap_total_bytes",
+        "gauge",
+        "Total swap of the latest sample.",
+        |r, _| Some(r.summary.swap_total_bytes as f64),
+    ),
+    (
+        "sentinel_host_swap_used_bytes",
+        "gauge",
+        "Used swap of the latest sample.",
+        |r, _| Some(r.summary.swap_used_bytes as f64),
+    ),
+    (
+        "sentinel_host_load1",
+        "gauge",
+        "One-minute load average of the latest sample.",
+        |r, _| Some(f64::from(r.summary.load1)),
+    ),
+    (
+        "sentinel_host_load5",
+        "gauge",
+        "Five-minute load average of the latest sample.",
+        |r, _| Some(f64::from(r.summary.load5)),
+    ),
+    (
+        "sentinel_host_load15",
+        "gauge",
+        "Fifteen-minute load average of the latest sample.",
+        |r, _| Some(f64::from(r.summary.load15)),
+    ),
+    (
+        "sentinel_host_uptime_seconds",
+        "gauge",
+        "Host uptime at the latest sample.",
+        |r, _| Some(r.summary.uptime_s as f64),
+    ),
+    (
+        "sentinel_host_processes",
+        "gauge",
+        "Processes at the latest sample.",
+        |r, _| Some(f64::from(r.summary.processes)),
+    ),
+    (
+        "sentinel_host_network_receive_bytes_total",
+        "counter",
+        "Bytes received on all interfaces (the agent's counters; resets when the agent restarts).",
+        |r, _| (r.rate_base.valid == 1).then_some(r.rate_base.net_rx_bytes as f64),
+    ),
+    (
+        "sentinel_host_network_transmit_bytes_total",
+        "counter",
+        "Bytes sent on all interfaces (the agent's counters; resets when the agent restarts).",
+        |r, _| (r.rate_base.valid == 1).then_some(r.rate_base.net_tx_bytes as f64),
+    ),
+    (
+        "sentinel_host_disk_read_bytes_total",
+        "counter",
+        "Bytes read from disks (the agent's counters; resets when the agent restarts).",
+        |r, _| (r.rate_base.valid == 1).then_some(r.rate_base.disk_read_bytes as f64),
+    ),
+    (
+        "sentinel_host_disk_written_bytes_total",
+        "counter",
+        "Bytes written to disks (the agent's counters; resets when the agent restarts).",
+        |r, _| (r.rate_base.valid == 1).then_some(r.rate_base.disk_write_bytes as f64),
+    ),
+    (
+        "sentinel_host_last_seen_timestamp_seconds",
+        "gauge",
+        "Master receive time of the host's latest frame (unix seconds).",
+        |r, _| Some(r.last_seen_ms as f64 / 1000.0),
+    ),
+    (
+        "sentinel_host_clock_offset_seconds",
+        "gauge",
+        "Agent clock minus master clock at the last handshake.",
+        |r, _| Some(r.clock_offset_ms as f64 / 1000.0),
+    ),
+    (
+        "sentinel_host_connected",
+        "gauge",
+        "1 while the agent has a connection to the collector.",
+        |r, _| Some(f64::from(r.connected)),
+    ),
+    (
+        "sentinel_host_samples_received_total",
+        "counter",
+        "Distinct samples stored for the host (all runs).",
+        |r, _| Some(r.samples_received as f64),
+    ),
+    (
+        "sentinel_host_samples_replayed_total",
+        "counter",
+        "Stored samples that arrived in a replay batch.",
+        |r, _| Some(r.samples_replayed as f64),
+    ),
+    (
+        "sentinel_host_samples_dropped_total",
+        "counter",
+        "Samples the agent dropped from its full spool.",
+        |r, _| Some(r.samples_dropped as f64),
+    ),
+    (
+        "sentinel_host_samples_missing_total",
+        "counter",
+        "Sequence gaps that no reported drop explains.",
+        |r, _| Some(r.samples_missing as f64),
+    ),
+    (
+        "sentinel_host_samples_duplicate_total",
+        "counter",
+        "Samples received again that the table already held.",
+        |r, _| Some(r.duplicates as f64),
+    ),
+    (
+        "sentinel_host_reconnects_total",
+        "counter",
+        "Handshakes after the first.",
+        |r, _| Some(r.reconnects as f64),
+    ),
+];
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+pub fn render(table: &Table, now: u64) -> String {
+    let recs = records(table);
+    let labels: Vec<String> = recs
+        .iter()
+        .map(|r| {
+            format!(
+                "host=\"{}\",id=\"{}\"",
+                label(&r.hostname.get()),
+                label(&r.agent_id())
+            )
+        })
+        .collect();
+    let mut out = String::with_capacity(4096 + recs.len() * 2600);
+    for (name, kind, help, get) in HOST_FAMILIES {
+        family(&mut out, name, kind, help);
+        for (r, l) in recs.iter().zip(&labels) {
+            if let Some(v) = get(r, now) {
+                let _ = writeln!(out, "{name}{{{l}}} {v}");
+            }
+        }
+    }
+    let h = table.header();
+    let alive = super::api::collector_alive(table, now);
+    let age = now.saturating_sub(h.collector_heartbeat_ms.load(Ordering::Acquire)) as f64 / 1000.0;
+    let connected = recs.iter().filter(|r| r.connected == 1 && alive).count();
+    let ingested: u64 = recs.iter().map(|r| r.samples_received).sum();
+    let mut by_status = [0usize; 4];
+    for r in &recs {
+        by_status[status_of(r, now) as usize] += 1;
+    }
+    family(
+        &mut out,
+        "sentinel_master_hosts",
+        "gauge",
+        "Hosts in the table.",
+    );
+    let _ = writeln!(out, "sentinel_master_hosts {}", recs.len());
+    family(
+        &mut out,
+        "sentinel_master_hosts_by_status",
+        "gauge",
+        "Hosts in the table by status.",
+    );
+    for s in [Status::Up, Status::Stale, Status::Down, Status::Stopped] {
+        let _ = writeln!(
+            out,
+            "sentinel_master_hosts_by_status{{status=\"{}\"}} {}",
+            s.as_str(),
+            by_status[s as usize]
+        );
+    }
+    family(
+        &mut out,
+        "sentinel_master_table_capacity",
+        "gauge",
+        "Host slots in the table.",
+    );
+    let _ = writeln!(out, "sentinel_master_table_capacity {}", table.capacity());
+    family(
+        &mut out,
+        "sentinel_master_table_fill_ratio",
+        "gauge",
+        "Share of the table's host slots in use (0-1).",
+    );
+    let _ = writeln!(
+        out,
+        "sentinel_master_table_fill_ratio {}",
+        table.host_count() as f64 / f64::from(table.capacity().max(1))
+    );
+    family(
+        &mut out,
+        "sentinel_master_agent_connections",
+        "gauge",
+        "Agents connected to the collector now.",
+    );
+    let _ = writeln!(out, "sentinel_master_agent_connections {connected}");
+    family(
+        &mut out,
+        "sentinel_master_samples_ingested_total",
+        "counter",
+        "Distinct samples stored in this table (sum over hosts; a master restart starts at 0).",
+    );
+    let _ = writeln!(out, "sentinel_master_samples_ingested_total {ingested}");
+    family(
+        &mut out,
+        "sentinel_master_collector_heartbeat_age_seconds",
+        "gauge",
+        "Age of the collector's last heartbeat.",
+    );
+    let _ = writeln!(out, "sentinel_master_collector_heartbeat_age_seconds {age}");
+    family(
+        &mut out,
+        "sentinel_master_collector_restarts_total",
+        "counter",
+        "Collector starts after the first (the table's generation counter minus one).",
+    );
+    let _ = writeln!(
+        out,
+        "sentinel_master_collector_restarts_total {}",
+        h.generation.load(Ordering::Acquire).saturating_sub(1)
+    );
+    out
+}

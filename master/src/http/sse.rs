@@ -1,0 +1,156 @@
+//! GET /api/v1/events: live updates as Server-Sent Events.
+//!
+//! One watcher task per http process polls the table every [`WATCH_EVERY`]: it compares each
+//! slot's seqlock counter (no copy) and each host's derived status with what it saw last, and
+//! broadcasts the changed hosts as one `hosts` event. Every client gets a `snapshot` event
+//! (the whole fleet, like /api/v1/hosts) when it connects, then the shared `hosts` events and a
+//! `tick` with the master's clock every second. A client that falls behind the broadcast is
+//! disconnected; its EventSource reconnects and starts again from a fresh snapshot.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, watch};
+
+use super::api::{collector_alive, fleet_host, hosts, status_of};
+use super::{Body, State};
+use crate::segment::now_ms;
+use crate::status::Status;
+use crate::table::Table;
+
+/// How often the watcher looks at the table: a sample reaches the browser within this plus
+/// the network, well inside the 1 s the dashboard promises.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+/// A `tick` (the master's clock) goes out this often, so "last seen" advances and a client can
+/// tell a silent connection from a dead one.
+const TICK_EVERY: Duration = Duration::from_secs(1);
+/// Events a slow client may be behind before it is dropped (it reconnects with a snapshot).
+const BACKLOG: usize = 64;
+/// The browser's reconnect delay after the stream breaks.
+const RETRY_MS: u64 = 1000;
+
+/// The shared feed of rendered events.
+pub struct Feed {
+    tx: broadcast::Sender<Bytes>,
+}
+
+impl Feed {
+    pub fn start(table: &'static Table, stopping: watch::Receiver<bool>) -> Feed {
+        let (tx, _) = broadcast::channel(BACKLOG);
+        tokio::spawn(watch_table(table, tx.clone(), stopping));
+        Feed { tx }
+    }
+}
+
+fn event(name: &str, data: &Value) -> Bytes {
+    let mut s = format!("event: {name}\ndata: ");
+    s.push_str(&data.to_string());
+    s.push_str("\n\n");
+    Bytes::from(s)
+}
+
+/// What the watcher remembers per slot to notice a change.
+#[derive(Clone, Copy, PartialEq)]
+struct Seen {
+    version: u64,
+    status: Status,
+    /// What the status derives from, so an unchanged slot need not be copied again.
+    goodbye: bool,
+    last_seen_ms: u64,
+    interval_ms: u32,
+}
+
+async fn watch_table(
+    table: &'static Table,
+    tx: broadcast::Sender<Bytes>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut seen: Vec<Option<Seen>> = Vec::new();
+    let mut last_alive = true;
+    let mut last_tick = std::time::Instant::now();
+    let mut every = tokio::time::interval(WATCH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        if tx.receiver_count() == 0 {
+            seen.clear(); // nobody listens: the next listener starts from a snapshot anyway
+            continue;
+        }
+        let now = now_ms();
+        let alive = collector_alive(table, now);
+        let all = alive != last_alive;
+        last_alive = alive;
+        let count = table.host_count();
+        seen.resize(count, None);
+        let mut changed = Vec::new();
+        for (i, slot) in seen.iter_mut().enumerate() {
+            let version = table.slot_version(i);
+            let known = *slot;
+            if let Some(s) = known {
+                // Unchanged record: only the passing of time can change its status.
+                let status = Status::derive(s.goodbye, s.last_seen_ms, s.interval_ms, now);
+                if !all && s.version == version && version % 2 == 0 && status == s.status {
+                    continue;
+                }
+            }
+            let Some((rec, host)) = fleet_host(table, i, now, alive) else {
+                continue;
+            };
+            *slot = Some(Seen {
+                version,
+                status: status_of(&rec, now),
+                goodbye: rec.goodbye == 1,
+                last_seen_ms: rec.last_seen_ms,
+                interval_ms: rec.interval_ms,
+            });
+            changed.push(host);
+        }
+        if !changed.is_empty() {
+            let _ = tx.send(event("hosts", &json!({"now_ms": now, "hosts": changed})));
+        }
+        if last_tick.elapsed() >= TICK_EVERY {
+            last_tick = std::time::Instant::now();
+            let _ = tx.send(event("tick", &json!({"now_ms": now})));
+        }
+    }
+}
+
+/// The response body of one event stream: retry hint and snapshot, then the shared feed until
+/// the client lags, goes away or the process stops.
+pub fn stream(state: &State) -> Body {
+    let rx = state.events.tx.subscribe(); // before the snapshot: no change falls in between
+    let table = state.table;
+    let stopping = state.stopping.clone();
+    let first = async move {
+        let now = now_ms();
+        let mut head = format!("retry: {RETRY_MS}\n\n").into_bytes();
+        head.extend_from_slice(&event("snapshot", &hosts(table, now)));
+        Bytes::from(head)
+    };
+    let head = futures_util::stream::once(first);
+    let rest = futures_util::stream::unfold((rx, stopping), |(mut rx, mut stopping)| async move {
+        if *stopping.borrow() {
+            return None;
+        }
+        tokio::select! {
+            r = rx.recv() => match r {
+                Ok(bytes) => Some((bytes, (rx, stopping))),
+                // Lagged or closed: end the stream; the browser reconnects to a snapshot.
+                Err(_) => None,
+            },
+            _ = stopping.changed() => None,
+        }
+    });
+    let frames = head
+        .chain(rest)
+        .map(|b| Ok::<_, Infallible>(Frame::data(b)));
+    StreamBody::new(frames).boxed_unsync()
+}

@@ -1,0 +1,544 @@
+//! The remote_write forwarder (optional, `[remote_write]` in master.toml). It runs in the http
+//! process and only reads the table: every host's history ring holds one point per stored
+//! sample with the agent's own timestamp, replayed samples included, so the forwarder keeps a
+//! cursor per slot and sends every point past it (as `sentinel_host_cpu_ratio`,
+//! `sentinel_host_memory_used_bytes` and `sentinel_host_load1`, labelled `host` and `id`).
+//!
+//! Delivery:
+//! - A bounded queue between the table scan and the sender. When it is full the scan stops
+//!   advancing and the rings buffer; points a ring overwrites before they were read are
+//!   counted as dropped.
+//! - One request in flight, in order, so every series stays in timestamp order. 5xx, 429 and
+//!   network errors are retried with exponential backoff; other 4xx are dropped and counted.
+//! - On SIGTERM the forwarder waits until the collector has exited (the supervisor stops both
+//!   children together; the collector acks a sample only after it is in the table), reads the
+//!   table one last time and sends everything before exiting, within [`FLUSH_WITHIN`]. So every
+//!   sample an agent had acked by this master is sent, and what the agent replays to the next
+//!   master is what this one never acked. A sample stored here but not yet acked is sent by
+//!   both: identical timestamp and value, which Prometheus accepts as the same sample.
+//! - Net and disk rates are not forwarded: the first rate after a master restart is computed
+//!   without a base (0) and would conflict with the old master's value for the same sample.
+
+mod wire;
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::RemoteWrite;
+use crate::segment::now_ms;
+use crate::table::{HistoryPoint, Table};
+
+/// How often the table is scanned for new points (a sample leaves within about this).
+const SCAN_EVERY: Duration = Duration::from_millis(200);
+/// After SIGTERM, everything must be sent within this: the supervisor kills a child that
+/// has not exited 5 s after SIGTERM.
+const FLUSH_WITHIN: Duration = Duration::from_millis(4500);
+/// Of that, how long to wait for the collector to exit before the final scan.
+const COLLECTOR_EXIT_WAIT: Duration = Duration::from_millis(2500);
+/// Series per history point.
+const SERIES: usize = 3;
+
+/// The forwarder's counters, shown in /metrics.
+#[derive(Default)]
+pub struct Forwarder {
+    /// Samples the receiver accepted.
+    sent: AtomicU64,
+    /// Samples given up: rejected (4xx), overwritten in a ring before they were read, or
+    /// still queued when the flush deadline passed.
+    dropped: AtomicU64,
+    /// Requests that failed (each is retried or its samples dropped).
+    failed_requests: AtomicU64,
+    /// Samples waiting in the queue.
+    queued: AtomicU64,
+    /// Unix ms of the last accepted request.
+    last_success_ms: AtomicU64,
+}
+
+impl Forwarder {
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        let families: [(&str, &str, &str, f64); 5] = [
+            ("sentinel_remote_write_samples_sent_total", "counter", "Samples the remote-write receiver accepted.", self.sent.load(Ordering::Relaxed) as f64),
+            ("sentinel_remote_write_samples_dropped_total", "counter", "Samples the forwarder gave up on (rejected by the receiver, overwritten in a history ring before they were read, or unsent at shutdown).", self.dropped.load(Ordering::Relaxed) as f64),
+            ("sentinel_remote_write_requests_failed_total", "counter", "Remote-write requests that failed (retried, or dropped if rejected).", self.failed_requests.load(Ordering::Relaxed) as f64),
+            ("sentinel_remote_write_queue_samples", "gauge", "Samples waiting to be sent.", self.queued.load(Ordering::Relaxed) as f64),
+            ("sentinel_remote_write_last_success_timestamp_seconds", "gauge", "When the receiver last accepted a request (unix seconds; 0 = never).", self.last_success_ms.load(Ordering::Relaxed) as f64 / 1000.0),
+        ];
+        for (name, kind, help, v) in families {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        out
+    }
+}
+
+/// One history point waiting to be sent, with its host's labels.
+struct Pending {
+    labels: Arc<Vec<wire::Label>>,
+    point: HistoryPoint,
+}
+
+struct Queue {
+    points: Mutex<VecDeque<Pending>>,
+    /// Wakes the sender when points arrive.
+    ready: Notify,
+    /// Set after the final scan: once the queue is empty the sender is done.
+    final_scan_done: AtomicBool,
+}
+
+/// Starts the forwarder; the task ends after the flush that follows `stopping`.
+pub fn start(
+    table: &'static Table,
+    cfg: RemoteWrite,
+    stopping: watch::Receiver<bool>,
+) -> anyhow::Result<(Arc<Forwarder>, JoinHandle<()>)> {
+    let fwd = Arc::new(Forwarder::default());
+    let queue = Arc::new(Queue {
+        points: Mutex::new(VecDeque::new()),
+        ready: Notify::new(),
+        final_scan_done: AtomicBool::new(false),
+    });
+    tracing::info!(
+        receiver = %cfg.authority,
+        path = %cfg.path,
+        "remote_write forwarder started"
+    );
+    let cfg = Arc::new(cfg);
+    let scan = scan_loop(
+        table,
+        cfg.clone(),
+        queue.clone(),
+        fwd.clone(),
+        stopping.clone(),
+    );
+    let send = send_loop(cfg, queue, fwd.clone(), stopping);
+    let task = tokio::spawn(async move {
+        tokio::join!(scan, send);
+    });
+    Ok((fwd, task))
+}
+
+/// Per slot: how far it has been read.
+#[derive(Default, Clone)]
+struct Cursor {
+    /// Number of the next history point to send.
+    next: u64,
+    /// The slot's seqlock counter when it was last read completely.
+    version: u64,
+    labels: Option<(String, String, Arc<Vec<wire::Label>>)>,
+}
+
+async fn scan_loop(
+    table: &'static Table,
+    cfg: Arc<RemoteWrite>,
+    queue: Arc<Queue>,
+    fwd: Arc<Forwarder>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut cursors: Vec<Cursor> = Vec::new();
+    let mut every = tokio::time::interval(SCAN_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stopping.changed() => break,
+        }
+        scan(table, &cfg, &mut cursors, &queue, &fwd);
+    }
+    wait_for_collector_exit(table, Instant::now() + COLLECTOR_EXIT_WAIT).await;
+    scan(table, &cfg, &mut cursors, &queue, &fwd);
+    queue.final_scan_done.store(true, Ordering::Release);
+    queue.ready.notify_one();
+}
+
+/// After SIGTERM: everything the collector acked is in the table once it has exited.
+async fn wait_for_collector_exit(table: &Table, deadline: Instant) {
+    let header = table.header();
+    let pid = header.collector_pid.load(Ordering::Acquire);
+    loop {
+        // SAFETY: signal 0 only checks that the process exists (it is reaped by the
+        // supervisor right after it exits, so a zombie does not linger).
+        let gone = pid == 0
+            || header.collector_pid.load(Ordering::Acquire) != pid
+            || unsafe { libc::kill(pid as libc::pid_t, 0) } != 0;
+        if gone {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                pid,
+                "remote_write: the collector is still running; flushing anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn host_labels(cfg: &RemoteWrite, host: &str, id: &str) -> Arc<Vec<wire::Label>> {
+    let mut labels: Vec<wire::Label> = [("host", host), ("id", id)]
+        .into_iter()
+        .chain(cfg.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map(|(name, value)| wire::Label {
+            name: name.into(),
+            value: value.into(),
+        })
+        .collect();
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    Arc::new(labels)
+}
+
+/// Moves every new history point of every host into the queue, as far as it has room.
+fn scan(
+    table: &Table,
+    cfg: &RemoteWrite,
+    cursors: &mut Vec<Cursor>,
+    queue: &Queue,
+    fwd: &Forwarder,
+) {
+    let count = table.host_count();
+    cursors.resize(count, Cursor::default());
+    let mut added = false;
+    for (i, cursor) in cursors.iter_mut().enumerate() {
+        let version = table.slot_version(i);
+        if version == cursor.version && version % 2 == 0 && cursor.labels.is_some() {
+            continue;
+        }
+        let room = cfg
+            .queue_samples
+            .saturating_sub(queue.points.lock().map_or(0, |q| q.len()) * SERIES)
+            / SERIES;
+        if room == 0 {
+            break; // the rings hold the rest until the sender catches up
+        }
+        let Some(recent) = table.read_history(i, cursor.next, usize::MAX, false) else {
+            continue;
+        };
+        let rec = &recent.record;
+        if rec.in_use != 1 {
+            continue;
+        }
+        if recent.first > cursor.next {
+            let lost = recent.first - cursor.next;
+            fwd.dropped
+                .fetch_add(lost * SERIES as u64, Ordering::Relaxed);
+            tracing::warn!(
+                slot = i,
+                lost,
+                "remote_write: history points overwritten before they were sent"
+            );
+        }
+        let (host, id) = (rec.hostname.get(), rec.agent_id());
+        let labels = match &cursor.labels {
+            Some((h, d, l)) if *h == host && *d == id => l.clone(),
+            _ => {
+                let l = host_labels(cfg, &host, &id);
+                cursor.labels = Some((host, id, l.clone()));
+                l
+            }
+        };
+        let take = recent.points.len().min(room);
+        if take == recent.points.len() {
+            cursor.version = version;
+        }
+        cursor.next = recent.first + take as u64;
+        if take > 0 {
+            if let Ok(mut q) = queue.points.lock() {
+                q.extend(recent.points[..take].iter().map(|p| Pending {
+                    labels: labels.clone(),
+                    point: *p,
+                }));
+                fwd.queued
+                    .store((q.len() * SERIES) as u64, Ordering::Relaxed);
+            }
+            added = true;
+        }
+    }
+    if added {
+        queue.ready.notify_one();
+    }
+}
+
+/// The request for the queue's first `n` points: one series per host and metric, samples in
+/// timestamp order.
+fn build_request(points: &VecDeque<Pending>, n: usize) -> wire::WriteRequest {
+    let mut series: Vec<wire::TimeSeries> = Vec::new();
+    let mut index: std::collections::HashMap<(*const Vec<wire::Label>, usize), usize> =
+        std::collections::HashMap::new();
+    type Metric = (&'static str, fn(&HistoryPoint) -> f64);
+    const METRICS: [Metric; SERIES] = [
+        ("sentinel_host_cpu_ratio", |p| {
+            f64::from(p.cpu_percent) / 100.0
+        }),
+        ("sentinel_host_memory_used_bytes", |p| {
+            p.mem_used_bytes as f64
+        }),
+        ("sentinel_host_load1", |p| f64::from(p.load1)),
+    ];
+    for pending in points.iter().take(n) {
+        for (m, (name, value)) in METRICS.iter().enumerate() {
+            let key = (Arc::as_ptr(&pending.labels), m);
+            let at = *index.entry(key).or_insert_with(|| {
+                let mut labels = vec![wire::Label {
+                    name: "__name__".into(),
+                    value: (*name).into(),
+                }];
+                labels.extend(pending.labels.iter().cloned());
+                labels.sort_by(|a, b| a.name.cmp(&b.name));
+                series.push(wire::TimeSeries {
+                    labels,
+                    samples: Vec::new(),
+                });
+                series.len() - 1
+            });
+            series[at].samples.push(wire::Sample {
+                value: value(&pending.point),
+                timestamp: pending.point.ts_ms as i64,
+            });
+        }
+    }
+    wire::WriteRequest { timeseries: series }
+}
+
+enum Outcome {
+    Accepted,
+    Rejected(StatusCode),
+    Retry(String),
+}
+
+async fn send_loop(
+    cfg: Arc<RemoteWrite>,
+    queue: Arc<Queue>,
+    fwd: Arc<Forwarder>,
+    stopping: watch::Receiver<bool>,
+) {
+    let mut backoff = cfg.min_backoff;
+    let mut deadline: Option<Instant> = None;
+    let per_request = (cfg.batch_samples / SERIES).max(1);
+    loop {
+        if deadline.is_none() && *stopping.borrow() {
+            deadline = Some(Instant::now() + FLUSH_WITHIN);
+        }
+        let batch = queue.points.lock().ok().and_then(|q| {
+            let n = q.len().min(per_request);
+            (n > 0).then(|| (n, build_request(&q, n)))
+        });
+        let Some((n, request)) = batch else {
+            if queue.final_scan_done.load(Ordering::Acquire) {
+                return;
+            }
+            let _ = tokio::time::timeout(SCAN_EVERY, queue.ready.notified()).await;
+            continue;
+        };
+        let timeout = match deadline {
+            Some(d) => cfg.timeout.min(d.saturating_duration_since(Instant::now())),
+            None => cfg.timeout,
+        };
+        let body = wire::encode(&request);
+        let outcome = match tokio::time::timeout(timeout, post(&cfg, body)).await {
+            Ok(o) => o,
+            Err(_) => Outcome::Retry("timed out".into()),
+        };
+        let samples = (n * SERIES) as u64;
+        match outcome {
+            Outcome::Accepted => {
+                fwd.sent.fetch_add(samples, Ordering::Relaxed);
+                fwd.last_success_ms.store(now_ms(), Ordering::Relaxed);
+                remove_front(&queue, &fwd, n);
+                backoff = cfg.min_backoff;
+            }
+            Outcome::Rejected(status) => {
+                fwd.failed_requests.fetch_add(1, Ordering::Relaxed);
+                fwd.dropped.fetch_add(samples, Ordering::Relaxed);
+                tracing::warn!(%status, samples, "remote_write: the receiver rejected a request; its samples are dropped");
+                remove_front(&queue, &fwd, n);
+            }
+            Outcome::Retry(error) => {
+                fwd.failed_requests.fetch_add(1, Ordering::Relaxed);
+                if deadline.is_some_and(|d| Instant::now() + backoff >= d) {
+                    let left = queue.points.lock().map_or(0, |q| q.len());
+                    fwd.dropped
+                        .fetch_add((left * SERIES) as u64, Ordering::Relaxed);
+                    tracing::warn!(%error, samples = left * SERIES, "remote_write: shutting down with unsent samples");
+                    return;
+                }
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "remote_write: request failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(cfg.max_backoff);
+            }
+        }
+    }
+}
+
+fn remove_front(queue: &Queue, fwd: &Forwarder, n: usize) {
+    if let Ok(mut q) = queue.points.lock() {
+        let n = n.min(q.len());
+        q.drain(..n);
+        fwd.queued
+            .store((q.len() * SERIES) as u64, Ordering::Relaxed);
+    }
+}
+
+async fn post(cfg: &RemoteWrite, body: Vec<u8>) -> Outcome {
+    let stream = match tokio::net::TcpStream::connect(&cfg.authority).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::Retry(format!("connect {}: {e}", cfg.authority)),
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(x) => x,
+        Err(e) => return Outcome::Retry(e.to_string()),
+    };
+    tokio::spawn(conn);
+    let request = Request::post(cfg.path.as_str())
+        .header(HOST, cfg.authority.as_str())
+        .header(CONTENT_TYPE, "application/x-protobuf")
+        .header(CONTENT_ENCODING, "snappy")
+        .header("x-prometheus-remote-write-version", "0.1.0")
+        .header(
+            USER_AGENT,
+            concat!("sentinel-master/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Full::new(Bytes::from(body)));
+    let Ok(request) = request else {
+        return Outcome::Rejected(StatusCode::BAD_REQUEST);
+    };
+    match sender.send_request(request).await {
+        Ok(resp) => {
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            if status.is_success() {
+                Outcome::Accepted
+            } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                Outcome::Retry(format!("HTTP {status}"))
+            } else {
+                Outcome::Rejected(status)
+            }
+        }
+        Err(e) => Outcome::Retry(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{account, Record, TestTable};
+    use sentinel_protocol::{Hello, HostInfo, Sample};
+
+    fn cfg(queue_samples: usize) -> RemoteWrite {
+        RemoteWrite {
+            authority: "127.0.0.1:1".into(),
+            path: "/w".into(),
+            queue_samples,
+            batch_samples: 30,
+            timeout: Duration::from_secs(1),
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(100),
+            labels: vec![("master".into(), "dc1".into())],
+        }
+    }
+
+    fn store(t: &Table, seqs: std::ops::RangeInclusive<u64>) {
+        let w = t.writer().unwrap();
+        let hello = Hello {
+            version: 1,
+            agent_id: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into(),
+            run_id: 1,
+            hostname: "web-1".into(),
+            interval_ms: 1000,
+            clock_ms: 0,
+            agent_version: "1".into(),
+            host: HostInfo::default(),
+            proof: vec![0; 32],
+        };
+        let mut rec = if t.host_count() == 0 {
+            let mut r = Record::zeroed();
+            account::handshake(&mut r, &hello, "x", 1);
+            r
+        } else {
+            w.record(0)
+        };
+        for seq in seqs {
+            let s = Sample {
+                seq,
+                ts_ms: 1000 * seq,
+                cpu_percent: seq as f32,
+                ..Sample::default()
+            };
+            let (_, point) = account::apply_sample(&mut rec, &s, false, 1);
+            w.commit(0, rec, None, point);
+        }
+        w.publish_host_count(1);
+    }
+
+    #[test]
+    fn scan_queues_each_point_once_and_counts_points_the_ring_overwrote() {
+        let t = TestTable::new(2, 8);
+        let (q, fwd) = (
+            Queue {
+                points: Mutex::new(VecDeque::new()),
+                ready: Notify::new(),
+                final_scan_done: AtomicBool::new(false),
+            },
+            Forwarder::default(),
+        );
+        let mut cursors = Vec::new();
+        store(&t.table, 1..=5);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd); // nothing new
+        let ts: Vec<u64> = q
+            .points
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.point.ts_ms)
+            .collect();
+        assert_eq!(ts, vec![1000, 2000, 3000, 4000, 5000]);
+        // A full queue stops the scan; the ring (8 points) keeps what was not read.
+        q.points.lock().unwrap().clear();
+        store(&t.table, 6..=9);
+        scan(&t.table, &cfg(2 * SERIES), &mut cursors, &q, &fwd);
+        assert_eq!(q.points.lock().unwrap().len(), 2);
+        q.points.lock().unwrap().clear();
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd);
+        let ts: Vec<u64> = q
+            .points
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.point.ts_ms)
+            .collect();
+        assert_eq!(ts, vec![8000, 9000]);
+        assert_eq!(fwd.dropped.load(Ordering::Relaxed), 0);
+        // Twelve more points into an 8-point ring: 4 are gone before they were read.
+        q.points.lock().unwrap().clear();
+        store(&t.table, 10..=21);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd);
+        assert_eq!(q.points.lock().unwrap().len(), 8);
+        assert_eq!(fwd.dropped.load(Ordering::Relaxed), 4 * SERIES as u64);
+        // The request: one series per metric, labels sorted, original timestamps.
+        let req = build_request(&q.points.lock().unwrap(), 8);
+        assert_eq!(req.timeseries.len(), SERIES);
+        let names: Vec<&str> = req.timeseries[0]
+            .labels
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["__name__", "host", "id", "master"]);
+        assert_eq!(req.timeseries[0].samples[0].timestamp, 14_000);
+        assert_eq!(req.timeseries[0].samples[0].value, 0.14);
+    }
+}
