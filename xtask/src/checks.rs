@@ -918,16 +918,17 @@ fn run_as_service_user(root: &Path, work: &Path) -> Result<String> {
         "--format",
         "json",
     ]);
-    let out = util::output(debroot::chroot(root, &agent).stderr(Stdio::piped()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let sample: serde_json::Value = serde_json::from_str(text.trim()).map_err(|e| {
-        format!(
-            "agent --once: {e}: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    if !out.status.success() || sample["mem_total_bytes"].as_u64().unwrap_or(0) == 0 {
-        return Err(format!("agent --once: {} {text}", out.status));
+    let child = debroot::chroot(root, &agent)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the agent: {e}"))?;
+    let (status, text, stderr) = util::wait_with_deadline(child, Duration::from_secs(20))?;
+    let sample: serde_json::Value = serde_json::from_str(text.trim())
+        .map_err(|e| format!("agent --once: {e}: {text} {stderr}"))?;
+    if !status.success() || sample["mem_total_bytes"].as_u64().unwrap_or(0) == 0 {
+        return Err(format!("agent --once: {status} {text}"));
     }
 
     let (listen, http) = (free_port()?, free_port()?);

@@ -22,6 +22,7 @@ commands:
         (.deb, .rpm, SHA256SUMS) into DIR (default target/dist). --version (or env
         SENTINEL_VERSION) overrides the package version without editing Cargo.toml.
         --no-build packages binaries already in target/<triple>/release (e.g. built by cross).
+        Earlier sentinel-* artifacts and SHA256SUMS in DIR are removed first.
   check-packages [--out DIR] [--skip-install]
         assert the packages in DIR: static binaries, aarch64 runs under qemu, Architecture
         fields, lintian, rpmlint, systemd-analyze, install/upgrade/purge in a Debian root,
