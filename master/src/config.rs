@@ -45,6 +45,12 @@ pub struct Cli {
     /// Concurrent agent connections [default: 16384]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Directory of the table snapshot <shm_name>.snapshot [default: /var/lib/sentinel]
+    #[arg(long, value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
+    /// How often the table is snapshotted; "0s" = only at shutdown [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Option<std::time::Duration>,
     /// Internal: the process role, set by the supervisor when it starts its children.
     #[arg(long, hide = true, value_enum)]
     pub role: Option<Role>,
@@ -68,6 +74,12 @@ pub struct FileConfig {
     pub history_points: Option<u32>,
     /// Concurrent agent connections.
     pub max_connections: Option<usize>,
+    /// Directory of the table snapshot `<shm_name>.snapshot` (the packaged unit has
+    /// `StateDirectory=sentinel`), e.g. "/var/lib/sentinel".
+    pub state_dir: Option<PathBuf>,
+    /// How often the supervisor snapshots the table (it also does at shutdown), e.g. "10s";
+    /// "0s" = only at shutdown.
+    pub snapshot_interval: Option<String>,
     /// Optional: push every stored sample to a Prometheus remote-write endpoint.
     pub remote_write: Option<RemoteWriteFile>,
 }
@@ -202,6 +214,8 @@ pub struct Config {
     pub history_points: u32,
     pub max_connections: usize,
     pub remote_write: Option<RemoteWrite>,
+    pub state_dir: PathBuf,
+    pub snapshot_interval: std::time::Duration,
 }
 
 pub fn default_listen() -> String {
@@ -221,6 +235,14 @@ pub const fn default_history_points() -> u32 {
 }
 pub const fn default_max_connections() -> usize {
     sentinel_protocol::limits::DEFAULT_MAX_CONNECTIONS
+}
+pub fn default_state_dir() -> PathBuf {
+    "/var/lib/sentinel".into()
+}
+/// A master killed without warning (power loss, SIGKILL and a reboot) loses at most this
+/// much of every host's history; writing more often costs a full table copy each time.
+pub const fn default_snapshot_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 /// Upper bounds that keep the segment within reason (1M hosts x 1 day at 1 s would be TBs).
@@ -274,6 +296,18 @@ impl Config {
                         .with_context(|| format!("invalid configuration ({source})"))?,
                 ),
                 None => None,
+            },
+            state_dir: cli
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(default_state_dir),
+            snapshot_interval: match (cli.snapshot_interval, file.snapshot_interval) {
+                (Some(d), _) => d,
+                (None, Some(text)) => humantime::parse_duration(&text).with_context(|| {
+                    format!("invalid config file {source}: key `snapshot_interval`: expected a duration like \"10s\", got {text:?}")
+                })?,
+                (None, None) => default_snapshot_interval(),
             },
         };
         config
@@ -447,6 +481,8 @@ mod tests {
             capacity: c.capacity,
             history_points: c.history_points,
             max_connections: c.max_connections,
+            state_dir: c.state_dir.clone(),
+            snapshot_interval: c.snapshot_interval,
             role: c.role,
         }
     }
