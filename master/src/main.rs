@@ -6,6 +6,7 @@ mod config;
 mod http;
 mod remote_write;
 mod segment;
+mod snapshot;
 mod status;
 mod supervisor;
 mod table;

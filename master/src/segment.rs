@@ -27,13 +27,19 @@ pub fn now_ms() -> u64 {
 
 impl Segment {
     /// Creates and initialises the table. A segment of that name left by a dead supervisor is
-    /// removed first; one whose supervisor is alive is an error.
-    pub fn create(name: &str, capacity: u32, history_points: u32) -> anyhow::Result<Segment> {
+    /// removed first (after an image of its hosts was taken: returned, so the caller can
+    /// restore it); one whose supervisor is alive is an error.
+    pub fn create(
+        name: &str,
+        capacity: u32,
+        history_points: u32,
+    ) -> anyhow::Result<(Segment, Option<Vec<u8>>)> {
         let size = layout::segment_size(capacity, history_points);
+        let mut salvaged = None;
         let shmem = match ShmemConf::new().os_id(os_id(name)).size(size).create() {
             Ok(s) => s,
             Err(ShmemError::MappingIdExists) | Err(ShmemError::LinkExists) => {
-                remove_stale(name)?;
+                salvaged = remove_stale(name)?;
                 ShmemConf::new()
                     .os_id(os_id(name))
                     .size(size)
@@ -60,10 +66,13 @@ impl Segment {
             )
         }
         .context("cannot initialise the table")?;
-        Ok(Segment {
-            table,
-            _mapping: shmem,
-        })
+        Ok((
+            Segment {
+                table,
+                _mapping: shmem,
+            },
+            salvaged,
+        ))
     }
 
     /// Opens the table the supervisor created (children).
@@ -86,13 +95,22 @@ impl Segment {
     }
 }
 
-/// Removes /dev/shm/NAME unless its recorded supervisor is a live sentinel-master.
-fn remove_stale(name: &str) -> anyhow::Result<()> {
+/// Removes /dev/shm/NAME unless its recorded supervisor is a live sentinel-master. A stale
+/// table of this binary's layout is imaged first (read-only, with the seqlock reader, after
+/// its children are gone): a SIGKILLed supervisor's table is the freshest state there is.
+fn remove_stale(name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut salvaged = None;
     let pid = match ShmemConf::new().os_id(os_id(name)).open() {
         Ok(shmem) => {
             // SAFETY: the mapping lives until the end of this block.
             match unsafe { Table::open(shmem.as_ptr(), shmem.len()) } {
-                Ok(t) => Some(t.header().supervisor_pid.load(std::sync::atomic::Ordering::Relaxed)),
+                Ok(t) => {
+                    let pid = t.header().supervisor_pid.load(std::sync::atomic::Ordering::Relaxed);
+                    if !is_live_master(pid as i32) || pid == u64::from(std::process::id()) {
+                        salvaged = salvage(name, &t);
+                    }
+                    Some(pid)
+                }
                 Err(TableError::BadVersion { .. }) | Err(TableError::Inconsistent(_)) | Err(TableError::SizeMismatch { .. }) => {
                     // An older or differently sized Sentinel table: its pid sits at the same offset.
                     // SAFETY: open() checked the mapping holds at least a header.
@@ -123,7 +141,42 @@ fn remove_stale(name: &str) -> anyhow::Result<()> {
             return Err(e).with_context(|| format!("cannot remove stale /dev/shm/{name}"));
         }
     }
-    Ok(())
+    Ok(salvaged)
+}
+
+/// How long a dead supervisor's children get to exit (they got SIGTERM by PDEATHSIG; the
+/// collector finishes its write under the lock first) before the table is imaged anyway.
+const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An image of a stale table, once the children recorded in its header are gone. A child
+/// still running after [`ORPHAN_GRACE`] may still write: the image is taken anyway (the
+/// seqlock reader gives consistent hosts; later writes are lost with the old segment).
+fn salvage(name: &str, table: &Table) -> Option<Vec<u8>> {
+    use std::sync::atomic::Ordering::Acquire;
+    let header = table.header();
+    let deadline = std::time::Instant::now() + ORPHAN_GRACE;
+    let orphans = || {
+        [header.collector_pid.load(Acquire), header.http_pid.load(Acquire)]
+            .into_iter()
+            .filter(|&p| p != 0 && is_live_master(p as i32))
+            .collect::<Vec<_>>()
+    };
+    while !orphans().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if let left @ [_, ..] = orphans().as_slice() {
+        tracing::warn!(segment = %format!("/dev/shm/{name}"), pids = ?left, "children of the dead master are still running; imaging its table anyway");
+    }
+    match table.image(now_ms()) {
+        Ok(image) => {
+            tracing::info!(segment = %format!("/dev/shm/{name}"), hosts = table.host_count(), "took an image of the stale table to restore it");
+            Some(image)
+        }
+        Err(e) => {
+            tracing::warn!(segment = %format!("/dev/shm/{name}"), error = %e, "cannot image the stale table; the snapshot file is used instead");
+            None
+        }
+    }
 }
 
 /// A segment whose creator died before writing the magic is all zeros at the start.

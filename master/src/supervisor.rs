@@ -16,6 +16,7 @@ use anyhow::Context;
 
 use crate::config::{Config, Role};
 use crate::segment::{now_ms, Segment};
+use crate::snapshot::Snapshots;
 
 /// Environment variable carrying the inherited listening socket's fd number to a child.
 pub const LISTEN_FD_ENV: &str = "SENTINEL_LISTEN_FD";
@@ -71,7 +72,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let agents = bind(&config.listen, "listen")?;
     let http = bind(&config.http, "http")?;
-    let segment = Segment::create(&config.shm_name, config.capacity, config.history_points)?;
+    let (segment, salvaged) =
+        Segment::create(&config.shm_name, config.capacity, config.history_points)?;
+    // Before any child runs: nobody else has the new table yet.
+    let mut snapshots = Snapshots::new(
+        &config.state_dir,
+        &config.shm_name,
+        config.snapshot_interval,
+    );
+    snapshots.restore(segment.table(), salvaged);
     tracing::info!(
         agent_addr = %agents.local_addr()?,
         http_addr = %http.local_addr()?,
@@ -107,6 +116,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         if sig != 0 {
             tracing::info!(signal = sig, "stopping: terminating children");
             stop_children(&mut children);
+            // The children are gone: this is the table's final state.
+            let _ = snapshots.write(segment.table(), "shutdown");
             drop(segment); // unlinks /dev/shm/NAME
             tracing::info!("stopped");
             return Ok(());
@@ -121,6 +132,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         }
         watchdog(&children[0], &segment);
+        snapshots.tick(segment.table());
         std::thread::sleep(TICK);
     }
 }

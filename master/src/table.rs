@@ -11,6 +11,7 @@
 //!   is either untouched (journal incomplete) or fully recoverable (journal complete).
 
 pub mod account;
+pub mod image;
 pub mod layout;
 
 use std::ptr;

@@ -1,0 +1,411 @@
+//! Table images: every host of a table (record, latest sample, history ring) as one byte
+//! string, and the restore of such an image into a fresh table. The supervisor writes images
+//! to the state directory (`crate::snapshot`), so a master restart keeps the fleet's state.
+//!
+//! Invariants:
+//! - An image is taken with the seqlock reader only: taking one never waits on the collector
+//!   and never writes the table, so a live (or dead) collector is never disturbed.
+//! - An image is restored only into a table no process has opened yet, and only after the
+//!   whole image was checked (magic, format, layout version, sizes, checksum, bounds): a bad
+//!   image leaves the table empty, never half restored.
+//!
+//! Format (all integers in this machine's byte order; the endian mark detects another one):
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 8 | magic `SNTLSNAP` |
+//! | 4 | format version ([`IMAGE_FORMAT`]) |
+//! | 4 | endian mark `0x01020304` |
+//! | 4 | table layout version (`layout::LAYOUT_VERSION`): records are raw `Record` bytes |
+//! | 4 | `size_of::<Record>()` |
+//! | 4 | `size_of::<HistoryPoint>()` |
+//! | 4 | `SAMPLE_BYTES` |
+//! | 4 | history points per host of the table the image was taken from (information) |
+//! | 4 | reserved (0) |
+//! | 8 | host count |
+//! | 8 | unix ms when taken |
+//! | 8 | body length in bytes |
+//! | 8 | FNV-1a 64 of the body |
+//!
+//! Then per host: the record, `sample_len: u32`, `point_count: u32`, the sample bytes padded
+//! to 8, and `point_count` history points, oldest first.
+
+use std::ptr;
+use std::sync::atomic::Ordering;
+
+use super::layout::{HistoryPoint, Record, LAYOUT_VERSION, SAMPLE_BYTES};
+use super::Table;
+
+pub const IMAGE_MAGIC: [u8; 8] = *b"SNTLSNAP";
+/// Version of the image framing above (the records inside are versioned by the layout).
+pub const IMAGE_FORMAT: u32 = 1;
+const ENDIAN_MARK: u32 = 0x0102_0304;
+/// Bytes of the image header.
+pub const IMAGE_HEADER_BYTES: usize = 72;
+/// A host whose slot a live writer kept changing is re-read this often before the image is
+/// given up (the previous snapshot file stays): a write takes microseconds.
+const HOST_READ_ATTEMPTS: u32 = 100;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ImageError {
+    #[error("not a Sentinel table snapshot (bad magic or shorter than its header)")]
+    BadMagic,
+    #[error("snapshot format version {found} is not the version {IMAGE_FORMAT} this binary reads")]
+    Format { found: u32 },
+    #[error("snapshot was written on a machine with another byte order")]
+    Endian,
+    #[error("snapshot holds table layout version {found}, this binary uses layout version {LAYOUT_VERSION}")]
+    Layout { found: u32 },
+    #[error("snapshot sizes do not match this binary: {0}")]
+    Sizes(String),
+    #[error("snapshot is corrupt: {0}")]
+    Corrupt(&'static str),
+    #[error("host {0} kept changing while the image was taken")]
+    Busy(usize),
+}
+
+/// What an image holds, from its header.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImageInfo {
+    pub hosts: u64,
+    pub created_ms: u64,
+    pub history_points: u32,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn put32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_ne_bytes());
+}
+
+fn put64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_ne_bytes());
+}
+
+fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is one of the table's plain-old-data types (no padding is read as anything
+    // but bytes; every bit pattern is valid for them).
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+}
+
+fn pod_from<T: Copy>(bytes: &[u8]) -> T {
+    assert_eq!(bytes.len(), std::mem::size_of::<T>());
+    // SAFETY: length checked; T is plain old data valid for any bit pattern.
+    unsafe { ptr::read_unaligned(bytes.as_ptr() as *const T) }
+}
+
+/// A bounds-checked reader over the body.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ImageError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or(ImageError::Corrupt("a host entry runs past the end"))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u32(&mut self) -> Result<u32, ImageError> {
+        Ok(u32::from_ne_bytes(self.take(4)?.try_into().unwrap()))
+    }
+
+    fn u64(&mut self) -> Result<u64, ImageError> {
+        Ok(u64::from_ne_bytes(self.take(8)?.try_into().unwrap()))
+    }
+}
+
+/// One host as read from an image.
+struct HostEntry {
+    record: Record,
+    sample: Vec<u8>,
+    points: Vec<HistoryPoint>,
+}
+
+impl Table {
+    /// A consistent image of every host, taken with the seqlock reader (never locks).
+    pub fn image(&self, created_ms: u64) -> Result<Vec<u8>, ImageError> {
+        let hosts = self.host_count();
+        let mut body = Vec::new();
+        for i in 0..hosts {
+            let detail = (0..HOST_READ_ATTEMPTS)
+                .find_map(|_| self.read_detail(i))
+                .ok_or(ImageError::Busy(i))?;
+            let sample = detail.sample.unwrap_or_default();
+            body.extend_from_slice(pod_bytes(&detail.record));
+            put32(&mut body, sample.len() as u32);
+            put32(&mut body, detail.history.len() as u32);
+            body.extend_from_slice(&sample);
+            body.resize(body.len().div_ceil(8) * 8, 0);
+            for p in &detail.history {
+                body.extend_from_slice(pod_bytes(p));
+            }
+        }
+        let mut out = Vec::with_capacity(IMAGE_HEADER_BYTES + body.len());
+        out.extend_from_slice(&IMAGE_MAGIC);
+        put32(&mut out, IMAGE_FORMAT);
+        put32(&mut out, ENDIAN_MARK);
+        put32(&mut out, LAYOUT_VERSION);
+        put32(&mut out, std::mem::size_of::<Record>() as u32);
+        put32(&mut out, std::mem::size_of::<HistoryPoint>() as u32);
+        put32(&mut out, SAMPLE_BYTES as u32);
+        put32(&mut out, self.history_points);
+        put32(&mut out, 0);
+        put64(&mut out, hosts as u64);
+        put64(&mut out, created_ms);
+        put64(&mut out, body.len() as u64);
+        put64(&mut out, fnv1a(&body));
+        debug_assert_eq!(out.len(), IMAGE_HEADER_BYTES);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Restores `image` into this table, which must be fresh (no host yet) and opened by no
+    /// other process. Everything is checked before the first byte is written. Hosts beyond
+    /// the capacity are left out (returned as the second number); a host's history keeps its
+    /// newest points when the ring is now shorter.
+    pub fn restore(&self, image: &[u8]) -> Result<(ImageInfo, usize), ImageError> {
+        let (info, hosts) = parse(image)?;
+        let fit = hosts.len().min(self.capacity as usize);
+        let points = u64::from(self.history_points);
+        for (i, host) in hosts.iter().take(fit).enumerate() {
+            let mut rec = host.record;
+            let held = (host.points.len() as u64).min(points);
+            rec.history_count = rec.history_count.max(host.points.len() as u64);
+            rec.connected = 0; // connections died with the previous master
+            rec.pending_index = u64::MAX;
+            rec.sample_buf = 0;
+            rec.sample_len = [host.sample.len() as u32, 0];
+            rec.has_sample = u8::from(rec.has_sample == 1 && !host.sample.is_empty());
+            let newest = &host.points[host.points.len() - held as usize..];
+            // SAFETY: i < capacity; no other process has this table yet (see the doc), so
+            // plain writes into the slot race with nobody.
+            unsafe {
+                let slot = self.slot(i);
+                ptr::write_volatile(ptr::addr_of_mut!((*slot).record), rec);
+                let dst = ptr::addr_of_mut!((*slot).samples[0]) as *mut u8;
+                ptr::copy_nonoverlapping(host.sample.as_ptr(), dst, host.sample.len());
+                for (k, p) in newest.iter().enumerate() {
+                    let idx = (rec.history_count - held + k as u64) % points;
+                    ptr::write_volatile(self.ring(i).add(idx as usize), *p);
+                }
+            }
+            self.seq(i).store(0, Ordering::Release);
+        }
+        self.header()
+            .host_count
+            .store(fit as u64, Ordering::Release);
+        Ok((info, hosts.len() - fit))
+    }
+}
+
+fn check_header(image: &[u8]) -> Result<(ImageInfo, &[u8]), ImageError> {
+    if image.len() < IMAGE_HEADER_BYTES || image[..8] != IMAGE_MAGIC {
+        return Err(ImageError::BadMagic);
+    }
+    let mut c = Cursor {
+        bytes: &image[8..IMAGE_HEADER_BYTES],
+        at: 0,
+    };
+    let format = c.u32()?;
+    if format != IMAGE_FORMAT {
+        return Err(ImageError::Format { found: format });
+    }
+    if c.u32()? != ENDIAN_MARK {
+        return Err(ImageError::Endian);
+    }
+    let layout = c.u32()?;
+    if layout != LAYOUT_VERSION {
+        return Err(ImageError::Layout { found: layout });
+    }
+    let sizes = [
+        ("record", c.u32()?, std::mem::size_of::<Record>()),
+        ("history point", c.u32()?, std::mem::size_of::<HistoryPoint>()),
+        ("sample buffer", c.u32()?, SAMPLE_BYTES),
+    ];
+    for (what, found, want) in sizes {
+        if found as usize != want {
+            return Err(ImageError::Sizes(format!(
+                "{what} is {found} bytes in the snapshot, {want} here"
+            )));
+        }
+    }
+    let history_points = c.u32()?;
+    let _reserved = c.u32()?;
+    let hosts = c.u64()?;
+    let created_ms = c.u64()?;
+    let body_len = c.u64()?;
+    let checksum = c.u64()?;
+    let body = &image[IMAGE_HEADER_BYTES..];
+    if body.len() as u64 != body_len {
+        return Err(ImageError::Corrupt("the body length does not match the header"));
+    }
+    if fnv1a(body) != checksum {
+        return Err(ImageError::Corrupt("checksum mismatch"));
+    }
+    let info = ImageInfo {
+        hosts,
+        created_ms,
+        history_points,
+    };
+    Ok((info, body))
+}
+
+fn parse(image: &[u8]) -> Result<(ImageInfo, Vec<HostEntry>), ImageError> {
+    let (info, body) = check_header(image)?;
+    let mut c = Cursor { bytes: body, at: 0 };
+    let mut hosts = Vec::new();
+    for _ in 0..info.hosts {
+        let record: Record = pod_from(c.take(std::mem::size_of::<Record>())?);
+        let sample_len = c.u32()? as usize;
+        let count = c.u32()? as usize;
+        if sample_len > SAMPLE_BYTES {
+            return Err(ImageError::Corrupt("a sample is larger than the sample buffer"));
+        }
+        let sample = c.take(sample_len)?.to_vec();
+        c.take(sample_len.div_ceil(8) * 8 - sample_len)?;
+        let raw = c.take(
+            count
+                .checked_mul(std::mem::size_of::<HistoryPoint>())
+                .ok_or(ImageError::Corrupt("history length overflows"))?,
+        )?;
+        let points = raw
+            .chunks_exact(std::mem::size_of::<HistoryPoint>())
+            .map(pod_from::<HistoryPoint>)
+            .collect();
+        hosts.push(HostEntry {
+            record,
+            sample,
+            points,
+        });
+    }
+    if c.at != body.len() {
+        return Err(ImageError::Corrupt("bytes after the last host"));
+    }
+    Ok((info, hosts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::TestTable;
+
+    fn point(n: u64) -> HistoryPoint {
+        HistoryPoint {
+            ts_ms: n,
+            mem_used_bytes: n * 10,
+            ..Default::default()
+        }
+    }
+
+    /// A table with `hosts` hosts, host h holding `10 + h` samples (with history).
+    fn filled(hosts: usize, points: u32) -> TestTable {
+        let t = TestTable::new(8, points);
+        let w = t.table.writer().unwrap();
+        for h in 0..hosts {
+            for n in 1..=(10 + h as u64) {
+                let mut r = w.record(h);
+                r.in_use = 1;
+                r.connected = 1;
+                r.agent_id = [b'a' + h as u8; 32];
+                r.hostname.set(&format!("host-{h}"));
+                r.last_seq = n;
+                r.samples_received = n;
+                w.commit(h, r, Some(format!("sample {h}/{n}").as_bytes()), Some(point(n)));
+            }
+            w.publish_host_count(h + 1);
+        }
+        t
+    }
+
+    #[test]
+    fn an_image_restores_hosts_counters_samples_and_history() {
+        let src = filled(3, 16);
+        let image = src.table.image(42).unwrap();
+        for points in [16, 4, 64] {
+            let dst = TestTable::new(8, points);
+            let (info, left_out) = dst.table.restore(&image).unwrap();
+            assert_eq!((info.hosts, info.created_ms, left_out), (3, 42, 0));
+            assert_eq!(dst.table.host_count(), 3);
+            for h in 0..3 {
+                let n = 10 + h as u64;
+                let d = dst.table.read_detail(h).unwrap();
+                assert_eq!(d.record.hostname.get(), format!("host-{h}"));
+                assert_eq!((d.record.last_seq, d.record.samples_received), (n, n));
+                assert_eq!(d.record.connected, 0, "connections do not survive a restart");
+                assert_eq!(d.sample.unwrap(), format!("sample {h}/{n}").as_bytes());
+                let held = n.min(16).min(u64::from(points));
+                let want: Vec<_> = (n + 1 - held..=n).map(point).collect();
+                assert_eq!(d.history, want, "points {points}");
+            }
+            // The collector continues where the image left off.
+            let w = dst.table.writer().unwrap();
+            let mut r = w.record(0);
+            r.last_seq += 1;
+            w.commit(0, r, Some(b"next"), Some(point(11)));
+            let d = dst.table.read_detail(0).unwrap();
+            assert_eq!(d.history.last(), Some(&point(11)));
+            assert_eq!(d.sample.as_deref(), Some(&b"next"[..]));
+        }
+    }
+
+    #[test]
+    fn hosts_beyond_the_capacity_are_left_out() {
+        let src = filled(3, 8);
+        let dst = TestTable::new(2, 8);
+        let (_, left_out) = dst.table.restore(&src.table.image(1).unwrap()).unwrap();
+        assert_eq!((dst.table.host_count(), left_out), (2, 1));
+    }
+
+    #[test]
+    fn a_bad_image_is_refused_and_the_table_stays_empty() {
+        let good = filled(2, 8).table.image(1).unwrap();
+        let patch = |at: usize, bytes: &[u8]| {
+            let mut b = good.clone();
+            b[at..at + bytes.len()].copy_from_slice(bytes);
+            b
+        };
+        let cases: Vec<(Vec<u8>, ImageError)> = vec![
+            (b"nonsense".to_vec(), ImageError::BadMagic),
+            (patch(8, &7u32.to_ne_bytes()), ImageError::Format { found: 7 }),
+            (patch(12, &ENDIAN_MARK.to_be_bytes()), ImageError::Endian),
+            (
+                patch(16, &99u32.to_ne_bytes()),
+                ImageError::Layout { found: 99 },
+            ),
+            (
+                patch(20, &8u32.to_ne_bytes()),
+                ImageError::Sizes(format!(
+                    "record is 8 bytes in the snapshot, {} here",
+                    std::mem::size_of::<Record>()
+                )),
+            ),
+            (
+                good[..good.len() - 1].to_vec(),
+                ImageError::Corrupt("the body length does not match the header"),
+            ),
+            (
+                patch(IMAGE_HEADER_BYTES + 100, b"x"),
+                ImageError::Corrupt("checksum mismatch"),
+            ),
+        ];
+        for (image, want) in cases {
+            let dst = TestTable::new(4, 8);
+            assert_eq!(dst.table.restore(&image).unwrap_err(), want);
+            assert_eq!(dst.table.host_count(), 0);
+        }
+    }
+}
