@@ -4,7 +4,10 @@
 
 use sentinel_protocol::Sample;
 
-use super::{read_proc, CollectError};
+use std::collections::HashMap;
+
+use super::procfile::ProcFile;
+use super::CollectError;
 
 /// /proc/diskstats counts 512-byte sectors whatever the device's sector size.
 const SECTOR_BYTES: u64 = 512;
@@ -17,7 +20,7 @@ fn is_virtual(name: &str) -> bool {
 }
 
 /// `is_whole_disk` decides partitions (whole disks appear in /sys/block).
-pub fn parse(text: &str, is_whole_disk: impl Fn(&str) -> bool) -> Option<(u64, u64)> {
+pub fn parse(text: &str, mut is_whole_disk: impl FnMut(&str) -> bool) -> Option<(u64, u64)> {
     let (mut read, mut written) = (0u64, 0u64);
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -51,14 +54,36 @@ fn whole_disk(name: &str) -> bool {
     }
 }
 
-pub fn collect(s: &mut Sample) -> Result<(), CollectError> {
-    let text = read_proc("/proc/diskstats", "/proc/diskstats")?;
-    let (read, written) = parse(&text, whole_disk).ok_or(CollectError::Parse {
-        what: "/proc/diskstats",
-    })?;
-    s.disk_read_bytes = read;
-    s.disk_write_bytes = written;
-    Ok(())
+pub struct DiskIo {
+    stats: ProcFile,
+    /// Whether a device name is a whole disk, decided once per name (two stat calls each).
+    whole: HashMap<String, bool>,
+}
+
+impl DiskIo {
+    pub fn new() -> Self {
+        DiskIo {
+            stats: ProcFile::new("/proc/diskstats"),
+            whole: HashMap::new(),
+        }
+    }
+
+    pub fn collect(&mut self, s: &mut Sample) -> Result<(), CollectError> {
+        let whole = &mut self.whole;
+        let is_whole = |name: &str| {
+            *whole
+                .entry(name.to_owned())
+                .or_insert_with(|| whole_disk(name))
+        };
+        let cell = std::cell::RefCell::new(is_whole);
+        let (read, written) =
+            parse(self.stats.read()?, |n| (cell.borrow_mut())(n)).ok_or(CollectError::Parse {
+                what: "/proc/diskstats",
+            })?;
+        s.disk_read_bytes = read;
+        s.disk_write_bytes = written;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! device mounted twice (bind mounts) is reported once.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use sentinel_protocol::{
     limits::{MAX_FILESYSTEMS, MAX_TEXT_BYTES},
@@ -50,9 +51,41 @@ pub fn is_real(fs_type: &str) -> bool {
     !PSEUDO.contains(&fs_type) && !fs_type.starts_with("cgroup")
 }
 
-pub fn collect(disks: &mut Disks, s: &mut Sample) -> Result<(), CollectError> {
-    // `true`: re-read the mount table, so mounts that come and go are followed.
-    disks.refresh_specifics(true, DiskRefreshKind::nothing().with_storage());
+/// How often the mount table is re-read: mounts that come and go are followed within this
+/// time, and in between each sample costs one statvfs per filesystem instead of parsing
+/// /proc/mounts and probing every block device.
+const RELIST_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Filesystems {
+    disks: Disks,
+    listed_at: Option<Instant>,
+}
+
+impl Filesystems {
+    pub fn new() -> Result<Self, CollectError> {
+        let disks = Disks::new().map_err(|e| CollectError::sysinfo("disks", e))?;
+        Ok(Filesystems {
+            disks,
+            listed_at: None,
+        })
+    }
+
+    pub fn collect(&mut self, s: &mut Sample) -> Result<(), CollectError> {
+        let storage = DiskRefreshKind::nothing().with_storage();
+        if self.listed_at.is_none_or(|t| t.elapsed() >= RELIST_EVERY) {
+            // `true`: forget mounts that went away.
+            self.disks.refresh_specifics(true, storage);
+            self.listed_at = Some(Instant::now());
+        } else {
+            for d in self.disks.iter_mut() {
+                d.refresh_specifics(storage);
+            }
+        }
+        collect(&self.disks, s)
+    }
+}
+
+fn collect(disks: &Disks, s: &mut Sample) -> Result<(), CollectError> {
     let mut seen = HashSet::new();
     s.filesystems = disks
         .iter()

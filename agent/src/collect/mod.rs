@@ -9,20 +9,22 @@ mod filesystems;
 mod load;
 mod memory;
 mod network;
+mod procfile;
 mod system;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use sentinel_protocol::{HostInfo, Sample};
-use sysinfo::{Disks, Networks, System};
+use sysinfo::System;
 
 /// How often one collector's repeated failure is logged again.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// sysinfo needs two CPU readings this far apart for a meaningful usage figure; the first
+/// CPU shares need two /proc/stat readings this far apart (20 ticks per core at USER_HZ 100);
+/// the first
 /// sample after start waits this long after the priming reading.
-pub const PRIMING_DELAY: Duration = sysinfo::MINIMUM_CPU_UPDATE_INTERVAL;
+pub const PRIMING_DELAY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
@@ -49,33 +51,33 @@ impl CollectError {
     }
 }
 
-/// The state kept between samples: sysinfo handles and previous /proc counters.
+/// The state kept between samples: open /proc files, previous counters, sysinfo handles.
 pub struct Collector {
+    /// Memory and host facts come from sysinfo.
     sys: System,
-    disks: Disks,
-    networks: Networks,
-    /// Previous /proc/stat reading: the user/system/iowait/steal split is a delta.
-    cpu_split: cpu::Split,
+    cpu: cpu::Cpu,
+    filesystems: filesystems::Filesystems,
+    network: network::Network,
+    disk: disk::DiskIo,
+    /// Read once: uptime is derived from it and the clock.
+    boot_time_s: u64,
     /// Last time each collector's error was logged, so a broken one does not flood the log.
     error_logged: HashMap<&'static str, Instant>,
 }
 
 impl Collector {
-    /// Creates the handles and takes the priming CPU reading. Wait [`PRIMING_DELAY`] before
+    /// Opens the sources and takes the priming CPU reading. Wait [`PRIMING_DELAY`] before
     /// the first [`Collector::sample`] for real CPU figures.
     pub fn new() -> Result<Self, CollectError> {
-        let sys = System::new().map_err(|e| CollectError::sysinfo("system", e))?;
-        let disks = Disks::new().map_err(|e| CollectError::sysinfo("disks", e))?;
-        let networks = Networks::new().map_err(|e| CollectError::sysinfo("networks", e))?;
-        let mut c = Collector {
-            sys,
-            disks,
-            networks,
-            cpu_split: cpu::Split::default(),
+        Ok(Collector {
+            sys: System::new().map_err(|e| CollectError::sysinfo("system", e))?,
+            cpu: cpu::Cpu::new(),
+            filesystems: filesystems::Filesystems::new()?,
+            network: network::Network::new(),
+            disk: disk::DiskIo::new(),
+            boot_time_s: system::boot_time()?,
             error_logged: HashMap::new(),
-        };
-        cpu::prime(&mut c.sys, &mut c.cpu_split);
-        Ok(c)
+        })
     }
 
     /// Facts that do not change while the agent runs.
@@ -88,16 +90,13 @@ impl Collector {
     pub fn sample(&mut self) -> Result<Sample, CollectError> {
         let mut s = Sample::default();
         let results = [
-            (
-                "cpu",
-                cpu::collect(&mut self.sys, &mut self.cpu_split, &mut s),
-            ),
+            ("cpu", self.cpu.collect(&mut s)),
             ("memory", memory::collect(&mut self.sys, &mut s)),
             ("load", load::collect(&mut s)),
-            ("filesystems", filesystems::collect(&mut self.disks, &mut s)),
-            ("network", network::collect(&mut self.networks, &mut s)),
-            ("disk", disk::collect(&mut s)),
-            ("system", system::collect(&mut s)),
+            ("filesystems", self.filesystems.collect(&mut s)),
+            ("network", self.network.collect(&mut s)),
+            ("disk", self.disk.collect(&mut s)),
+            ("system", system::collect(self.boot_time_s, &mut s)),
         ];
         let mut memory_failed = None;
         for (name, result) in results {
@@ -141,11 +140,6 @@ pub fn truncate_text(mut s: String, max: usize) -> String {
         s.truncate(end);
     }
     s
-}
-
-/// Reads a /proc file into a string, naming it in the error.
-pub(crate) fn read_proc(what: &'static str, path: &str) -> Result<String, CollectError> {
-    std::fs::read_to_string(path).map_err(|error| CollectError::Io { what, error })
 }
 
 #[cfg(test)]

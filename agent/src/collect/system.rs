@@ -5,9 +5,18 @@ use sysinfo::{CpuRefreshKind, System};
 
 use super::{truncate_text, CollectError};
 
-pub fn collect(s: &mut Sample) -> Result<(), CollectError> {
-    s.uptime_s = System::uptime().map_err(|e| CollectError::sysinfo("uptime", e))?;
-    s.boot_time_s = System::boot_time().map_err(|e| CollectError::sysinfo("boot time", e))?;
+/// Boot time never changes while the agent runs; read it once.
+pub fn boot_time() -> Result<u64, CollectError> {
+    System::boot_time().map_err(|e| CollectError::sysinfo("boot time", e))
+}
+
+/// `boot_time_s` is read once at start: uptime follows from the clock without a file read.
+pub fn collect(boot_time_s: u64, s: &mut Sample) -> Result<(), CollectError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    s.boot_time_s = boot_time_s;
+    s.uptime_s = now.saturating_sub(boot_time_s);
     s.processes = count_processes()?;
     Ok(())
 }
