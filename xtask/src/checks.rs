@@ -707,7 +707,7 @@ fn install_checks(report: &mut Report, out: &Path, version: &str, work: &Path) {
     let upgrade_dir = work.join("upgrade-dist");
     let mut ready = report.check(
         &format!("newer build {newer} of the amd64 packages"),
-        || build_upgrade_packages(&upgrade_dir, &newer, amd64),
+        || build_upgrade_packages(&upgrade_dir, version, &newer, amd64),
     );
     let debian = work.join("debian-root");
     ready &= report.check("debootstrap'ed Debian root (cached tarball)", || {
@@ -769,7 +769,19 @@ fn run_steps(report: &mut Report, ready: bool, steps: &[(&str, &dyn Fn() -> Resu
     }
 }
 
-fn build_upgrade_packages(dir: &Path, version: &str, arch: Arch) -> Result<String> {
+fn build_upgrade_packages(dir: &Path, current: &str, version: &str, arch: Arch) -> Result<String> {
+    // dpkg -i would also "upgrade" to an older version (a downgrade, with a warning only).
+    let newer = util::output(Command::new("dpkg").args([
+        "--compare-versions",
+        &format!("{version}-1"),
+        "gt",
+        &format!("{current}-1"),
+    ]))?;
+    if !newer.status.success() {
+        return Err(format!(
+            "{version}-1 does not sort after {current}-1 for dpkg"
+        ));
+    }
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     dist::compress_man_pages()?;

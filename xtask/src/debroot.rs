@@ -105,7 +105,6 @@ fn mirror() -> Result<String> {
         return Ok(m);
     }
     let suite = suite();
-    // deb822 sources: a stanza with `URIs:` and a `Suites:` that names the suite itself.
     if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
         paths.sort();
@@ -114,35 +113,85 @@ fn mirror() -> Result<String> {
             .filter(|p| p.extension().is_some_and(|e| e == "sources"))
         {
             let text = fs::read_to_string(path).unwrap_or_default();
-            for stanza in text.split("\n\n") {
-                let field = |name: &str| {
-                    stanza
-                        .lines()
-                        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-                };
-                let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else {
-                    continue;
-                };
-                if suites.split_whitespace().any(|s| s == suite) {
-                    if let Some(uri) = uris.split_whitespace().next() {
-                        return Ok(uri.to_string());
-                    }
-                }
+            if let Some(uri) = mirror_from_deb822(&text, &suite) {
+                return Ok(uri);
             }
         }
     }
-    // One-line sources: `deb [opts] URI SUITE COMPONENTS...`.
     let text = fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
-    for line in text.lines() {
-        let words: Vec<&str> = line
-            .split_whitespace()
-            .filter(|w| !w.starts_with('['))
-            .collect();
-        if words.first() == Some(&"deb") && words.get(2) == Some(&suite.as_str()) {
-            return Ok(words[1].to_string());
+    mirror_from_one_line(&text, &suite)
+        .ok_or_else(|| format!("no apt source for `{suite}` found; set SENTINEL_DEBIAN_MIRROR"))
+}
+
+/// deb822 sources: the first `URIs:` of a stanza whose `Suites:` names the suite itself
+/// (not `<suite>-security` or `-updates`).
+fn mirror_from_deb822(text: &str, suite: &str) -> Option<String> {
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else {
+            continue;
+        };
+        if suites.split_whitespace().any(|s| s == suite) {
+            if let Some(uri) = uris.split_whitespace().next() {
+                return Some(uri.to_string());
+            }
         }
     }
-    Err(format!(
-        "no apt source for `{suite}` found; set SENTINEL_DEBIAN_MIRROR"
-    ))
+    None
+}
+
+/// One-line sources: `deb [options] URI SUITE COMPONENTS...`.
+fn mirror_from_one_line(text: &str, suite: &str) -> Option<String> {
+    for line in text.lines() {
+        let mut line = line.trim();
+        let Some(rest) = line.strip_prefix("deb ") else {
+            continue;
+        };
+        line = rest.trim_start();
+        if line.starts_with('[') {
+            line = line.split_once(']').map_or("", |(_, r)| r.trim_start());
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.len() >= 2 && words[1] == suite {
+            return Some(words[0].to_string());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_suite_stanza_not_security_or_updates() {
+        let text = "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n\n\
+                    Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n";
+        assert_eq!(
+            mirror_from_deb822(text, "bookworm").as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        assert_eq!(mirror_from_deb822(text, "trixie"), None);
+    }
+
+    #[test]
+    fn one_line_sources_with_and_without_options() {
+        let text = "# comment\ndeb-src http://src.example/debian bookworm main\n\
+                    deb [arch=amd64 signed-by=/k.gpg] http://opt.example/debian bookworm main\n\
+                    deb http://plain.example/debian bookworm main\n";
+        assert_eq!(
+            mirror_from_one_line(text, "bookworm").as_deref(),
+            Some("http://opt.example/debian")
+        );
+        assert_eq!(
+            mirror_from_one_line("deb http://plain.example/debian bookworm main", "bookworm")
+                .as_deref(),
+            Some("http://plain.example/debian")
+        );
+        assert_eq!(mirror_from_one_line(text, "trixie"), None);
+    }
 }

@@ -214,3 +214,18 @@ pub fn stdout_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
         Err(format!("`{}` failed: {}", show(cmd), out.status))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::validate_version;
+
+    #[test]
+    fn versions_usable_by_dpkg_and_rpm() {
+        for ok in ["0.1.0", "0.1.1", "1.2.3+ci1", "2.0.0~rc1", "10"] {
+            assert!(validate_version(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "v0.1.0", "0.1.0-1", "0.1 0", "0.1.0/1", "-1"] {
+            assert!(validate_version(bad).is_err(), "{bad}");
+        }
+    }
+}
