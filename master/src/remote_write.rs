@@ -16,6 +16,12 @@
 //!   sample an agent had acked by this master is sent, and what the agent replays to the next
 //!   master is what this one never acked. A sample stored here but not yet acked is sent by
 //!   both: identical timestamp and value, which Prometheus accepts as the same sample.
+//! - Prometheus rejects a whole request if one sample in it is older than its series' newest
+//!   (remote-write 1.0 receivers roll the request back), so nothing at or before a host's
+//!   newest accepted timestamp is ever sent again: that high-water mark per agent id is kept
+//!   in memory and in `<state_dir>/<shm_name>.remote-write` (written after each second of
+//!   accepted requests and after the final flush). A restarted master, whose table was
+//!   restored from a snapshot or refilled by the agents' replay, resumes exactly after it.
 //! - Net and disk rates are not forwarded: the first rate after a master restart is computed
 //!   without a base (0) and would conflict with the old master's value for the same sample.
 
@@ -85,14 +91,67 @@ impl Forwarder {
     }
 }
 
-/// One history point waiting to be sent, with its host's labels.
+/// A host as the forwarder labels it.
+struct HostKey {
+    id: String,
+    labels: Vec<wire::Label>,
+}
+
+/// One history point waiting to be sent, with its host.
 struct Pending {
-    labels: Arc<Vec<wire::Label>>,
+    host: Arc<HostKey>,
     point: HistoryPoint,
 }
 
+/// Per agent id, the newest timestamp the receiver accepted (persisted across restarts).
+#[derive(Default)]
+struct HighWater {
+    accepted: std::collections::HashMap<String, u64>,
+    dirty: bool,
+}
+
+impl HighWater {
+    fn load(path: &std::path::Path) -> HighWater {
+        let mut hw = HighWater::default();
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return hw;
+        };
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            if let (Some(id), Some(ts)) = (it.next(), it.next().and_then(|t| t.parse().ok())) {
+                if sentinel_protocol::is_valid_agent_id(id) {
+                    hw.accepted.insert(id.to_string(), ts);
+                }
+            }
+        }
+        hw
+    }
+
+    fn save(&mut self, path: &std::path::Path) {
+        if !self.dirty {
+            return;
+        }
+        let mut text = String::with_capacity(self.accepted.len() * 48);
+        for (id, ts) in &self.accepted {
+            let _ = writeln!(text, "{id} {ts}");
+        }
+        let tmp = path.with_extension("remote-write.tmp");
+        let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+        match result {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "remote_write: cannot save the sent high-water marks")
+            }
+        }
+    }
+}
+
+/// How often the high-water marks are saved while running.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
 struct Queue {
     points: Mutex<VecDeque<Pending>>,
+    high_water: Mutex<HighWater>,
     /// Wakes the sender when points arrive.
     ready: Notify,
     /// Set after the final scan: once the queue is empty the sender is done.
@@ -103,11 +162,19 @@ struct Queue {
 pub fn start(
     table: &'static Table,
     cfg: RemoteWrite,
+    state_file: std::path::PathBuf,
     stopping: watch::Receiver<bool>,
 ) -> anyhow::Result<(Arc<Forwarder>, JoinHandle<()>)> {
     let fwd = Arc::new(Forwarder::default());
+    let high_water = HighWater::load(&state_file);
+    tracing::info!(
+        hosts = high_water.accepted.len(),
+        path = %state_file.display(),
+        "remote_write: resuming after the high-water marks"
+    );
     let queue = Arc::new(Queue {
         points: Mutex::new(VecDeque::new()),
+        high_water: Mutex::new(high_water),
         ready: Notify::new(),
         final_scan_done: AtomicBool::new(false),
     });
@@ -124,7 +191,7 @@ pub fn start(
         fwd.clone(),
         stopping.clone(),
     );
-    let send = send_loop(cfg, queue, fwd.clone(), stopping);
+    let send = send_loop(cfg, queue, fwd.clone(), stopping, state_file);
     let task = tokio::spawn(async move {
         tokio::join!(scan, send);
     });
@@ -134,11 +201,14 @@ pub fn start(
 /// Per slot: how far it has been read.
 #[derive(Default, Clone)]
 struct Cursor {
-    /// Number of the next history point to send.
+    /// Number of the next history point to read.
     next: u64,
     /// The slot's seqlock counter when it was last read completely.
     version: u64,
-    labels: Option<(String, String, Arc<Vec<wire::Label>>)>,
+    /// Points at or before this timestamp were already queued or accepted: never resend.
+    floor_ts: u64,
+    /// (hostname, the host as labelled).
+    host: Option<(String, Arc<HostKey>)>,
 }
 
 async fn scan_loop(
@@ -188,7 +258,7 @@ async fn wait_for_collector_exit(table: &Table, deadline: Instant) {
     }
 }
 
-fn host_labels(cfg: &RemoteWrite, host: &str, id: &str) -> Arc<Vec<wire::Label>> {
+fn host_key(cfg: &RemoteWrite, host: &str, id: &str) -> Arc<HostKey> {
     let mut labels: Vec<wire::Label> = [("host", host), ("id", id)]
         .into_iter()
         .chain(cfg.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -198,7 +268,10 @@ fn host_labels(cfg: &RemoteWrite, host: &str, id: &str) -> Arc<Vec<wire::Label>>
         })
         .collect();
     labels.sort_by(|a, b| a.name.cmp(&b.name));
-    Arc::new(labels)
+    Arc::new(HostKey {
+        id: id.to_string(),
+        labels,
+    })
 }
 
 /// Moves every new history point of every host into the queue, as far as it has room.
@@ -214,7 +287,7 @@ fn scan(
     let mut added = false;
     for (i, cursor) in cursors.iter_mut().enumerate() {
         let version = table.slot_version(i);
-        if version == cursor.version && version % 2 == 0 && cursor.labels.is_some() {
+        if version == cursor.version && version % 2 == 0 && cursor.host.is_some() {
             continue;
         }
         let room = cfg
@@ -241,13 +314,21 @@ fn scan(
                 "remote_write: history points overwritten before they were sent"
             );
         }
-        let (host, id) = (rec.hostname.get(), rec.agent_id());
-        let labels = match &cursor.labels {
-            Some((h, d, l)) if *h == host && *d == id => l.clone(),
+        let (hostname, id) = (rec.hostname.get(), rec.agent_id());
+        let host = match &cursor.host {
+            Some((h, k)) if *h == hostname && k.id == id => k.clone(),
             _ => {
-                let l = host_labels(cfg, &host, &id);
-                cursor.labels = Some((host, id, l.clone()));
-                l
+                if cursor.host.as_ref().is_none_or(|(_, k)| k.id != id) {
+                    cursor.floor_ts = queue
+                        .high_water
+                        .lock()
+                        .ok()
+                        .and_then(|hw| hw.accepted.get(&id).copied())
+                        .unwrap_or(0);
+                }
+                let k = host_key(cfg, &hostname, &id);
+                cursor.host = Some((hostname, k.clone()));
+                k
             }
         };
         let take = recent.points.len().min(room);
@@ -255,10 +336,18 @@ fn scan(
             cursor.version = version;
         }
         cursor.next = recent.first + take as u64;
-        if take > 0 {
+        let floor = cursor.floor_ts;
+        let fresh: Vec<&HistoryPoint> = recent.points[..take]
+            .iter()
+            .filter(|p| p.ts_ms > floor)
+            .collect();
+        if let Some(p) = fresh.last() {
+            cursor.floor_ts = p.ts_ms;
+        }
+        if !fresh.is_empty() {
             if let Ok(mut q) = queue.points.lock() {
-                q.extend(recent.points[..take].iter().map(|p| Pending {
-                    labels: labels.clone(),
+                q.extend(fresh.into_iter().map(|p| Pending {
+                    host: host.clone(),
                     point: *p,
                 }));
                 fwd.queued
@@ -276,7 +365,7 @@ fn scan(
 /// timestamp order.
 fn build_request(points: &VecDeque<Pending>, n: usize) -> wire::WriteRequest {
     let mut series: Vec<wire::TimeSeries> = Vec::new();
-    let mut index: std::collections::HashMap<(*const Vec<wire::Label>, usize), usize> =
+    let mut index: std::collections::HashMap<(*const HostKey, usize), usize> =
         std::collections::HashMap::new();
     type Metric = (&'static str, fn(&HistoryPoint) -> f64);
     const METRICS: [Metric; SERIES] = [
@@ -290,13 +379,13 @@ fn build_request(points: &VecDeque<Pending>, n: usize) -> wire::WriteRequest {
     ];
     for pending in points.iter().take(n) {
         for (m, (name, value)) in METRICS.iter().enumerate() {
-            let key = (Arc::as_ptr(&pending.labels), m);
+            let key = (Arc::as_ptr(&pending.host), m);
             let at = *index.entry(key).or_insert_with(|| {
                 let mut labels = vec![wire::Label {
                     name: "__name__".into(),
                     value: (*name).into(),
                 }];
-                labels.extend(pending.labels.iter().cloned());
+                labels.extend(pending.host.labels.iter().cloned());
                 labels.sort_by(|a, b| a.name.cmp(&b.name));
                 series.push(wire::TimeSeries {
                     labels,
@@ -324,8 +413,15 @@ async fn send_loop(
     queue: Arc<Queue>,
     fwd: Arc<Forwarder>,
     stopping: watch::Receiver<bool>,
+    state_file: std::path::PathBuf,
 ) {
     let mut backoff = cfg.min_backoff;
+    let mut saved = Instant::now();
+    let save = |queue: &Queue| {
+        if let Ok(mut hw) = queue.high_water.lock() {
+            hw.save(&state_file);
+        }
+    };
     let mut deadline: Option<Instant> = None;
     let per_request = (cfg.batch_samples / SERIES).max(1);
     loop {
@@ -338,7 +434,12 @@ async fn send_loop(
         });
         let Some((n, request)) = batch else {
             if queue.final_scan_done.load(Ordering::Acquire) {
+                save(&queue);
                 return;
+            }
+            if saved.elapsed() >= SAVE_EVERY {
+                save(&queue);
+                saved = Instant::now();
             }
             let _ = tokio::time::timeout(SCAN_EVERY, queue.ready.notified()).await;
             continue;
@@ -357,7 +458,12 @@ async fn send_loop(
             Outcome::Accepted => {
                 fwd.sent.fetch_add(samples, Ordering::Relaxed);
                 fwd.last_success_ms.store(now_ms(), Ordering::Relaxed);
+                accept(&queue, n);
                 remove_front(&queue, &fwd, n);
+                if saved.elapsed() >= SAVE_EVERY {
+                    save(&queue);
+                    saved = Instant::now();
+                }
                 backoff = cfg.min_backoff;
             }
             Outcome::Rejected(status) => {
@@ -373,6 +479,7 @@ async fn send_loop(
                     fwd.dropped
                         .fetch_add((left * SERIES) as u64, Ordering::Relaxed);
                     tracing::warn!(%error, samples = left * SERIES, "remote_write: shutting down with unsent samples");
+                    save(&queue);
                     return;
                 }
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "remote_write: request failed; retrying");
@@ -381,6 +488,18 @@ async fn send_loop(
             }
         }
     }
+}
+
+/// Raises the high-water marks to the newest timestamps of the first `n` queued points.
+fn accept(queue: &Queue, n: usize) {
+    let (Ok(q), Ok(mut hw)) = (queue.points.lock(), queue.high_water.lock()) else {
+        return;
+    };
+    for p in q.iter().take(n) {
+        let e = hw.accepted.entry(p.host.id.clone()).or_insert(0);
+        *e = (*e).max(p.point.ts_ms);
+    }
+    hw.dirty = true;
 }
 
 fn remove_front(queue: &Queue, fwd: &Forwarder, n: usize) {
@@ -490,6 +609,7 @@ mod tests {
         let (q, fwd) = (
             Queue {
                 points: Mutex::new(VecDeque::new()),
+                high_water: Mutex::new(HighWater::default()),
                 ready: Notify::new(),
                 final_scan_done: AtomicBool::new(false),
             },
@@ -540,5 +660,39 @@ mod tests {
         assert_eq!(names, vec!["__name__", "host", "id", "master"]);
         assert_eq!(req.timeseries[0].samples[0].timestamp, 14_000);
         assert_eq!(req.timeseries[0].samples[0].value, 0.14);
+    }
+
+    #[test]
+    fn a_restarted_forwarder_resumes_after_the_saved_high_water_mark() {
+        let t = TestTable::new(2, 16);
+        store(&t.table, 1..=6);
+        let dir = std::env::temp_dir().join(format!("sentinel-rw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.remote-write");
+        let new_queue = |hw| Queue {
+            points: Mutex::new(VecDeque::new()),
+            high_water: Mutex::new(hw),
+            ready: Notify::new(),
+            final_scan_done: AtomicBool::new(false),
+        };
+        // First process: points 1..=4 accepted, 5 and 6 not yet.
+        let q = new_queue(HighWater::default());
+        let fwd = Forwarder::default();
+        scan(&t.table, &cfg(1000), &mut Vec::new(), &q, &fwd);
+        accept(&q, 4);
+        q.high_water.lock().unwrap().save(&path);
+        // Next process (same table restored, or the agents' replay): only 5 and 6 are sent.
+        let q = new_queue(HighWater::load(&path));
+        scan(&t.table, &cfg(1000), &mut Vec::new(), &q, &fwd);
+        let ts: Vec<u64> = q
+            .points
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.point.ts_ms)
+            .collect();
+        assert_eq!(ts, vec![5000, 6000]);
+        assert_eq!(fwd.dropped.load(Ordering::Relaxed), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,204 @@
+// The dashboard in headless Chromium against a real master fed by real agents:
+// every host row appears; values change without a reload; sorting and filtering work; hostile
+// hostnames are literal text and run no script; the host view draws non-empty charts; the
+// "connection lost" state appears when the master is stopped and clears when it is back on
+// the same ports. Screenshots go to artifacts/ (and docs/img/ with UPDATE_DOCS_IMG=1).
+"use strict";
+
+const assert = require("node:assert/strict");
+const fs = require("node:fs");
+const path = require("node:path");
+const L = require("./lib");
+
+const HOSTILE = ["<img src=x onerror=alert(1)>", "\"><script>alert(2)</script>"];
+const NAMES = ["web-1", "web-2", "db-1", "cache-1", ...HOSTILE];
+
+async function rowNames(page) {
+  return page.$$eval("#hosts tr[data-id] td.host a", (as) => as.map((a) => a.textContent));
+}
+
+async function main() {
+  const dir = L.tempDir("browser");
+  fs.mkdirSync(L.ARTIFACTS, { recursive: true });
+  const master = new L.Master(dir);
+  let browser;
+  const t0 = Date.now();
+  const steps = [];
+  const step = (name) => { steps.push(name); L.log("ok: " + name); };
+  try {
+    await master.start();
+    const agents = NAMES.map((n, i) => L.startAgent(master, dir, n, i));
+    let seen = [];
+    await L.waitFor("every agent in the table", 20000, async () => {
+      const hosts = await master.hosts();
+      seen = hosts.map((h) => h.hostname + ":" + h.samples_received);
+      return hosts.length === NAMES.length && hosts.every((h) => h.samples_received >= 2);
+    }).catch((e) => { throw new Error(e.message + " (table: " + seen.join(", ") + ")"); });
+
+    browser = await L.launchBrowser();
+    const page = await browser.newPage();
+    const dialogs = [];
+    const errors = [];
+    page.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
+    page.on("pageerror", (e) => errors.push("pageerror: " + e.message));
+    page.on("console", (m) => { if (m.type() === "error") errors.push("console: " + m.text()); });
+    const requests = [];
+    page.on("request", (r) => requests.push(r.url()));
+
+    // 1. Every host row appears.
+    await page.goto(master.url("/"));
+    await page.waitForFunction((n) => document.querySelectorAll("#hosts tr[data-id]").length === n,
+      NAMES.length, { timeout: 15000 });
+    assert.deepEqual([...(await rowNames(page))].sort(), [...NAMES].sort());
+    assert.equal(await page.textContent("#live"), "live");
+    step("every host row appears (" + NAMES.length + " rows), live over SSE");
+
+    // 2. Hostile hostnames are literal text and no script of theirs ran.
+    for (const h of HOSTILE) {
+      const n = await page.$$eval("#hosts td.host a", (as, h) => as.filter((a) => a.textContent === h).length, h);
+      assert.equal(n, 1, "literal hostname shown: " + h);
+    }
+    assert.equal(await page.$$eval("#hosts img, #hosts script", (e) => e.length), 0, "no element from a hostname");
+    assert.equal(await page.$$eval("script", (s) => s.length), 1, "only app.js");
+    assert.ok(requests.every((u) => u.startsWith(master.url("/"))), "no request leaves the master: " + requests.filter((u) => !u.startsWith(master.url("/"))));
+    step("hostile hostnames shown literally; no dialog, no injected element");
+
+    // 3. Values change over time without a reload.
+    await page.evaluate(() => { window.__noReload = true; });
+    const id = (await master.hosts()).find((h) => h.hostname === "web-1").id;
+    const snap = () => page.$eval(`#hosts tr[data-id="${id}"]`, (tr) => ({
+      spark: tr.querySelector("svg.spark polyline").getAttribute("points"),
+      seen: tr.querySelector(".seen").textContent,
+    }));
+    const before = await snap();
+    await L.waitFor("web-1's sparkline to move", 10000, async () => (await snap()).spark !== before.spark);
+    const updates = await page.evaluate(() => window.sentinelPerf.updates.length);
+    assert.ok(updates > 0, "SSE host updates arrived");
+    assert.equal(await page.evaluate(() => window.__noReload), true, "no reload happened");
+    step("values change without a reload (" + updates + " SSE updates)");
+
+    // 4. Sorting by any column.
+    const clickSort = (key) => page.click(`#fleet th[data-sort="${key}"] button`);
+    await clickSort("hostname"); // already ascending -> descending
+    await page.waitForFunction(() => document.querySelector('#fleet th[data-sort="hostname"]').getAttribute("aria-sort") === "descending");
+    const desc = await rowNames(page);
+    const lower = (a) => a.map((s) => s.toLowerCase());
+    assert.deepEqual(lower(desc), lower(desc).slice().sort().reverse(), "hostname descending");
+    await clickSort("hostname");
+    await page.waitForFunction(() => document.querySelector('#fleet th[data-sort="hostname"]').getAttribute("aria-sort") === "ascending");
+    const asc = await rowNames(page);
+    assert.deepEqual(lower(asc), lower(asc).slice().sort(), "hostname ascending");
+    await clickSort("cpu");
+    await page.waitForFunction(() => document.querySelector('#fleet th[data-sort="cpu"]').getAttribute("aria-sort") === "descending");
+    const cpus = await page.$$eval("#hosts tr[data-id] .v.cpu", (s) => s.map((e) => parseFloat(e.textContent)));
+    assert.deepEqual(cpus, cpus.slice().sort((a, b) => b - a), "cpu descending: " + cpus);
+    for (const key of ["status", "mem", "load", "fs", "rx", "tx", "uptime", "version"]) {
+      await clickSort(key);
+      await page.waitForFunction((k) => document.querySelector(`#fleet th[data-sort="${k}"]`).getAttribute("aria-sort") !== "none", key);
+      assert.equal((await rowNames(page)).length, NAMES.length, "all rows after sorting by " + key);
+    }
+    await clickSort("hostname");
+    step("sorting by hostname (both ways), CPU and every other column");
+
+    // 5. Filtering by name and by status, with counts per status.
+    await page.fill("#filter", "web");
+    await page.waitForFunction(() => document.querySelectorAll("#hosts tr[data-id]").length === 2);
+    assert.deepEqual((await rowNames(page)).sort(), ["web-1", "web-2"]);
+    await page.fill("#filter", "<script>");
+    await page.waitForFunction(() => document.querySelectorAll("#hosts tr[data-id]").length === 1);
+    await page.fill("#filter", "");
+    await L.stop(agents[NAMES.indexOf("cache-1")]); // goodbye -> "stopped"
+    await page.selectOption("#status-filter", "stopped");
+    await page.waitForFunction(() => {
+      const rows = document.querySelectorAll("#hosts tr[data-id]");
+      return rows.length === 1 && rows[0].querySelector("td.host a").textContent === "cache-1";
+    }, null, { timeout: 10000 });
+    const counts = await page.textContent("#counts");
+    assert.match(counts, /1 stopped/);
+    assert.match(counts, new RegExp((NAMES.length - 1) + " up"));
+    await page.selectOption("#status-filter", "");
+    await page.waitForFunction((n) => document.querySelectorAll("#hosts tr[data-id]").length === n, NAMES.length);
+    step("filter by name and by status; counts per status (" + counts.trim() + ")");
+    await page.screenshot({ path: path.join(L.ARTIFACTS, "fleet.png") });
+
+    // 6. Host view, reached with the keyboard: per-core CPU, filesystems, charts with data.
+    await page.focus(`#hosts tr[data-id="${id}"] td.host a`);
+    await Promise.all([page.waitForURL("**/hosts/" + id), page.keyboard.press("Enter")]);
+    await page.waitForFunction(() => Number(document.getElementById("chart-cpu").dataset.points || 0) >= 3, null, { timeout: 15000 });
+    assert.equal(await page.textContent("#host-title"), "web-1");
+    const drawn = await page.evaluate(() => {
+      const out = {};
+      for (const id of ["chart-cpu", "chart-mem", "chart-load", "chart-net", "chart-disk"]) {
+        const c = document.getElementById(id);
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        let painted = 0;
+        for (let i = 3; i < d.length; i += 4) if (d[i] > 0) painted++;
+        out[id] = painted;
+      }
+      return out;
+    });
+    for (const [k, v] of Object.entries(drawn)) assert.ok(v > 500, k + " is drawn (" + v + " pixels)");
+    assert.ok(await page.$$eval("#host-cores .core", (e) => e.length) >= 1, "per-core CPU");
+    assert.ok(await page.$$eval("#host-fs tr", (e) => e.length) >= 1, "filesystems");
+    assert.ok(await page.$$eval("#host-if tr", (e) => e.length) >= 1, "interfaces");
+    assert.match(await page.textContent("#host-pipeline"), /Samples received\d+/);
+    await L.waitFor("interface rates", 5000, async () =>
+      (await page.$$eval("#host-if tr td:nth-child(2)", (t) => t.map((x) => x.textContent))).some((t) => t.endsWith("/s")));
+    await page.screenshot({ path: path.join(L.ARTIFACTS, "host.png"), fullPage: true });
+    step("host view: charts drawn " + JSON.stringify(drawn));
+
+    // The hostile host's view shows its name literally too.
+    const evil = (await master.hosts()).find((h) => h.hostname === HOSTILE[1]).id;
+    await page.goto(master.url("/hosts/" + evil));
+    await page.waitForFunction((n) => document.getElementById("host-title").textContent === n, HOSTILE[1]);
+    assert.equal(await page.$$eval("main script, main img", (e) => e.length), 0);
+
+    // 7. Connection lost when the master stops; recovery without reload when it is back.
+    await page.goto(master.url("/"));
+    await page.waitForFunction(() => document.getElementById("live").textContent === "live");
+    await page.evaluate(() => { window.__noReload = true; });
+    const stoppedAt = Date.now();
+    await master.stop();
+    await page.waitForSelector("#banner:not([hidden])", { timeout: 10000 });
+    assert.match(await page.textContent("#banner"), /Connection to the master lost, retrying/);
+    const lostAfter = Date.now() - stoppedAt;
+    await page.screenshot({ path: path.join(L.ARTIFACTS, "fleet-lost.png") });
+    await master.start(); // same ports, same segment name
+    const back = Date.now();
+    await page.waitForSelector("#banner", { state: "hidden", timeout: 20000 });
+    await page.waitForFunction(() => document.getElementById("live").textContent === "live", null, { timeout: 20000 });
+    // Every running agent is back (the stopped one too if the table was restored from the
+    // master's snapshot), and its values move again.
+    const running = NAMES.filter((n) => n !== "cache-1");
+    await page.waitForFunction((names) => {
+      const shown = new Set([...document.querySelectorAll("#hosts tr[data-id]")].map((tr) => tr.querySelector("td.host a").textContent));
+      return names.every((n) => shown.has(n));
+    }, running, { timeout: 20000 });
+    const again = await snap();
+    await L.waitFor("web-1's sparkline to move after the restart", 10000, async () => (await snap()).spark !== again.spark);
+    assert.equal(await page.evaluate(() => window.__noReload), true, "recovered without a reload");
+    step("connection lost shown " + lostAfter + " ms after SIGTERM; cleared " + (Date.now() - back) + " ms after restart");
+
+    assert.deepEqual(dialogs, [], "no dialog opened");
+    const csp = errors.filter((e) => /Content Security Policy|Refused/i.test(e));
+    assert.deepEqual(csp, [], "no CSP violation");
+    assert.deepEqual(errors.filter((e) => e.startsWith("pageerror")), [], "no script error");
+    step("no dialog, no CSP violation, no script error over the whole run");
+
+    if (process.env.UPDATE_DOCS_IMG === "1") {
+      const img = path.join(L.ROOT, "docs", "img");
+      fs.mkdirSync(img, { recursive: true });
+      for (const f of ["fleet.png", "host.png"]) fs.copyFileSync(path.join(L.ARTIFACTS, f), path.join(img, f));
+    }
+    L.log("PASS dashboard.test.js: " + steps.length + " checks in " + ((Date.now() - t0) / 1000).toFixed(1) + " s");
+  } finally {
+    await L.closeBrowser(browser);
+    await L.cleanup(master);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  console.error("FAIL dashboard.test.js:", e && e.stack ? e.stack : e);
+  process.exitCode = 1;
+});

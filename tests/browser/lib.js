@@ -1,0 +1,198 @@
+// Process and browser helpers for the dashboard tests: real sentinel-master and
+// sentinel-agent processes on 127.0.0.1 free ports, each tracked by PID and always cleaned
+// up; Debian's /usr/bin/chromium driven by playwright-core. Every wait is a condition with a
+// deadline.
+"use strict";
+
+const { spawn } = require("node:child_process");
+const fs = require("node:fs");
+const net = require("node:net");
+const os = require("node:os");
+const path = require("node:path");
+const http = require("node:http");
+
+const ROOT = path.resolve(__dirname, "..", "..");
+const BIN = (name) => path.join(ROOT, "target", "debug", name);
+const TOKEN = "browser-test-token";
+const ARTIFACTS = path.join(__dirname, "artifacts");
+
+// The flags Chromium needs on these machines (docs: machines/rust.md): as root, no sandbox;
+// no background networking, which the closed network would refuse.
+const CHROMIUM_ARGS = [
+  "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+];
+
+const children = new Set(); // every process we started, until it is reaped
+
+function log(...args) {
+  console.log(new Date().toISOString().slice(11, 23), ...args);
+}
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.unref();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function tempDir(tag) {
+  return fs.mkdtempSync(path.join(os.tmpdir(), "sentinel-" + tag + "-"));
+}
+
+function start(bin, args, name, logFile) {
+  const out = fs.openSync(logFile, "a");
+  const child = spawn(bin, args, { stdio: ["ignore", out, out] });
+  fs.closeSync(out);
+  child.label = name;
+  children.add(child);
+  child.on("exit", () => children.delete(child));
+  return child;
+}
+
+function alive(child) {
+  return child && child.exitCode === null && child.signalCode === null;
+}
+
+async function waitFor(what, limitMs, fn, everyMs = 100) {
+  const deadline = Date.now() + limitMs;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) {
+      throw new Error("timed out after " + limitMs + " ms waiting for " + what + (last ? ": " + last.message : ""));
+    }
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+// Sends `sig` to one child by PID and waits for it to exit (SIGKILL after `graceMs`).
+async function stop(child, sig = "SIGTERM", graceMs = 8000) {
+  if (!alive(child)) return;
+  const exited = new Promise((r) => child.once("exit", r));
+  process.kill(child.pid, sig);
+  const t = setTimeout(() => { if (alive(child)) process.kill(child.pid, "SIGKILL"); }, graceMs);
+  await exited;
+  clearTimeout(t);
+}
+
+function getJson(port, p) {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: "127.0.0.1", port, path: p, timeout: 5000 }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (c) => { body += c; });
+      res.on("end", () => {
+        try { resolve({ status: res.statusCode, body: JSON.parse(body) }); } catch (e) { reject(e); }
+      });
+    });
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.on("error", reject);
+  });
+}
+
+class Master {
+  constructor(dir, opts = {}) {
+    this.dir = dir;
+    this.shm = "sentinel-browser-" + process.pid + "-" + Math.floor(Math.random() * 1e6);
+    this.opts = opts;
+    fs.writeFileSync(path.join(dir, "token"), TOKEN + "\n");
+    fs.writeFileSync(path.join(dir, "master.toml"),
+      "capacity = " + (opts.capacity || 64) + "\nhistory_points = " + (opts.historyPoints || 600) +
+      "\nstate_dir = " + JSON.stringify(dir) + "\n" + (opts.extraToml || ""));
+  }
+
+  async start() {
+    if (!this.agentPort) {
+      this.agentPort = await freePort();
+      this.httpPort = await freePort();
+    }
+    this.child = start(BIN("sentinel-master"), [
+      "--config", path.join(this.dir, "master.toml"),
+      "--listen", "127.0.0.1:" + this.agentPort,
+      "--http", "127.0.0.1:" + this.httpPort,
+      "--shm-name", this.shm,
+      "--token-file", path.join(this.dir, "token"),
+    ], "master", path.join(this.dir, "master.log"));
+    await waitFor("master /healthz", 15000, async () => {
+      if (!alive(this.child)) throw new Error("master exited; see " + path.join(this.dir, "master.log"));
+      const r = await getJson(this.httpPort, "/healthz");
+      return r.status === 200;
+    });
+    log("master up pid=" + this.child.pid + " http=127.0.0.1:" + this.httpPort);
+  }
+
+  url(p = "/") {
+    return "http://127.0.0.1:" + this.httpPort + p;
+  }
+
+  async hosts() {
+    return (await getJson(this.httpPort, "/api/v1/hosts")).body.hosts;
+  }
+
+  // SIGTERM to the supervisor by PID: it stops its children and removes the segment.
+  async stop() {
+    await stop(this.child, "SIGTERM", 10000);
+    this.removeSegment();
+  }
+
+  removeSegment() {
+    for (const f of [this.shm, this.shm + ".flink"]) {
+      try { fs.unlinkSync(path.join("/dev/shm", f)); } catch (_) { /* already gone */ }
+    }
+  }
+}
+
+function startAgent(master, dir, hostname, i, interval = "500ms") {
+  const state = path.join(dir, "agent-" + i);
+  fs.mkdirSync(state, { recursive: true });
+  return start(BIN("sentinel-agent"), [
+    "--master", "127.0.0.1:" + master.agentPort,
+    "--hostname", hostname,
+    "--interval", interval,
+    "--token-file", path.join(master.dir, "token"),
+    "--state-dir", state,
+    "--reconnect-max", "1s",
+  ], "agent " + i, path.join(dir, "agent-" + i + ".log"));
+}
+
+async function cleanup(master) {
+  for (const c of [...children]) {
+    try { await stop(c, "SIGTERM", 5000); } catch (_) { /* gone */ }
+  }
+  if (master) master.removeSegment();
+}
+
+async function launchBrowser() {
+  const { chromium } = require("playwright-core");
+  const userDataDir = tempDir("chromium");
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: CHROMIUM_ARGS,
+    viewport: { width: 1440, height: 900 },
+  });
+  context.userDataDir = userDataDir;
+  return context;
+}
+
+async function closeBrowser(context) {
+  if (!context) return;
+  await context.close().catch(() => {});
+  fs.rmSync(context.userDataDir, { recursive: true, force: true });
+}
+
+module.exports = {
+  ROOT, ARTIFACTS, TOKEN, BIN, log, freePort, tempDir, start, stop, alive, waitFor, getJson,
+  Master, startAgent, cleanup, launchBrowser, closeBrowser, children,
+};

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Browser tests of the Sentinel dashboard: headless Debian Chromium driven by playwright-core,
+# against real sentinel-master / sentinel-agent processes (target/debug) on 127.0.0.1.
+#
+#   tests/browser/run.sh            the dashboard test (~15 s after the build)
+#   tests/browser/run.sh perf       the 5,000-host measurement (~2.5 min; loadgen)
+#   tests/browser/run.sh all        both
+#
+# Installs what is missing (Debian chromium, the npm packages of package-lock.json) and
+# reuses what is present. UPDATE_DOCS_IMG=1 copies the screenshots to docs/img/.
+# Artifacts (screenshots, perf JSON) land in tests/browser/artifacts/.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+what="${1:-dashboard}"
+
+if [ ! -x /usr/bin/chromium ]; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+fi
+if [ ! -f "$here/node_modules/playwright-core/package.json" ]; then
+    (cd "$here" && npm ci --no-audit --no-fund)
+fi
+
+bins=(-p sentinel-master -p sentinel-agent)
+[ "$what" != dashboard ] && bins+=(-p sentinel-loadgen)
+(cd "$root" && cargo build -q "${bins[@]}")
+
+cd "$here"
+case "$what" in
+    dashboard) node dashboard.test.js ;;
+    perf) node perf5000.test.js ;;
+    all) node dashboard.test.js && node perf5000.test.js ;;
+    *) echo "usage: $0 [dashboard|perf|all]" >&2; exit 2 ;;
+esac
