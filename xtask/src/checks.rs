@@ -913,6 +913,21 @@ fn deb_install(root: &Path, out: &Path, version: &str, arch: Arch) -> Result<Str
 /// packaged config files: the agent prints a sample; the master reads the generated token
 /// (0640 root:sentinel) and answers /healthz on loopback.
 fn run_as_service_user(root: &Path, work: &Path) -> Result<String> {
+    // What systemd's StateDirectory=sentinel does before starting either unit.
+    in_root(
+        root,
+        &[
+            "install",
+            "-d",
+            "-o",
+            "sentinel",
+            "-g",
+            "sentinel",
+            "-m",
+            "0750",
+            "/var/lib/sentinel",
+        ],
+    )?;
     let as_sentinel = [
         "setpriv",
         "--reuid=sentinel",
@@ -924,8 +939,6 @@ fn run_as_service_user(root: &Path, work: &Path) -> Result<String> {
         "/usr/bin/sentinel-agent",
         "--config",
         "/etc/sentinel/agent.toml",
-        "--state-dir",
-        "/tmp/sentinel-check-state",
         "--once",
         "--format",
         "json",
@@ -985,13 +998,34 @@ fn run_as_service_user(root: &Path, work: &Path) -> Result<String> {
     let log_text = fs::read_to_string(&log_path).unwrap_or_default();
     let body = answer.map_err(|e| format!("{e}; log:\n{log_text}"))?;
     stopped?;
+    let snapshot = root.join(format!("var/lib/sentinel/{shm}.snapshot"));
+    if !snapshot.is_file() {
+        return Err(format!(
+            "no table snapshot {} after SIGTERM; log:\n{log_text}",
+            snapshot.display()
+        ));
+    }
+    let agent_id = root.join("var/lib/sentinel/agent-id");
+    let id_owner = fs::metadata(&agent_id)
+        .map_err(|e| format!("/var/lib/sentinel/agent-id: {e}"))?
+        .uid();
+    let sentinel_uid = user_exists(root)?
+        .split(':')
+        .nth(2)
+        .and_then(|u| u.parse::<u32>().ok())
+        .ok_or("cannot read the sentinel uid")?;
+    if id_owner != sentinel_uid {
+        return Err(format!(
+            "agent-id owned by uid {id_owner}, not sentinel ({sentinel_uid})"
+        ));
+    }
     if log_text.contains("no token_file configured") {
         return Err(format!(
             "master ran without the fleet token; log:\n{log_text}"
         ));
     }
     Ok(format!(
-        "agent sample mem_total_bytes={}; master as sentinel with master.toml + fleet-token: /healthz {body}",
+        "agent sample mem_total_bytes={}, agent-id in /var/lib/sentinel; master as sentinel with master.toml + fleet-token: /healthz {body}, snapshot written at stop",
         sample["mem_total_bytes"]
     ))
 }
@@ -1058,15 +1092,24 @@ fn deb_remove(root: &Path) -> Result<String> {
     if !agent.lines().any(|l| l == EDIT) {
         return Err("the edited line is gone after remove".into());
     }
-    Ok("binaries gone; agent.toml (edited), master.toml, fleet-token kept".into())
+    let state = root.join("var/lib/sentinel");
+    let kept: Vec<String> = fs::read_dir(&state)
+        .map_err(|e| format!("/var/lib/sentinel after remove: {e}"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !kept.iter().any(|n| n == "agent-id") || !kept.iter().any(|n| n.ends_with(".snapshot")) {
+        return Err(format!(
+            "state not kept after remove: /var/lib/sentinel holds {kept:?}"
+        ));
+    }
+    Ok(format!(
+        "binaries gone; agent.toml (edited), master.toml, fleet-token and state ({}) kept",
+        kept.join(", ")
+    ))
 }
 
 fn deb_purge(root: &Path) -> Result<String> {
-    // State the agent would have written at run time.
-    let state = root.join("var/lib/sentinel");
-    fs::create_dir_all(&state).map_err(|e| e.to_string())?;
-    fs::write(state.join("agent-id"), "0123456789abcdef0123456789abcdef\n")
-        .map_err(|e| e.to_string())?;
     in_root(
         root,
         &["dpkg", "--purge", "sentinel-agent", "sentinel-master"],
@@ -1084,7 +1127,7 @@ fn deb_purge(root: &Path) -> Result<String> {
             return Err(format!("/{path} still there after purge"));
         }
     }
-    Ok("conffiles, fleet-token, /etc/sentinel, /var/lib/sentinel and enablement links gone".into())
+    Ok("conffiles, fleet-token, agent-id, table snapshot, /etc/sentinel, /var/lib/sentinel and enablement links gone".into())
 }
 
 fn rpm_cmd(root: &Path) -> Command {
