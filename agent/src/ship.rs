@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use sentinel_protocol::frame::{codec, encode_body, FrameError, PREFIX_BYTES};
+use sentinel_protocol::frame::{codec, FrameError, PREFIX_BYTES};
 use sentinel_protocol::limits::{idle_timeout, HANDSHAKE_TIMEOUT, MAX_BATCH_SAMPLES};
 use sentinel_protocol::{
     decode_body, encode_frame, AgentMessage, Batch, Goodbye, Hello, HostInfo, MasterMessage, Nonce,
@@ -554,7 +554,7 @@ impl Agent {
             return;
         }
         let mut body = Vec::new();
-        if let Err(error) = encode_body(&sample, &mut body) {
+        if let Err(error) = sentinel_protocol::encode_sample(&sample, &mut body) {
             tracing::error!(%error, "Skipped a sample that cannot be encoded.");
             return;
         }
@@ -615,7 +615,7 @@ impl Agent {
         let last = pending.last()?.seq;
         let samples: Vec<Sample> = pending
             .iter()
-            .filter_map(|e| decode_body(&e.body).ok())
+            .filter_map(|e| sentinel_protocol::decode_sample(&e.body).ok())
             .collect();
         let (frame, sent) = encode_samples(samples);
         Some((frame, sent.map_or(last, Seq)))

@@ -12,8 +12,8 @@ use crate::limits::*;
 pub enum AgentMessage {
     /// First frame, answering the master's `challenge`.
     Hello(Hello),
-    /// One fresh sample.
-    Sample(Sample),
+    /// One fresh sample (in its compact wire form, see `wire`).
+    Sample(#[serde(with = "crate::wire::sample")] Sample),
     /// Samples replayed from the spool, oldest first.
     Batch(Batch),
     /// Planned stop: the master marks the host `stopped` instead of letting it go `stale`.
@@ -98,6 +98,7 @@ pub struct Ack {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
+    #[serde(with = "crate::wire::samples")]
     pub samples: Vec<Sample>,
 }
 
@@ -108,7 +109,8 @@ pub struct Goodbye {
     pub reason: String,
 }
 
-/// One reading of a host. Counters (`*_bytes` of disks and interfaces) are cumulative since
+/// One reading of a host. On the wire it travels under short keys (`wire.rs`); these long
+/// names are its JSON form. Counters (`*_bytes` of disks and interfaces) are cumulative since
 /// boot; the master derives rates from consecutive samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Sample {

@@ -1,0 +1,253 @@
+//! The compact wire form of a [`Sample`]: the same fields under short map keys.
+//!
+//! A sample is sent every interval by every agent, so its keys are most of its bytes: with the
+//! long names (`mem_available_bytes`, ...) a typical sample was ~600 bytes, with these keys it
+//! is ~270. Everything else on the wire (hello, acks, ...) keeps its long names. The long names
+//! remain the JSON names (`sentinel-agent --once`, the master's API); docs/PROTOCOL.md lists
+//! both. These types exist only here, with explicit conversions from and to [`Sample`].
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::frame::{decode_body, encode_body, FrameError};
+use crate::{Filesystem, Interface, Sample};
+
+#[derive(Serialize, Deserialize)]
+struct WireSample {
+    #[serde(rename = "seq")]
+    seq: u64,
+    #[serde(rename = "ts")]
+    ts_ms: u64,
+    #[serde(rename = "drop")]
+    dropped: u64,
+    #[serde(rename = "cpu")]
+    cpu_percent: f32,
+    #[serde(rename = "usr")]
+    cpu_user_percent: f32,
+    #[serde(rename = "sys")]
+    cpu_system_percent: f32,
+    #[serde(rename = "iow")]
+    cpu_iowait_percent: f32,
+    #[serde(rename = "stl")]
+    cpu_steal_percent: f32,
+    #[serde(rename = "cores")]
+    cpu_cores_percent: Vec<f32>,
+    #[serde(rename = "l1")]
+    load1: f32,
+    #[serde(rename = "l5")]
+    load5: f32,
+    #[serde(rename = "l15")]
+    load15: f32,
+    #[serde(rename = "mt")]
+    mem_total_bytes: u64,
+    #[serde(rename = "ma")]
+    mem_available_bytes: u64,
+    #[serde(rename = "mu")]
+    mem_used_bytes: u64,
+    #[serde(rename = "swt")]
+    swap_total_bytes: u64,
+    #[serde(rename = "swu")]
+    swap_used_bytes: u64,
+    #[serde(rename = "fs")]
+    filesystems: Vec<WireFilesystem>,
+    #[serde(rename = "if")]
+    interfaces: Vec<WireInterface>,
+    #[serde(rename = "dr")]
+    disk_read_bytes: u64,
+    #[serde(rename = "dw")]
+    disk_write_bytes: u64,
+    #[serde(rename = "up")]
+    uptime_s: u64,
+    #[serde(rename = "boot")]
+    boot_time_s: u64,
+    #[serde(rename = "procs")]
+    processes: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireFilesystem {
+    #[serde(rename = "m")]
+    mount: String,
+    #[serde(rename = "t")]
+    fs_type: String,
+    #[serde(rename = "sz")]
+    total_bytes: u64,
+    #[serde(rename = "av")]
+    available_bytes: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireInterface {
+    #[serde(rename = "n")]
+    name: String,
+    #[serde(rename = "rx")]
+    rx_bytes: u64,
+    #[serde(rename = "tx")]
+    tx_bytes: u64,
+}
+
+impl From<&Sample> for WireSample {
+    fn from(s: &Sample) -> Self {
+        WireSample {
+            seq: s.seq,
+            ts_ms: s.ts_ms,
+            dropped: s.dropped,
+            cpu_percent: s.cpu_percent,
+            cpu_user_percent: s.cpu_user_percent,
+            cpu_system_percent: s.cpu_system_percent,
+            cpu_iowait_percent: s.cpu_iowait_percent,
+            cpu_steal_percent: s.cpu_steal_percent,
+            cpu_cores_percent: s.cpu_cores_percent.clone(),
+            load1: s.load1,
+            load5: s.load5,
+            load15: s.load15,
+            mem_total_bytes: s.mem_total_bytes,
+            mem_available_bytes: s.mem_available_bytes,
+            mem_used_bytes: s.mem_used_bytes,
+            swap_total_bytes: s.swap_total_bytes,
+            swap_used_bytes: s.swap_used_bytes,
+            filesystems: s
+                .filesystems
+                .iter()
+                .map(|f| WireFilesystem {
+                    mount: f.mount.clone(),
+                    fs_type: f.fs_type.clone(),
+                    total_bytes: f.total_bytes,
+                    available_bytes: f.available_bytes,
+                })
+                .collect(),
+            interfaces: s
+                .interfaces
+                .iter()
+                .map(|i| WireInterface {
+                    name: i.name.clone(),
+                    rx_bytes: i.rx_bytes,
+                    tx_bytes: i.tx_bytes,
+                })
+                .collect(),
+            disk_read_bytes: s.disk_read_bytes,
+            disk_write_bytes: s.disk_write_bytes,
+            uptime_s: s.uptime_s,
+            boot_time_s: s.boot_time_s,
+            processes: s.processes,
+        }
+    }
+}
+
+impl From<WireSample> for Sample {
+    fn from(w: WireSample) -> Self {
+        Sample {
+            seq: w.seq,
+            ts_ms: w.ts_ms,
+            dropped: w.dropped,
+            cpu_percent: w.cpu_percent,
+            cpu_user_percent: w.cpu_user_percent,
+            cpu_system_percent: w.cpu_system_percent,
+            cpu_iowait_percent: w.cpu_iowait_percent,
+            cpu_steal_percent: w.cpu_steal_percent,
+            cpu_cores_percent: w.cpu_cores_percent,
+            load1: w.load1,
+            load5: w.load5,
+            load15: w.load15,
+            mem_total_bytes: w.mem_total_bytes,
+            mem_available_bytes: w.mem_available_bytes,
+            mem_used_bytes: w.mem_used_bytes,
+            swap_total_bytes: w.swap_total_bytes,
+            swap_used_bytes: w.swap_used_bytes,
+            filesystems: w
+                .filesystems
+                .into_iter()
+                .map(|f| Filesystem {
+                    mount: f.mount,
+                    fs_type: f.fs_type,
+                    total_bytes: f.total_bytes,
+                    available_bytes: f.available_bytes,
+                })
+                .collect(),
+            interfaces: w
+                .interfaces
+                .into_iter()
+                .map(|i| Interface {
+                    name: i.name,
+                    rx_bytes: i.rx_bytes,
+                    tx_bytes: i.tx_bytes,
+                })
+                .collect(),
+            disk_read_bytes: w.disk_read_bytes,
+            disk_write_bytes: w.disk_write_bytes,
+            uptime_s: w.uptime_s,
+            boot_time_s: w.boot_time_s,
+            processes: w.processes,
+        }
+    }
+}
+
+/// `#[serde(with)]` for one sample in a message.
+pub(crate) mod sample {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(s: &Sample, ser: S) -> Result<S::Ok, S::Error> {
+        WireSample::from(s).serialize(ser)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Sample, D::Error> {
+        WireSample::deserialize(de).map(Sample::from)
+    }
+}
+
+/// `#[serde(with)]` for the samples of a batch.
+pub(crate) mod samples {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &[Sample], ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_seq(v.iter().map(WireSample::from))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<Sample>, D::Error> {
+        Vec::<WireSample>::deserialize(de).map(|v| v.into_iter().map(Sample::from).collect())
+    }
+}
+
+/// Encodes one sample alone in its wire form (e.g. for an agent's spool).
+pub fn encode_sample(s: &Sample, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    encode_body(&WireSample::from(s), out)
+}
+
+/// Decodes what [`encode_sample`] wrote.
+pub fn decode_sample(body: &[u8]) -> Result<Sample, FrameError> {
+    decode_body::<WireSample>(body).map(Sample::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_survives_the_wire_form_and_is_much_smaller() {
+        let s = Sample {
+            seq: 9,
+            cpu_cores_percent: vec![1.5, 2.5],
+            filesystems: vec![Filesystem {
+                mount: "/".into(),
+                fs_type: "ext4".into(),
+                total_bytes: 10,
+                available_bytes: 5,
+            }],
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                rx_bytes: 1,
+                tx_bytes: 2,
+            }],
+            ..Sample::default()
+        };
+        let (mut short, mut long) = (Vec::new(), Vec::new());
+        encode_sample(&s, &mut short).unwrap();
+        encode_body(&s, &mut long).unwrap();
+        assert_eq!(decode_sample(&short).unwrap(), s);
+        assert!(
+            short.len() * 2 < long.len(),
+            "{} vs {} bytes",
+            short.len(),
+            long.len()
+        );
+    }
+}
