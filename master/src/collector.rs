@@ -1,6 +1,7 @@
 //! The collector process: accepts agents, runs the handshake, validates and stores samples
 //! in the table, acks. It is the only writer of host slots.
 
+pub mod handshake;
 mod session;
 mod store;
 

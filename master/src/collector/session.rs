@@ -14,6 +14,7 @@ use sentinel_protocol::{
 use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use super::handshake::{check_hello_body, refusal, Refusal};
 use super::store::{SlotError, Superseded};
 use super::Shared;
 use crate::segment::now_ms;
@@ -23,19 +24,6 @@ use crate::segment::now_ms;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Conn = Framed<TcpStream, LengthDelimitedCodec>;
-
-/// A reason to end a connection.
-struct Refusal {
-    code: &'static str,
-    reason: String,
-}
-
-fn refusal(code: &'static str, reason: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        reason: reason.into(),
-    }
-}
 
 /// At most `BURST` WARN lines per `WINDOW_MS`; the rest are counted and summarised.
 #[derive(Default)]
@@ -112,12 +100,12 @@ pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     refuse(&mut conn, peer, shared, r).await;
 }
 
-/// Reads one agent message within `limit`.
-async fn read(
+/// Reads one frame body within `limit`.
+async fn read_body(
     conn: &mut Conn,
     limit: Duration,
     what: &str,
-) -> Result<Option<AgentMessage>, Refusal> {
+) -> Result<Option<bytes::BytesMut>, Refusal> {
     match tokio::time::timeout(limit, conn.next()).await {
         Err(_) => Err(refusal(
             "invalid",
@@ -125,7 +113,19 @@ async fn read(
         )),
         Ok(None) => Ok(None),
         Ok(Some(Err(e))) => Err(refusal("invalid", frame_error(&e))),
-        Ok(Some(Ok(body))) => frame::decode_body::<AgentMessage>(&body)
+        Ok(Some(Ok(body))) => Ok(Some(body)),
+    }
+}
+
+/// Reads one agent message within `limit`.
+async fn read(
+    conn: &mut Conn,
+    limit: Duration,
+    what: &str,
+) -> Result<Option<AgentMessage>, Refusal> {
+    match read_body(conn, limit, what).await? {
+        None => Ok(None),
+        Some(body) => frame::decode_body::<AgentMessage>(&body)
             .map(Some)
             .map_err(|e| refusal("invalid", e.to_string())),
     }
@@ -189,26 +189,10 @@ async fn handshake(
     {
         return Ok(None);
     }
-    let hello: Hello = match read(conn, limits::HANDSHAKE_TIMEOUT, "hello").await? {
+    let hello: Hello = match read_body(conn, limits::HANDSHAKE_TIMEOUT, "hello").await? {
         None => return Ok(None),
-        Some(AgentMessage::Hello(h)) => h,
-        Some(_) => return Err(refusal("invalid", "the first frame must be a hello")),
+        Some(body) => check_hello_body(&body, &shared.token, &nonce)?,
     };
-    if hello.version != PROTOCOL_VERSION {
-        return Err(refusal(
-            "version",
-            format!("protocol version {} is not supported; this master supports version {PROTOCOL_VERSION}", hello.version),
-        ));
-    }
-    hello
-        .validate()
-        .map_err(|e| refusal("invalid", format!("invalid hello: {e}")))?;
-    if !auth::verify_proof(&shared.token, &nonce, &hello.agent_id, &hello.proof) {
-        return Err(refusal(
-            "auth",
-            "authentication failed: the proof does not match the fleet token",
-        ));
-    }
     let address = peer.to_string();
     let result = {
         let mut store = lock(shared);

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus: every test vector of docs/PROTOCOL.md plus hand-made hostile inputs.
+
+frame/      whole frames (prefix + body), alone and concatenated as a conversation
+decode/     frame bodies (one CBOR item)
+handshake/  first-frame bodies (the hello vector carries a valid proof for the fuzz target's
+            token and nonce, so the welcome path is reachable from the first run)
+Run from anywhere: python3 fuzz/make-seeds.py
+"""
+import os
+import re
+import struct
+
+here = os.path.dirname(os.path.abspath(__file__))
+spec = open(os.path.join(here, "..", "docs", "PROTOCOL.md")).read()
+vectors = {
+    name: bytes.fromhex("".join(hexes.split()))
+    for name, hexes in re.findall(r"<!-- vector: (\w+) -->\s*```hex\n(.*?)```", spec, re.S)
+}
+assert {"challenge", "hello", "welcome", "sample", "batch", "ack", "goodbye", "refused"} <= set(vectors), vectors.keys()
+frames = {k: v for k, v in vectors.items() if k != "proof"}
+bodies = {k: v[4:] for k, v in frames.items()}
+
+
+def frame(body):
+    return struct.pack(">I", len(body)) + body
+
+
+def text(s):
+    b = s.encode()
+    if len(b) < 24:
+        return bytes([0x60 + len(b)]) + b
+    if len(b) < 256:
+        return bytes([0x78, len(b)]) + b
+    return bytes([0x79]) + struct.pack(">H", len(b)) + b
+
+
+hostile_bodies = {
+    "nested-arrays": b"\x81" * 1000 + b"\x00",
+    "nested-maps": b"\xa1\x61a" * 500 + b"\x00",
+    "indefinite-nesting": b"\x9f" * 200 + b"\xff" * 200,
+    "huge-text-claim": b"\xa1" + text("hello") + b"\xa1" + text("hostname") + b"\x7a\xff\xff\xff\xff" + b"x" * 16,
+    "huge-array-claim": b"\xa1" + text("batch") + b"\xa1" + text("samples") + b"\x9b" + b"\xff" * 8,
+    "nan-cpu": bodies["sample"].replace(b"\xf9\x4a\x40", b"\xf9\x7e\x00", 1),
+    "inf-cpu": bodies["sample"].replace(b"\xf9\x4a\x40", b"\xf9\x7c\x00", 1),
+    "double-cpu": bodies["sample"].replace(b"\xf9\x4a\x40", b"\xfb\x40\x29\x00\x00\x00\x00\x00\x00", 1),
+    "seq-as-text": bodies["sample"].replace(b"\x63seq\x01", b"\x63seq\x61\x31", 1),
+    "wrong-kind": b"\xa1" + text("welcome") + b"\xa0",
+    "tag": b"\xc1\x1a\x00\x00\x00\x01",
+    "trailing": bodies["ack"] + b"\x00",
+}
+hostile_frames = {
+    "4gib-prefix": b"\xff\xff\xff\xff" + b"\xa0",
+    "over-limit-prefix": struct.pack(">I", 262145) + b"\xa0",
+    "zero-length": b"\x00\x00\x00\x00",
+    "truncated": struct.pack(">I", 1000) + b"\xa1" * 10,
+    "conversation": frame(bodies["hello"]) + frame(bodies["batch"]) + frame(bodies["sample"]) + frame(bodies["goodbye"]),
+}
+
+
+def write(target, items):
+    d = os.path.join(here, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    for name, data in items.items():
+        with open(os.path.join(d, "seed-" + name), "wb") as f:
+            f.write(data)
+
+
+write("frame", {**frames, **hostile_frames, **{k: frame(v) for k, v in hostile_bodies.items()}})
+write("decode", {**bodies, **hostile_bodies})
+write("handshake", {"hello": bodies["hello"], **{k: v for k, v in bodies.items() if k != "hello"},
+                    "nested-arrays": hostile_bodies["nested-arrays"], "huge-text-claim": hostile_bodies["huge-text-claim"]})
+print({t: len(os.listdir(os.path.join(here, "corpus", t))) for t in ("frame", "decode", "handshake")})
