@@ -66,6 +66,7 @@ struct Child {
 
 pub fn run(config: Config) -> anyhow::Result<()> {
     install_signal_handlers();
+    raise_nofile_limit();
     let token = config.token()?;
     if token.is_empty() {
         tracing::warn!("no token_file configured: agents authenticate with the empty token; anyone who can reach the listener can report hosts");
@@ -135,6 +136,34 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         snapshots.tick(segment.table());
         std::thread::sleep(TICK);
     }
+}
+
+/// Raises the soft limit on open files to the hard limit; both children inherit it. Every agent
+/// connection (and every slowloris socket, until the handshake timeout closes it) holds a file
+/// descriptor, and systemd's default soft limit (1024) is far below `max_connections`.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on this process with a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open files limit");
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let old = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), soft = old, hard = lim.rlim_max, "cannot raise the open files limit");
+            return;
+        }
+    }
+    tracing::info!(
+        limit = lim.rlim_cur,
+        "open files limit (soft raised to hard; bounds concurrent connections)"
+    );
 }
 
 fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
