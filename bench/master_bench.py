@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Master-side benchmarks: ingest vs. a null sink, read side under load, freshness, scaling.
+
+    bench/master_bench.py [ingest|read|scaling|all] [--runs R] [--seconds D]
+
+Everything runs on this machine over loopback: the static musl sentinel-master from
+target/dist (the deployable; `cargo xtask dist` builds it) and the release sentinel-loadgen
+(simulated agents speaking the real protocol). Each figure is the median over R runs, with
+min..max, and every comparison (master vs. null sink) is measured in the same run, back to
+back, because this machine is shared and noisy. Prints Markdown tables for docs/BENCHMARKS.md
+and writes the raw JSON lines next to them under target/bench/.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MASTER = os.path.join(ROOT, "target/dist/sentinel-master-x86_64-unknown-linux-musl")
+LOADGEN = os.path.join(ROOT, "target/release/sentinel-loadgen")
+OUT = os.path.join(ROOT, "target/bench", "master-" + time.strftime("%Y%m%d-%H%M%S"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, timeout, fn):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            v = fn()
+            if v:
+                return v
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_json(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return json.load(r)
+
+
+def children(pid):
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                stat = open(f"/proc/{p}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(") ", 1)[1].split()[1]) == pid:
+                out.append(int(p))
+    return out
+
+
+def rss_kb(pid):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Master:
+    """A sentinel-master supervisor with its own ports and segment; stopped by PID."""
+
+    def __init__(self, capacity):
+        os.makedirs(OUT, exist_ok=True)
+        self.token = os.path.join(OUT, "token")
+        open(self.token, "w").write("bench-token\n")
+        conf = os.path.join(OUT, "master.toml")
+        open(conf, "w").write("")
+        self.listen, self.http = free_port(), free_port()
+        self.shm = f"sentinel-bench-{os.getpid()}-{self.listen}"
+        self.log = open(os.path.join(OUT, f"master-{self.listen}.log"), "w")
+        self.proc = subprocess.Popen(
+            [MASTER, "--config", conf, "--listen", f"127.0.0.1:{self.listen}", "--http", f"127.0.0.1:{self.http}",
+             "--token-file", self.token, "--shm-name", self.shm, "--capacity", str(capacity),
+             "--max-connections", str(max(16384, capacity + 100))],
+            stdout=subprocess.DEVNULL, stderr=self.log)
+        h = wait_for("master healthz", 15, lambda: http_json(self.http, "/healthz"))
+        self.collector = h["collector_pid"]
+
+    def rss_kb(self):
+        return rss_kb(self.proc.pid) + sum(rss_kb(c) for c in children(self.proc.pid))
+
+    def shm_kb(self):
+        # Pages actually touched in the segment (tmpfs allocates lazily).
+        return int(subprocess.run(["du", "-k", f"/dev/shm/{self.shm}"], capture_output=True, text=True).stdout.split()[0])
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=20)
+        self.log.close()
+
+
+def loadgen(*args):
+    r = subprocess.run([LOADGEN, *map(str, args), "--json"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"loadgen {' '.join(map(str, args))} failed: {r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def record(name, value):
+    with open(os.path.join(OUT, name + ".jsonl"), "a") as f:
+        f.write(json.dumps(value) + "\n")
+    return value
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    m = statistics.median(values)
+    return f"{m:,.1f} ({min(values):,.1f}..{max(values):,.1f})"
+
+
+def ingest(runs, seconds):
+    rows = []
+    for n in (1000, 10000):
+        m_rates, s_rates, m_cpu, ratios, lat99 = [], [], [], [], []
+        for _ in range(runs):
+            master = Master(capacity=n + 64)
+            r = record(f"ingest-master-{n}", loadgen("run", "--master", f"127.0.0.1:{master.listen}", "--agents", n,
+                                                     "--flood", "--window", 16, "--duration", f"{seconds}s",
+                                                     "--token-file", master.token, "--watch-pid", master.collector))
+            master.stop()
+            sink_port = free_port()
+            sink = subprocess.Popen([LOADGEN, "sink", "--listen", f"127.0.0.1:{sink_port}"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for("sink", 10, lambda: socket.create_connection(("127.0.0.1", sink_port), timeout=1))
+            s = record(f"ingest-sink-{n}", loadgen("run", "--master", f"127.0.0.1:{sink_port}", "--agents", n,
+                                                   "--flood", "--window", 16, "--duration", f"{seconds}s",
+                                                   "--watch-pid", sink.pid))
+            sink.send_signal(signal.SIGTERM)
+            sink.wait()
+            if r["failed"] or s["failed"]:
+                print(f"warning: failed agents: master {r['failed']} ({r['first_error']}), sink {s['failed']}", file=sys.stderr)
+            m_rates.append(r["acked_per_second"])
+            s_rates.append(s["acked_per_second"])
+            ratios.append(100 * r["acked_per_second"] / s["acked_per_second"])
+            m_cpu.append(r["watched_pid_cpu_percent"])
+            lat99.append(r["ack_latency_ms_p99"])
+        rows.append(f"| {n:,} agents, flood | {med(m_rates)} | {med(s_rates)} | {med(ratios)} % | {med(m_cpu)} % | {med(lat99)} |")
+    # 10,000 agents at 1 Hz: the collector's CPU.
+    cpu, rate = [], []
+    for _ in range(runs):
+        master = Master(capacity=10064)
+        r = record("ingest-1hz-10000", loadgen("run", "--master", f"127.0.0.1:{master.listen}", "--agents", 10000,
+                                               "--interval", "1s", "--duration", f"{seconds}s",
+                                               "--token-file", master.token, "--watch-pid", master.collector))
+        master.stop()
+        cpu.append(r["watched_pid_cpu_percent"])
+        rate.append(r["acked_per_second"])
+    print(f"\n### Collector ingest ({datetime.date.today()}, {runs} runs, {seconds} s windows, medians (min..max))\n")
+    print("| load | master samples/s | null sink samples/s | master / sink | collector CPU (% of one core) | ack p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+    print(f"| 10,000 agents at 1 Hz | {med(rate)} | | | {med(cpu)} % | |")
+
+
+def read_side(runs, seconds):
+    hosts_p50, hosts_p99, metrics_p50, metrics_p99, fresh_p50, fresh_p99, ingest_rate = ([] for _ in range(7))
+    for _ in range(runs):
+        master = Master(capacity=5200)
+        # 5,000 agents at 500 ms: 10,000 samples/s of ingest in the background.
+        bg = subprocess.Popen([LOADGEN, "run", "--master", f"127.0.0.1:{master.listen}", "--agents", "5000",
+                               "--interval", "500ms", "--duration", f"{seconds + 30}s", "--token-file", master.token,
+                               "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        wait_for("5,000 hosts in the table", 60, lambda: len(http_json(master.http, "/api/v1/hosts")["hosts"]) >= 5000)
+        h = record("read-hosts", loadgen("probe", "--http", f"127.0.0.1:{master.http}", "--path", "/api/v1/hosts", "--requests", 100))
+        m = record("read-metrics", loadgen("probe", "--http", f"127.0.0.1:{master.http}", "--path", "/metrics", "--requests", 30))
+        f = record("freshness", loadgen("freshness", "--master", f"127.0.0.1:{master.listen}", "--http", f"127.0.0.1:{master.http}",
+                                        "--token-file", master.token, "--interval", "500ms", "--samples", 40))
+        out, _ = bg.communicate()
+        g = record("read-ingest", json.loads(out.strip().splitlines()[-1]))
+        master.stop()
+        hosts_p50.append(h["p50_ms"]); hosts_p99.append(h["p99_ms"])
+        metrics_p50.append(m["p50_ms"]); metrics_p99.append(m["p99_ms"])
+        fresh_p50.append(f["p50_ms"]); fresh_p99.append(f["p99_ms"])
+        ingest_rate.append(g["acked_per_second"])
+    print(f"\n### Read side with 5,000 hosts under ~10,000 samples/s ingest ({datetime.date.today()}, {runs} runs, medians (min..max))\n")
+    print("| measure | p50 ms | p99 ms |")
+    print("| --- | --- | --- |")
+    print(f"| GET /api/v1/hosts (5,000 hosts) | {med(hosts_p50)} | {med(hosts_p99)} |")
+    print(f"| GET /metrics (5,000 hosts) | {med(metrics_p50)} | {med(metrics_p99)} |")
+    print(f"| freshness: sample sent -> visible over HTTP | {med(fresh_p50)} | {med(fresh_p99)} |")
+    print(f"\nBackground ingest during the probes: {med(ingest_rate)} samples/s acked.")
+
+
+def scaling(runs, seconds):
+    print(f"\n### Scaling at 1 Hz ({datetime.date.today()}, {runs} runs, medians (min..max))\n")
+    print("| agents | samples/s acked | ack p99 ms | /api/v1/hosts p99 ms | master RSS MB (3 processes) | RSS KB per host | segment touched MB | collector CPU % |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n in (100, 1000, 10000):
+        rate, p99, hp99, rss, per_host, shm, cpu = ([] for _ in range(7))
+        for _ in range(runs):
+            master = Master(capacity=max(4096, n + 64))
+            base_rss = master.rss_kb()
+            bg = subprocess.Popen([LOADGEN, "run", "--master", f"127.0.0.1:{master.listen}", "--agents", str(n),
+                                   "--interval", "1s", "--duration", f"{seconds}s", "--token-file", master.token,
+                                   "--watch-pid", str(master.collector), "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            wait_for(f"{n} hosts", 60, lambda: len(http_json(master.http, "/api/v1/hosts")["hosts"]) >= n)
+            h = loadgen("probe", "--http", f"127.0.0.1:{master.http}", "--path", "/api/v1/hosts", "--requests", 30)
+            out, _ = bg.communicate()
+            g = record(f"scaling-{n}", json.loads(out.strip().splitlines()[-1]))
+            r_kb = master.rss_kb()
+            rss.append(r_kb / 1000)
+            per_host.append((r_kb - base_rss) / n)
+            shm.append(master.shm_kb() / 1000)
+            master.stop()
+            rate.append(g["acked_per_second"]); p99.append(g["ack_latency_ms_p99"]); hp99.append(h["p99_ms"])
+            cpu.append(g["watched_pid_cpu_percent"])
+        print(f"| {n:,} | {med(rate)} | {med(p99)} | {med(hp99)} | {med(rss)} | {med(per_host)} | {med(shm)} | {med(cpu)} |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["ingest", "read", "scaling", "all"], nargs="?", default="all")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=15)
+    a = p.parse_args()
+    if not os.path.exists(MASTER):
+        subprocess.run(["cargo", "xtask", "dist"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "sentinel-loadgen"], cwd=ROOT, check=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    print(f"machine: {os.cpu_count()} cores, {os.uname().release}; loadavg at start {open('/proc/loadavg').read().split()[:3]}")
+    if a.what in ("ingest", "all"):
+        ingest(a.runs, a.seconds)
+    if a.what in ("read", "all"):
+        read_side(a.runs, a.seconds)
+    if a.what in ("scaling", "all"):
+        scaling(a.runs, a.seconds)
+    print(f"\nraw results: {OUT}")
+
+
+if __name__ == "__main__":
+    main()
