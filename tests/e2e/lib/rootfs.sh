@@ -39,7 +39,7 @@ rootfs_tarball() {
         > "$cache/debootstrap-$key.log" 2>&1 \
         || { tail -20 "$cache/debootstrap-$key.log" >&2; rm -rf "$build"; return 1; }
     rootfs_customise "$build" || { rm -rf "$build"; return 1; }
-    tar -C "$build" --numeric-owner -cf - . | zstd -q -T2 -10 -o "$tar.tmp" \
+    tar -C "$build" --numeric-owner -cf - . | zstd -q -T2 -3 -o "$tar.tmp" \
         && mv "$tar.tmp" "$tar" || { rm -f "$tar.tmp"; rm -rf "$build"; return 1; }
     rm -rf "$build"
     find "$cache" -maxdepth 1 -name "rootfs-*.tar.zst" ! -name "$(basename "$tar")" -delete
