@@ -156,10 +156,13 @@ fn salvage(name: &str, table: &Table) -> Option<Vec<u8>> {
     let header = table.header();
     let deadline = std::time::Instant::now() + ORPHAN_GRACE;
     let orphans = || {
-        [header.collector_pid.load(Acquire), header.http_pid.load(Acquire)]
-            .into_iter()
-            .filter(|&p| p != 0 && is_live_master(p as i32))
-            .collect::<Vec<_>>()
+        [
+            header.collector_pid.load(Acquire),
+            header.http_pid.load(Acquire),
+        ]
+        .into_iter()
+        .filter(|&p| p != 0 && is_live_master(p as i32))
+        .collect::<Vec<_>>()
     };
     while !orphans().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));

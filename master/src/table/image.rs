@@ -233,7 +233,11 @@ fn check_header(image: &[u8]) -> Result<(ImageInfo, &[u8]), ImageError> {
     }
     let sizes = [
         ("record", c.u32()?, std::mem::size_of::<Record>()),
-        ("history point", c.u32()?, std::mem::size_of::<HistoryPoint>()),
+        (
+            "history point",
+            c.u32()?,
+            std::mem::size_of::<HistoryPoint>(),
+        ),
         ("sample buffer", c.u32()?, SAMPLE_BYTES),
     ];
     for (what, found, want) in sizes {
@@ -251,7 +255,9 @@ fn check_header(image: &[u8]) -> Result<(ImageInfo, &[u8]), ImageError> {
     let checksum = c.u64()?;
     let body = &image[IMAGE_HEADER_BYTES..];
     if body.len() as u64 != body_len {
-        return Err(ImageError::Corrupt("the body length does not match the header"));
+        return Err(ImageError::Corrupt(
+            "the body length does not match the header",
+        ));
     }
     if fnv1a(body) != checksum {
         return Err(ImageError::Corrupt("checksum mismatch"));
@@ -273,7 +279,9 @@ fn parse(image: &[u8]) -> Result<(ImageInfo, Vec<HostEntry>), ImageError> {
         let sample_len = c.u32()? as usize;
         let count = c.u32()? as usize;
         if sample_len > SAMPLE_BYTES {
-            return Err(ImageError::Corrupt("a sample is larger than the sample buffer"));
+            return Err(ImageError::Corrupt(
+                "a sample is larger than the sample buffer",
+            ));
         }
         let sample = c.take(sample_len)?.to_vec();
         c.take(sample_len.div_ceil(8) * 8 - sample_len)?;
@@ -324,7 +332,12 @@ mod tests {
                 r.hostname.set(&format!("host-{h}"));
                 r.last_seq = n;
                 r.samples_received = n;
-                w.commit(h, r, Some(format!("sample {h}/{n}").as_bytes()), Some(point(n)));
+                w.commit(
+                    h,
+                    r,
+                    Some(format!("sample {h}/{n}").as_bytes()),
+                    Some(point(n)),
+                );
             }
             w.publish_host_count(h + 1);
         }
@@ -345,7 +358,10 @@ mod tests {
                 let d = dst.table.read_detail(h).unwrap();
                 assert_eq!(d.record.hostname.get(), format!("host-{h}"));
                 assert_eq!((d.record.last_seq, d.record.samples_received), (n, n));
-                assert_eq!(d.record.connected, 0, "connections do not survive a restart");
+                assert_eq!(
+                    d.record.connected, 0,
+                    "connections do not survive a restart"
+                );
                 assert_eq!(d.sample.unwrap(), format!("sample {h}/{n}").as_bytes());
                 let held = n.min(16).min(u64::from(points));
                 let want: Vec<_> = (n + 1 - held..=n).map(point).collect();
@@ -380,7 +396,10 @@ mod tests {
         };
         let cases: Vec<(Vec<u8>, ImageError)> = vec![
             (b"nonsense".to_vec(), ImageError::BadMagic),
-            (patch(8, &7u32.to_ne_bytes()), ImageError::Format { found: 7 }),
+            (
+                patch(8, &7u32.to_ne_bytes()),
+                ImageError::Format { found: 7 },
+            ),
             (patch(12, &ENDIAN_MARK.to_be_bytes()), ImageError::Endian),
             (
                 patch(16, &99u32.to_ne_bytes()),
