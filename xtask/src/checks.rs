@@ -960,8 +960,8 @@ fn run_as_service_user(root: &Path, work: &Path) -> Result<String> {
     let listen = format!("127.0.0.1:{listen}");
     let http_addr = format!("127.0.0.1:{http}");
     let shm = format!("sentinel-check-deb-{}", std::process::id());
-    let mut master = as_sentinel.to_vec();
-    master.extend([
+    let mut master_args = as_sentinel.to_vec();
+    master_args.extend([
         "/usr/bin/sentinel-master",
         "--config",
         "/etc/sentinel/master.toml",
@@ -972,62 +972,136 @@ fn run_as_service_user(root: &Path, work: &Path) -> Result<String> {
         "--shm-name",
         &shm,
     ]);
-    let log_path = work.join("master-in-root.log");
-    let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
-    let mut child = debroot::chroot(root, &master)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot start the master: {e}"))?;
-    let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let answer = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break Err(format!("master exited early: {status}"));
+    let master_log = work.join("master-in-root.log");
+    let mut master = spawn_logged(debroot::chroot(root, &master_args), &master_log)?;
+    let master_pid = master.id();
+    let health = wait_http(
+        &mut master,
+        http,
+        "/healthz",
+        Duration::from_secs(20),
+        |_| true,
+    );
+
+    // The agent as the service runs it, plus the master address and the fleet token an
+    // operator (or the Ansible role) would put into agent.toml.
+    let mut agent_args = as_sentinel.to_vec();
+    agent_args.extend([
+        "/usr/bin/sentinel-agent",
+        "--config",
+        "/etc/sentinel/agent.toml",
+        "--master",
+        &listen,
+        "--token-file",
+        "/etc/sentinel/fleet-token",
+        "--interval",
+        "200ms",
+    ]);
+    let agent_log = work.join("agent-in-root.log");
+    let streamed = match &health {
+        Ok(_) => {
+            let mut agent = spawn_logged(debroot::chroot(root, &agent_args), &agent_log)?;
+            let agent_pid = agent.id();
+            let hosts = wait_http(
+                &mut agent,
+                http,
+                "/api/v1/hosts",
+                Duration::from_secs(20),
+                |body| {
+                    serde_json::from_str::<serde_json::Value>(body)
+                        .is_ok_and(|v| v["hosts"][0]["samples_received"].as_u64().unwrap_or(0) >= 3)
+                },
+            );
+            stop(&mut agent, agent_pid).and(hosts)
         }
-        match http_get(http, "/healthz") {
-            Ok((200, body)) => break Ok(body),
-            _ if Instant::now() >= deadline => {
-                break Err("no 200 from /healthz within 20 s".to_string())
-            }
-            _ => std::thread::sleep(Duration::from_millis(100)),
-        }
+        Err(e) => Err(e.clone()),
     };
-    let stopped = stop(&mut child, pid);
-    let log_text = fs::read_to_string(&log_path).unwrap_or_default();
-    let body = answer.map_err(|e| format!("{e}; log:\n{log_text}"))?;
-    stopped?;
+    let master_stopped = stop(&mut master, master_pid);
+    let logs = || {
+        format!(
+            "master log:\n{}\nagent log:\n{}",
+            fs::read_to_string(&master_log).unwrap_or_default(),
+            fs::read_to_string(&agent_log).unwrap_or_default()
+        )
+    };
+    let health = health.map_err(|e| format!("master: {e}; {}", logs()))?;
+    streamed.map_err(|e| format!("agent -> master: {e}; {}", logs()))?;
+    master_stopped?;
+    if fs::read_to_string(&master_log)
+        .unwrap_or_default()
+        .contains("no token_file configured")
+    {
+        return Err(format!("master ran without the fleet token; {}", logs()));
+    }
+
     let snapshot = root.join(format!("var/lib/sentinel/{shm}.snapshot"));
     if !snapshot.is_file() {
         return Err(format!(
-            "no table snapshot {} after SIGTERM; log:\n{log_text}",
-            snapshot.display()
+            "no table snapshot {} after SIGTERM; {}",
+            snapshot.display(),
+            logs()
         ));
     }
-    let agent_id = root.join("var/lib/sentinel/agent-id");
-    let id_owner = fs::metadata(&agent_id)
-        .map_err(|e| format!("/var/lib/sentinel/agent-id: {e}"))?
-        .uid();
     let sentinel_uid = user_exists(root)?
         .split(':')
         .nth(2)
         .and_then(|u| u.parse::<u32>().ok())
         .ok_or("cannot read the sentinel uid")?;
-    if id_owner != sentinel_uid {
-        return Err(format!(
-            "agent-id owned by uid {id_owner}, not sentinel ({sentinel_uid})"
-        ));
-    }
-    if log_text.contains("no token_file configured") {
-        return Err(format!(
-            "master ran without the fleet token; log:\n{log_text}"
-        ));
+    for file in [root.join("var/lib/sentinel/agent-id"), snapshot] {
+        let owner = fs::metadata(&file)
+            .map_err(|e| format!("{}: {e}", file.display()))?
+            .uid();
+        if owner != sentinel_uid {
+            return Err(format!(
+                "{} owned by uid {owner}, not sentinel ({sentinel_uid})",
+                file.display()
+            ));
+        }
     }
     Ok(format!(
-        "agent sample mem_total_bytes={}, agent-id in /var/lib/sentinel; master as sentinel with master.toml + fleet-token: /healthz {body}, snapshot written at stop",
+        "agent --once mem_total_bytes={}; master (master.toml, fleet-token) /healthz {health}; \
+         agent streamed to it with the token; agent-id and table snapshot written by sentinel in /var/lib/sentinel",
         sample["mem_total_bytes"]
     ))
+}
+
+/// Starts a command with stdout and stderr going to `log`.
+fn spawn_logged(mut cmd: Command, log: &Path) -> Result<std::process::Child> {
+    let file = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let file2 = file.try_clone().map_err(|e| e.to_string())?;
+    cmd.stdin(Stdio::null())
+        .stdout(file)
+        .stderr(file2)
+        .spawn()
+        .map_err(|e| format!("cannot start `{}`: {e}", util::show(&cmd)))
+}
+
+/// Polls GET `path` on 127.0.0.1:`port` until it answers 200 with a body `accept` takes,
+/// while `child` (the process being waited for) is alive.
+fn wait_http(
+    child: &mut std::process::Child,
+    port: u16,
+    path: &str,
+    limit: Duration,
+    accept: impl Fn(&str) -> bool,
+) -> Result<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited early: {status}"));
+        }
+        let last = match http_get(port, path) {
+            Ok((200, body)) if accept(&body) => return Ok(body),
+            Ok((code, body)) => format!("HTTP {code}: {body:.300}"),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "GET {path}: not ready within {limit:?}; last: {last}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn deb_upgrade(root: &Path, dir: &Path, newer: &str, arch: Arch) -> Result<String> {
