@@ -120,6 +120,14 @@ pkg_files() { # pkg_files VERSION -> the five files the run needs
     echo "sentinel-master_$v-${RELEASE}_$DEB_ARCH.deb sentinel-agent_$v-${RELEASE}_$DEB_ARCH.deb"
     echo "sentinel-master-$v-$RELEASE.$RPM_ARCH.rpm sentinel-agent-$v-$RELEASE.$RPM_ARCH.rpm"
 }
+# bg_wait LOG CMD...: run CMD in the repository, appending to LOG, in the background and waited
+# for, so that a SIGTERM is acted on at once; on_exit kills it (BG_PID) if it still runs.
+bg_wait() {
+    local out=$1; shift
+    (cd "$REPO" && exec "$@") >> "$out" 2>&1 < /dev/null &
+    BG_PID=$!
+    wait $BG_PID
+}
 have_pkgs() { local f; for f in $(pkg_files "$2"); do [ -s "$1/$f" ] || return 1; done; }
 # stage_pkgs: the workspace version from target/dist (`cargo xtask dist` when missing), and an
 # upgrade version packaged from the same binaries into the run's own directory (dist keeps one
@@ -129,7 +137,7 @@ stage_pkgs() {
     mkdir -p "$WORK/dist"
     if ! have_pkgs "$REPO/target/dist" "$VERSION"; then
         log "building packages $VERSION: cargo xtask dist"
-        (cd "$REPO" && cargo xtask dist) > "$WORK/dist-$VERSION.log" 2>&1 \
+        bg_wait "$WORK/dist-$VERSION.log" cargo xtask dist \
             || { tail -30 "$WORK/dist-$VERSION.log"; die "cargo xtask dist failed"; }
         have_pkgs "$REPO/target/dist" "$VERSION" \
             || die "cargo xtask dist did not produce: $(pkg_files "$VERSION" | tr '\n' ' ')"
@@ -137,9 +145,8 @@ stage_pkgs() {
     for f in $(pkg_files "$VERSION"); do cp "$REPO/target/dist/$f" "$WORK/dist/"; done
     local up=$WORK/dist-$UPGRADE_VERSION
     log "packaging $UPGRADE_VERSION for the upgrade: cargo xtask dist --version $UPGRADE_VERSION --no-build"
-    (cd "$REPO" && cargo xtask dist --version "$UPGRADE_VERSION" --out "$up" --no-build) \
-        > "$up.log" 2>&1 \
-        || (cd "$REPO" && cargo xtask dist --version "$UPGRADE_VERSION" --out "$up") >> "$up.log" 2>&1 \
+    bg_wait "$up.log" cargo xtask dist --version "$UPGRADE_VERSION" --out "$up" --no-build \
+        || bg_wait "$up.log" cargo xtask dist --version "$UPGRADE_VERSION" --out "$up" \
         || { tail -30 "$up.log"; die "cargo xtask dist --version $UPGRADE_VERSION failed"; }
     have_pkgs "$up" "$UPGRADE_VERSION" || die "no $UPGRADE_VERSION packages in $up"
     for f in $(pkg_files "$UPGRADE_VERSION"); do cp "$up/$f" "$WORK/dist/"; done
@@ -293,6 +300,7 @@ on_exit() {
     trap - EXIT INT TERM
     set +e
     log "tearing down"
+    [ -n "${BG_PID:-}" ] && kill -TERM "$BG_PID" 2> /dev/null
     teardown
     check "teardown: no process, mount, namespace, cgroup or veth left" teardown_is_clean
     release_lock
