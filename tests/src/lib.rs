@@ -155,7 +155,8 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-/// A `sentinel-master` supervisor with its own ports, token and segment.
+/// A `sentinel-master` supervisor with its own ports, token, segment and state directory
+/// (`<dir>/state`, where it keeps its table snapshot across restarts).
 pub struct Master {
     pub child: Child,
     pub listen: SocketAddr,
@@ -164,18 +165,48 @@ pub struct Master {
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
     pub token_file: PathBuf,
+    /// Flags added to every start (e.g. `--snapshot-interval`).
+    pub extra_args: Vec<String>,
+    /// The network namespace the master runs in (started through `ip netns exec`); the
+    /// test's HTTP requests enter it too.
+    pub netns: Option<String>,
 }
 
 impl Master {
     pub fn start() -> Master {
+        Self::start_with(&[])
+    }
+
+    /// A master on loopback with extra flags.
+    pub fn start_with(extra_args: &[&str]) -> Master {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::start_in(None, listen, http, extra_args)
+    }
+
+    /// A master listening on `listen`/`http`, inside network namespace `netns` if given.
+    pub fn start_in(
+        netns: Option<&str>,
+        listen: SocketAddr,
+        http: SocketAddr,
+        extra_args: &[&str],
+    ) -> Master {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("fleet-token");
         fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let shm_name = unique("sentinel-e2e");
         let log = dir.path().join("master-0.log");
-        let child = spawn_master(&dir, &token_file, listen, http, &shm_name, &log);
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let child = spawn_master(
+            &dir,
+            &token_file,
+            listen,
+            http,
+            &shm_name,
+            &log,
+            &extra_args,
+            netns,
+        );
         let m = Master {
             child,
             listen,
@@ -184,9 +215,83 @@ impl Master {
             dir,
             log,
             token_file,
+            extra_args,
+            netns: netns.map(str::to_string),
         };
         m.wait_healthy(Duration::from_secs(10));
         m
+    }
+
+    fn spawn(&self) -> Child {
+        spawn_master(
+            &self.dir,
+            &self.token_file,
+            self.listen,
+            self.http,
+            &self.shm_name,
+            &self.log,
+            &self.extra_args,
+            self.netns.as_deref(),
+        )
+    }
+
+    /// The table snapshot this master writes (`--state-dir <dir>/state`).
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("state")
+            .join(format!("{}.snapshot", self.shm_name))
+    }
+
+    /// `GET path` as JSON from this master's HTTP side (inside its namespace if it has one).
+    pub fn json(&self, path: &str) -> Option<Value> {
+        match &self.netns {
+            None => http_json(self.http, path),
+            Some(ns) => {
+                let (ns, http, path) = (ns.clone(), self.http, path.to_string());
+                in_netns(&ns, move || http_json(http, &path))
+            }
+        }
+    }
+
+    /// `GET path` (status, body) with a timeout, inside this master's namespace if any.
+    pub fn get(&self, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+        match &self.netns {
+            None => http_get(self.http, path, timeout),
+            Some(ns) => {
+                let (ns, http, path) = (ns.clone(), self.http, path.to_string());
+                in_netns(&ns, move || http_get(http, &path, timeout))
+            }
+        }
+    }
+
+    /// Starts a new supervisor on the same ports, token, segment and state directory (what
+    /// systemd's `Restart=` does), and waits until it is healthy.
+    pub fn respawn(&mut self) {
+        self.log = self.dir.path().join(format!(
+            "master-{}.log",
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        ));
+        self.child = self.spawn();
+        self.wait_healthy(Duration::from_secs(10));
+    }
+
+    /// SIGKILLs the supervisor and waits until its children (SIGTERMed by PDEATHSIG) are
+    /// gone too, as systemd waits for the unit's cgroup to empty before a restart. The
+    /// segment stays behind in /dev/shm. Returns the children's pids.
+    pub fn kill_supervisor(&mut self) -> Vec<u32> {
+        let children: Vec<u32> = process_tree_running(self.pid(), &bin("sentinel-master"))
+            .into_iter()
+            .filter(|&p| p != self.pid())
+            .collect();
+        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+        wait_for(
+            Duration::from_secs(10),
+            "the killed supervisor's children to exit",
+            || children.iter().all(|&p| !process_alive(p)).then_some(()),
+        );
+        children
     }
 
     /// Stops this master (SIGTERM, waits for the exit), pauses, and starts a new one on the
@@ -194,24 +299,12 @@ impl Master {
     pub fn restart_after(&mut self, pause: Duration) {
         self.terminate();
         std::thread::sleep(pause);
-        self.log = self.dir.path().join(format!(
-            "master-{}.log",
-            NEXT_ID.fetch_add(1, Ordering::Relaxed)
-        ));
-        self.child = spawn_master(
-            &self.dir,
-            &self.token_file,
-            self.listen,
-            self.http,
-            &self.shm_name,
-            &self.log,
-        );
-        self.wait_healthy(Duration::from_secs(10));
+        self.respawn();
     }
 
     pub fn wait_healthy(&self, timeout: Duration) -> Value {
         wait_for(timeout, "master /healthz to answer ok", || {
-            let h = http_json(self.http, "/healthz")?;
+            let h = self.json("/healthz")?;
             (h["status"] == "ok").then_some(h)
         })
     }
@@ -221,15 +314,13 @@ impl Master {
     }
 
     pub fn collector_pid(&self) -> Option<u32> {
-        http_json(self.http, "/healthz")?["collector_pid"]
+        self.json("/healthz")?["collector_pid"]
             .as_u64()
             .map(|p| p as u32)
     }
 
     pub fn hosts(&self) -> Option<Vec<Value>> {
-        http_json(self.http, "/api/v1/hosts")?["hosts"]
-            .as_array()
-            .cloned()
+        self.json("/api/v1/hosts")?["hosts"].as_array().cloned()
     }
 
     pub fn host(&self, hostname: &str) -> Option<Value> {
@@ -239,7 +330,7 @@ impl Master {
     }
 
     pub fn host_detail(&self, id: &str) -> Option<Value> {
-        http_json(self.http, &format!("/api/v1/hosts/{id}"))
+        self.json(&format!("/api/v1/hosts/{id}"))
     }
 
     pub fn segment_path(&self) -> PathBuf {
@@ -267,6 +358,7 @@ impl Master {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_master(
     dir: &tempfile::TempDir,
     token_file: &Path,
@@ -274,17 +366,30 @@ fn spawn_master(
     http: SocketAddr,
     shm_name: &str,
     log: &Path,
+    extra_args: &[String],
+    netns: Option<&str>,
 ) -> Child {
     // An empty config file: defaults, whatever /etc/sentinel holds on the test machine.
     let config = dir.path().join("master.toml");
     fs::write(&config, "").unwrap();
-    Command::new(bin("sentinel-master"))
-        .arg("--config")
+    let mut cmd = match netns {
+        None => Command::new(bin("sentinel-master")),
+        Some(ns) => {
+            // `ip netns exec` execs the master itself: the child's pid is the supervisor's.
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin("sentinel-master"));
+            c
+        }
+    };
+    cmd.arg("--config")
         .arg(&config)
         .args(["--listen", &listen.to_string(), "--http", &http.to_string()])
         .arg("--token-file")
         .arg(token_file)
         .args(["--shm-name", shm_name])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(extra_args)
         .env("SENTINEL_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -302,6 +407,14 @@ impl Drop for Master {
         }
         let _ = fs::remove_file(self.segment_path());
     }
+}
+
+/// Variations of [`Agent::start_opts`].
+#[derive(Default, Clone)]
+pub struct AgentOpts {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub netns: Option<String>,
 }
 
 /// A `sentinel-agent` streaming to a master.
@@ -323,11 +436,38 @@ impl Agent {
         hostname: &str,
         interval: &str,
     ) -> Agent {
+        Self::start_opts(
+            master,
+            token_file,
+            hostname,
+            interval,
+            &AgentOpts::default(),
+        )
+    }
+
+    /// An agent with extra flags (a `--reconnect-max` replaces the tests' 1 s), environment,
+    /// or inside a network namespace.
+    pub fn start_opts(
+        master: SocketAddr,
+        token_file: &Path,
+        hostname: &str,
+        interval: &str,
+        opts: &AgentOpts,
+    ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("agent.log");
         let config = dir.path().join("agent.toml");
         fs::write(&config, "").unwrap();
-        let child = Command::new(bin("sentinel-agent"))
+        let mut cmd = match &opts.netns {
+            None => Command::new(bin("sentinel-agent")),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("sentinel-agent"));
+                c
+            }
+        };
+        let child = cmd
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(&config)
             .args([
@@ -342,7 +482,13 @@ impl Agent {
             .arg(token_file)
             .arg("--state-dir")
             .arg(dir.path())
-            .args(["--reconnect-max", "1s"])
+            .args(
+                (!opts.args.iter().any(|a| a == "--reconnect-max"))
+                    .then_some(["--reconnect-max", "1s"])
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(&opts.args)
             .env("SENTINEL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -413,4 +559,83 @@ pub fn assert_sequence_complete(host: &Value) {
         received, last,
         "{name}: samples_received != last_seq (lost or counted twice): {host}"
     );
+}
+
+/// Runs `f` on a thread that entered network namespace `ns` (`/var/run/netns/NAME`):
+/// sockets it opens live there. `setns` changes only the calling thread.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// Asserts that every sample of one host's run is accounted for exactly once, with nothing
+/// missing: `samples_received + samples_dropped + samples_missing + samples_before_start ==
+/// last_seq`, `samples_missing == 0`. Returns `last_seq` (the samples accounted for).
+pub fn assert_accounted(host: &Value) -> u64 {
+    let name = &host["hostname"];
+    let last = u64_field(host, "last_seq");
+    let received = u64_field(host, "samples_received");
+    let dropped = u64_field(host, "samples_dropped");
+    let missing = u64_field(host, "samples_missing");
+    let before = u64_field(host, "samples_before_start");
+    assert!(last > 0, "{name}: no samples at all: {host}");
+    assert_eq!(missing, 0, "{name}: {missing} samples missing: {host}");
+    assert_eq!(
+        received + dropped + missing + before,
+        last,
+        "{name}: samples not accounted for exactly once: {host}"
+    );
+    last
+}
+
+/// A `sentinel-loadgen run` process (simulated agents over the real protocol), killed on drop.
+pub struct Loadgen {
+    pub child: Child,
+    args: Vec<String>,
+}
+
+impl Loadgen {
+    pub fn start(master: &Master, args: &[&str]) -> Loadgen {
+        let mut all = vec![
+            "run".to_string(),
+            "--master".into(),
+            master.listen.to_string(),
+            "--token-file".into(),
+            master.token_file.display().to_string(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let child = Self::spawn(&all);
+        Loadgen { child, args: all }
+    }
+
+    fn spawn(args: &[String]) -> Child {
+        Command::new(bin("sentinel-loadgen"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sentinel-loadgen")
+    }
+
+    /// Simulated agents do not reconnect: after a master-side kill the generator's agents
+    /// end, so it is started again (same ids, new runs) to keep the load on.
+    pub fn keep_running(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            self.child = Self::spawn(&self.args);
+        }
+    }
+}
+
+impl Drop for Loadgen {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Signal::SIGKILL);
+    }
 }
