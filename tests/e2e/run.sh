@@ -46,7 +46,7 @@ CG_NAME=sentinel-e2e
 PIP_PINS="ansible-core==2.19.14 ansible-lint==26.10.1"
 
 log() { printf '[%6.1fs] %s\n' "$(echo "$(date +%s.%N) - $T0" | bc)" "$*"; }
-skip() { echo "SKIPPED: $*"; exit 0; }
+skip() { echo "SKIPPED: $*"; SKIPPING=1; exit 0; }
 die() { log "FATAL: $*"; exit 1; }
 
 # --- results ---------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ UPGRADE_VERSION=${VERSION%.*}.$((${VERSION##*.} + 1))
 RELEASE=1
 DEB_ARCH=$(dpkg --print-architecture 2> /dev/null || echo amd64)
 RPM_ARCH=$(uname -m)
-pkg_files() { # pkg_files VERSION -> the five files the run needs
+pkg_files() { # pkg_files VERSION -> the four package files (this machine's architecture)
     local v=$1
     echo "sentinel-master_$v-${RELEASE}_$DEB_ARCH.deb sentinel-agent_$v-${RELEASE}_$DEB_ARCH.deb"
     echo "sentinel-master-$v-$RELEASE.$RPM_ARCH.rpm sentinel-agent-$v-$RELEASE.$RPM_ARCH.rpm"
@@ -290,7 +290,8 @@ teardown_is_clean() {
     for cg in "${CGROUPS[@]}"; do [ -d "$cg" ] && left+=("cgroup $cg"); done
     for h in "$CLIENT" "${HOSTS[@]}" "$SWITCH"; do [ -e "/run/netns/$h" ] && left+=("netns $h"); done
     grep -qF " $WORK/" /proc/mounts && left+=("mounts under $WORK")
-    ip -o link show 2> /dev/null | grep -q "sw-" && left+=("veth in the root namespace")
+    ip -o link show 2> /dev/null | grep -qE ": sw-(ctl|master|web1|web2|db1|rpm)[@:]" \
+        && left+=("veth in the root namespace")
     pgrep -f "systemd-nspawn.*-M $PFX-" > /dev/null && left+=("systemd-nspawn processes")
     [ ${#left[@]} -eq 0 ] || { echo "left behind: ${left[*]}"; return 1; }
 }
@@ -299,17 +300,18 @@ on_exit() {
     local rc=$?
     trap - EXIT INT TERM
     set +e
-    log "tearing down"
     [ -n "${BG_PID:-}" ] && kill -TERM "$BG_PID" 2> /dev/null
+    if [ -n "${SKIPPING:-}" ]; then teardown > /dev/null 2>&1; release_lock; exit 0; fi
+    log "tearing down"
     teardown
     check "teardown: no process, mount, namespace, cgroup or veth left" teardown_is_clean
     release_lock
     local total
     total=$(echo "$(date +%s.%N) - $T0" | bc)
     echo
+    [ "$rc" != 0 ] && [ "$FAILED" = 0 ] && fail "harness aborted (exit $rc), see above" > /dev/null
     echo "=== Sentinel e2e summary ==="
     printf '%s\n' "${RESULTS[@]}"
-    [ "$rc" != 0 ] && [ "$FAILED" = 0 ] && { echo "FAIL  harness aborted (exit $rc), see above"; FAILED=1; }
     printf 'wall time: %.1f s\n' "$total"
     printf '%d passed, %d failed\n' $(( ${#RESULTS[@]} - FAILED )) "$FAILED"
     echo "logs: $WORK"
