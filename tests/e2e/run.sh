@@ -309,7 +309,7 @@ on_exit() {
     local total
     total=$(echo "$(date +%s.%N) - $T0" | bc)
     echo
-    [ "$rc" != 0 ] && [ "$FAILED" = 0 ] && fail "harness aborted (exit $rc), see above" > /dev/null
+    [ "$rc" != 0 ] && fail "harness aborted (exit $rc), see above" > /dev/null
     echo "=== Sentinel e2e summary ==="
     printf '%s\n' "${RESULTS[@]}"
     printf 'wall time: %.1f s\n' "$total"
