@@ -16,6 +16,8 @@
 #                        (default /var/cache/sentinel-e2e)
 #   SENTINEL_E2E_KEEP=1  keep the run's logs directory (target/e2e/run) on success too
 #   SENTINEL_E2E_HOLD=S  before teardown, keep the fleet up for S seconds to look around
+#   SENTINEL_E2E_REBUILD=1  run `cargo xtask dist` even if target/dist has the packages
+#                        (by default they are reused: CI builds them just before)
 #
 # Traffic stays on the bridge inside namespaces created here: every client (ansible, ssh,
 # the API checks) runs in the client namespace; nothing is sent from the root namespace.
@@ -135,7 +137,7 @@ have_pkgs() { local f; for f in $(pkg_files "$2"); do [ -s "$1/$f" ] || return 1
 stage_pkgs() {
     local f
     mkdir -p "$WORK/dist"
-    if ! have_pkgs "$REPO/target/dist" "$VERSION"; then
+    if [ -n "${SENTINEL_E2E_REBUILD:-}" ] || ! have_pkgs "$REPO/target/dist" "$VERSION"; then
         log "building packages $VERSION: cargo xtask dist"
         bg_wait "$WORK/dist-$VERSION.log" cargo xtask dist \
             || { tail -30 "$WORK/dist-$VERSION.log"; die "cargo xtask dist failed"; }
