@@ -4,6 +4,7 @@
 
 use crate::debroot;
 use crate::dist::{self, Arch, ARCHES, PACKAGES};
+use crate::syscalls::{self, Traced, UnitFilter};
 use crate::tools;
 use crate::util::{self, Result};
 use std::fs;
@@ -177,6 +178,11 @@ pub fn run(options: &Options) -> Result {
             || unit_security(package, budget),
         );
     }
+
+    report.check(
+        "syscalls and socket families used fit both units' filters (strace)",
+        || syscall_fit(out, &work),
+    );
 
     if options.skip_install {
         println!("check-packages: install checks skipped (--skip-install)");
@@ -681,6 +687,161 @@ fn unit_security(package: &str, budget: f64) -> Result<String> {
         Ok(format!("exposure {score}"))
     } else {
         Err(format!("exposure {score} >= budget {budget}"))
+    }
+}
+
+/// The x86_64 master and agent at work under strace, checked against their units' filters.
+fn syscall_fit(out: &Path) -> Result<String> {
+    let groups = syscalls::syscall_groups()?;
+    let dir = tempdir("strace")?;
+    let master_bin = out.join(dist::bin_name("sentinel-master", ARCHES[0]));
+    let agent_bin = out.join(dist::bin_name("sentinel-agent", ARCHES[0]));
+    let (listen, http) = (free_port()?, free_port()?);
+    let listen = format!("127.0.0.1:{listen}");
+    let http_addr = format!("127.0.0.1:{http}");
+    let shm = format!("sentinel-check-strace-{}", std::process::id());
+    let master_state = dir.join("master-state");
+    let agent_state = dir.join("agent-state");
+    let master_trace = dir.join("master.trace");
+    let agent_trace = dir.join("agent.trace");
+    let mut master = Traced::start(
+        &master_trace,
+        &dir.join("master.log"),
+        &master_bin,
+        &[
+            "--listen",
+            &listen,
+            "--http",
+            &http_addr,
+            "--shm-name",
+            &shm,
+            "--state-dir",
+            &master_state.to_string_lossy(),
+            "--snapshot-interval",
+            "1s",
+        ],
+    )?;
+    let exercised = (|| -> Result {
+        wait_until(Duration::from_secs(20), || {
+            if master.exited() {
+                return Err("master exited early".to_string());
+            }
+            Ok(matches!(http_get(http, "/healthz"), Ok((200, _))))
+        })?;
+        let mut agent = Traced::start(
+            &agent_trace,
+            &dir.join("agent.log"),
+            &agent_bin,
+            &[
+                "--master",
+                &listen,
+                "--state-dir",
+                &agent_state.to_string_lossy(),
+                "--interval",
+                "200ms",
+            ],
+        )?;
+        let streamed = wait_until(Duration::from_secs(20), || {
+            if agent.exited() {
+                return Err("agent exited early".to_string());
+            }
+            let Ok((200, body)) = http_get(http, "/api/v1/hosts") else {
+                return Ok(false);
+            };
+            let hosts: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            Ok(hosts["hosts"][0]["samples_received"].as_u64().unwrap_or(0) >= 5)
+        });
+        // Every kind of HTTP work, and one snapshot interval, while the agent streams.
+        let (_, body) = http_get(http, "/api/v1/hosts")?;
+        let hosts: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if let Some(id) = hosts["hosts"][0]["id"].as_str() {
+            http_get(http, &format!("/api/v1/hosts/{id}"))?;
+        }
+        for path in ["/metrics", "/", "/healthz"] {
+            http_get(http, path)?;
+        }
+        http_peek(http, "/api/v1/events")?;
+        std::thread::sleep(Duration::from_millis(1200));
+        let stopped = agent.stop();
+        streamed?;
+        stopped
+    })();
+    let master_stopped = master.stop();
+    let _ = fs::remove_file(Path::new("/dev/shm").join(&shm));
+    exercised.map_err(|e| format!("{e} (traces and logs in {})", dir.display()))?;
+    master_stopped?;
+
+    let mut summary = Vec::new();
+    let mut problems = Vec::new();
+    for (package, trace_file) in [
+        ("sentinel-master", &master_trace),
+        ("sentinel-agent", &agent_trace),
+    ] {
+        let unit = util::root().join(format!("packaging/{}/{package}.service", role_of(package)));
+        let filter = UnitFilter::from_unit(&unit, &groups)?;
+        let trace =
+            syscalls::parse_trace(&fs::read_to_string(trace_file).map_err(|e| e.to_string())?);
+        if trace.syscalls.len() < 20 {
+            return Err(format!(
+                "{package}: only {} syscalls traced; did it run?",
+                trace.syscalls.len()
+            ));
+        }
+        problems.extend(
+            filter
+                .violations(&trace)
+                .into_iter()
+                .map(|p| format!("{package}: {p}")),
+        );
+        summary.push(format!(
+            "{package} {} syscalls, socket() families {:?}",
+            trace.syscalls.len(),
+            trace.families
+        ));
+    }
+    if problems.is_empty() {
+        Ok(summary.join("; "))
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Polls `ready` every 100 ms until it says true, errs, or `limit` passes.
+fn wait_until(limit: Duration, mut ready: impl FnMut() -> Result<bool>) -> Result {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("not ready within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Opens a streaming response (SSE), reads its first bytes, and hangs up.
+fn http_peek(port: u16, path: &str) -> Result {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 512];
+    let n = stream
+        .read(&mut buf)
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    if buf[..n].starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "GET {path}: {}",
+            String::from_utf8_lossy(&buf[..n])
+        ))
     }
 }
 

@@ -8,6 +8,7 @@ mod checks;
 mod ci;
 mod debroot;
 mod dist;
+mod syscalls;
 mod tools;
 mod util;
 
