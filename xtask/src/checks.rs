@@ -181,7 +181,7 @@ pub fn run(options: &Options) -> Result {
 
     report.check(
         "syscalls and socket families used fit both units' filters (strace)",
-        || syscall_fit(out, &work),
+        || syscall_fit(out),
     );
 
     if options.skip_install {
