@@ -422,6 +422,7 @@ main() {
     check_interval_change
     check_token_rotation
     check_upgrade
+    check_rollback
     check_rpm
     if [ -n "${SENTINEL_E2E_HOLD:-}" ]; then
         log "holding the fleet for ${SENTINEL_E2E_HOLD}s (rm $WORK/hold to tear down now)"
@@ -592,6 +593,18 @@ check_upgrade() {
         on "${AGENTS[2]}" grep -qxF "$line" /etc/sentinel/agent.toml
     check "upgrade: fleet back up (samples received after the upgrade)" \
         all_up 30 --seen-after "$t" --min samples_received=1
+}
+
+check_rollback() {
+    local h ok=0 v t
+    t=$(fleet now)
+    if ! play rollback -e sentinel_release="$VERSION"; then fail "rollback: playbook run"; return; fi
+    for h in "$MASTER" "${AGENTS[@]}"; do
+        v=$(on "$h" dpkg-query -W -f '${Version}' "$(svc "$h")")
+        [ "$v" = "$VERSION-$RELEASE" ] || { echo "    $h $(svc "$h") $v"; ok=1; }
+    done
+    check "rollback (sentinel_release back to $VERSION): every host has $VERSION-$RELEASE, fleet up" \
+        eval 'test $ok = 0 && all_up 30 --seen-after "$t" --min samples_received=1'
 }
 
 check_rpm() {
