@@ -35,16 +35,21 @@ def text(s):
     return bytes([0x79]) + struct.pack(">H", len(b)) + b
 
 
+def swap(body, old, new):
+    assert old in body, (old, body)
+    return body.replace(old, new, 1)
+
+
 hostile_bodies = {
     "nested-arrays": b"\x81" * 1000 + b"\x00",
     "nested-maps": b"\xa1\x61a" * 500 + b"\x00",
     "indefinite-nesting": b"\x9f" * 200 + b"\xff" * 200,
     "huge-text-claim": b"\xa1" + text("hello") + b"\xa1" + text("hostname") + b"\x7a\xff\xff\xff\xff" + b"x" * 16,
     "huge-array-claim": b"\xa1" + text("batch") + b"\xa1" + text("samples") + b"\x9b" + b"\xff" * 8,
-    "nan-cpu": bodies["sample"].replace(b"\xf9\x4a\x40", b"\xf9\x7e\x00", 1),
-    "inf-cpu": bodies["sample"].replace(b"\xf9\x4a\x40", b"\xf9\x7c\x00", 1),
-    "double-cpu": bodies["sample"].replace(b"\xf9\x4a\x40", b"\xfb\x40\x29\x00\x00\x00\x00\x00\x00", 1),
-    "seq-as-text": bodies["sample"].replace(b"\x63seq\x01", b"\x63seq\x61\x31", 1),
+    "nan-cpu": swap(bodies["sample"], b"\xf9\x4a\x40", b"\xf9\x7e\x00"),
+    "inf-cpu": swap(bodies["sample"], b"\xf9\x4a\x40", b"\xf9\x7c\x00"),
+    "double-cpu": swap(bodies["sample"], b"\xf9\x4a\x40", b"\xfb\x40\x29\x00\x00\x00\x00\x00\x00"),
+    "seq-as-text": swap(bodies["sample"], b"\x63seq\x01", b"\x63seq\x61\x31"),
     "wrong-kind": b"\xa1" + text("welcome") + b"\xa0",
     "tag": b"\xc1\x1a\x00\x00\x00\x01",
     "trailing": bodies["ack"] + b"\x00",

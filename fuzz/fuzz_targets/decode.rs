@@ -1,5 +1,6 @@
-//! CBOR decoding of every message type (both enums and each message struct on its own), then
-//! `validate()` where the type has one. Whatever decodes must re-encode, and the re-encoding
+//! CBOR decoding of every message type (both enums and each message struct on its own, a
+//! sample both in its compact wire form and in the long-named form the master keeps in the
+//! table), then `validate()` where the type has one. Whatever decodes must re-encode, and the re-encoding
 //! must be a fixed point (decode(encode(m)) encodes to the same bytes): the reference encoder
 //! and decoder agree on everything the decoder accepts.
 #![no_main]
@@ -40,6 +41,14 @@ fuzz_target!(|body: &[u8]| {
     check::<Sample>(body, |s| {
         let _ = s.validate();
     });
+    if let Ok(s) = decode_sample(body) {
+        let _ = s.validate();
+        let mut once = Vec::new();
+        encode_sample(&s, &mut once).expect("a decoded sample encodes");
+        let mut twice = Vec::new();
+        encode_sample(&decode_sample(&once).expect("decodes"), &mut twice).expect("encodes");
+        assert_eq!(once, twice, "wire sample encoding is not a fixed point");
+    }
     check::<Batch>(body, |b| {
         let _ = b.validate();
     });
