@@ -12,7 +12,7 @@ use sentinel_protocol::{
     PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
 use super::handshake::{check_hello_body, refusal, Refusal};
 use super::store::{SlotError, Superseded};
@@ -23,7 +23,60 @@ use crate::segment::now_ms;
 /// task forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+type Conn = Framed<TcpStream, AgentCodec>;
+
+/// The protocol's codec, except at the end of the stream: `LengthDelimitedCodec` consumes a
+/// length prefix as soon as it arrives, so a peer that hangs up after a prefix but before the
+/// body would look like a clean close. Here that is a truncated frame, refused and logged.
+struct AgentCodec {
+    inner: LengthDelimitedCodec,
+    /// A prefix was consumed and its body has not been returned yet.
+    in_frame: bool,
+}
+
+impl AgentCodec {
+    fn new() -> AgentCodec {
+        AgentCodec {
+            inner: frame::codec(),
+            in_frame: false,
+        }
+    }
+}
+
+impl Decoder for AgentCodec {
+    type Item = bytes::BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut bytes::BytesMut) -> std::io::Result<Option<bytes::BytesMut>> {
+        let before = src.len();
+        let body = self.inner.decode(src)?;
+        if body.is_some() {
+            self.in_frame = false;
+        } else if src.len() < before {
+            self.in_frame = true;
+        }
+        Ok(body)
+    }
+
+    fn decode_eof(
+        &mut self,
+        src: &mut bytes::BytesMut,
+    ) -> std::io::Result<Option<bytes::BytesMut>> {
+        match self.decode(src)? {
+            Some(body) => Ok(Some(body)),
+            None if src.is_empty() && !self.in_frame => Ok(None),
+            None => Err(std::io::Error::other("bytes remaining on stream")),
+        }
+    }
+}
+
+impl Encoder<bytes::Bytes> for AgentCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, body: bytes::Bytes, dst: &mut bytes::BytesMut) -> std::io::Result<()> {
+        self.inner.encode(body, dst)
+    }
+}
 
 /// At most `BURST` WARN lines per `WINDOW_MS`; the rest are counted and summarised.
 #[derive(Default)]
@@ -92,7 +145,7 @@ async fn refuse(conn: &mut Conn, peer: SocketAddr, shared: &Shared, r: Refusal) 
 
 /// Over `max_connections`: refuse with `busy` and close.
 pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
-    let mut conn = Framed::new(stream, frame::codec());
+    let mut conn = Framed::new(stream, AgentCodec::new());
     let r = refusal(
         "busy",
         "the master is at its max_connections limit; retry later",
@@ -146,7 +199,7 @@ fn frame_error(e: &std::io::Error) -> String {
 }
 
 pub async fn run(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
-    let mut conn = Framed::new(stream, frame::codec());
+    let mut conn = Framed::new(stream, AgentCodec::new());
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let slot = match handshake(&mut conn, peer, shared, conn_id).await {
         Ok(Some(slot)) => slot,
