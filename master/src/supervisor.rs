@@ -166,9 +166,20 @@ fn raise_nofile_limit() {
     );
 }
 
+/// Accept backlog of both listeners (the kernel caps it at net.core.somaxconn). std listens
+/// with 128: a burst of connections (a fleet reconnecting after a master restart, or a flood)
+/// overflows that, and the SYNs the kernel drops are retried only after 1 s, 3 s, 7 s...
+const LISTEN_BACKLOG: libc::c_int = 4096;
+
 fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
     // std sets SO_REUSEADDR, so a restarted master can rebind while old connections linger.
-    TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} (key `{key}`)"))
+    let listener = TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {addr} (key `{key}`)"))?;
+    // SAFETY: listen() again on our own listening socket only changes its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), addr, "cannot raise the listen backlog");
+    }
+    Ok(listener)
 }
 
 fn role_arg(role: Role) -> &'static str {
