@@ -38,7 +38,9 @@ pub fn handshake(rec: &mut Record, hello: &Hello, address: &str, now_ms: u64) ->
     rec.goodbye = 0;
     rec.last_seen_ms = now_ms;
     rec.interval_ms = hello.interval_ms;
-    rec.clock_offset_ms = hello.clock_ms as i64 - now_ms as i64;
+    // clock_ms is whatever the agent claims (up to u64::MAX): saturate, never overflow.
+    rec.clock_offset_ms = (i128::from(hello.clock_ms) - i128::from(now_ms))
+        .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
     rec.cpu_count = hello.host.cpu_count;
     rec.hostname.set(&hello.hostname);
     rec.address.set(address);
@@ -65,16 +67,17 @@ pub fn apply_sample(
     }
     // A gap is explained by the drops the agent reported since the last stored sample; drops
     // of samples the master already held (stored but not yet acked) explain nothing.
+    // Sums over runs of hostile sequence numbers (a run that jumps to u64::MAX) saturate.
     let gap = s.seq - rec.last_seq - 1;
     let drop_delta = s.dropped.saturating_sub(rec.run_dropped);
     let explained = gap.min(drop_delta);
-    rec.samples_dropped += explained;
+    rec.samples_dropped = rec.samples_dropped.saturating_add(explained);
     if rec.last_seq == 0 {
         // The first sample of this run in this table: what precedes it and no drop explains
         // was acked by an earlier master instance (the table starts empty), not lost.
-        rec.samples_before_start += gap - explained;
+        rec.samples_before_start = rec.samples_before_start.saturating_add(gap - explained);
     } else {
-        rec.samples_missing += gap - explained;
+        rec.samples_missing = rec.samples_missing.saturating_add(gap - explained);
     }
     rec.run_dropped = rec.run_dropped.max(s.dropped);
     rec.last_seq = s.seq;
