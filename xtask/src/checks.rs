@@ -502,8 +502,27 @@ fn deb_fields(deb: &Path, package: &str, version: &str, arch: Arch) -> Result<St
             "conffiles does not list /etc/sentinel/{conf}.toml: {conffiles:?}"
         ));
     }
+    // The install behaviour documented in docs/OPERATIONS.md: both units enabled; the master
+    // started on install and restarted on upgrade; the agent only try-restarted on upgrade.
+    let postinst = fs::read_to_string(ctl.join("postinst")).unwrap_or_default();
+    let enables = postinst.contains(&format!("deb-systemd-helper enable {package}.service"));
+    let starts = postinst.contains(&format!("deb-systemd-invoke $_dh_action {package}.service"));
+    let try_restarts =
+        postinst.contains(&format!("deb-systemd-invoke try-restart {package}.service"));
+    let behaviour = match (package, enables, starts, try_restarts) {
+        ("sentinel-master", true, true, false) => "enable + start, restart on upgrade",
+        ("sentinel-agent", true, false, true) => "enable only, try-restart on upgrade",
+        _ => {
+            return Err(format!(
+                "postinst: enable={enables} start={starts} try-restart={try_restarts}, not the documented behaviour"
+            ))
+        }
+    };
+    if !postinst.contains("adduser --system") {
+        return Err("postinst does not create the sentinel user".into());
+    }
     Ok(format!(
-        "Architecture={got_arch} Version={got_ver}; conffile /etc/sentinel/{conf}.toml; {} files",
+        "Architecture={got_arch} Version={got_ver}; conffile /etc/sentinel/{conf}.toml; {} files; postinst: {behaviour}",
         expected.len()
     ))
 }
