@@ -12,7 +12,8 @@ const path = require("node:path");
 const http = require("node:http");
 
 const ROOT = path.resolve(__dirname, "..", "..");
-const BIN = (name) => path.join(ROOT, "target", "debug", name);
+// target/debug unless SENTINEL_PROFILE says otherwise (the 5,000-host figures use release).
+const BIN = (name) => path.join(ROOT, "target", process.env.SENTINEL_PROFILE || "debug", name);
 const TOKEN = "browser-test-token";
 const ARTIFACTS = path.join(__dirname, "artifacts");
 

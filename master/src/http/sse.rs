@@ -3,8 +3,8 @@
 //! One watcher task per http process polls the table every [`WATCH_EVERY`]: it compares each
 //! slot's seqlock counter (no copy) and each host's derived status with what it saw last, and
 //! broadcasts the changed hosts as one `hosts` event. Every client gets a `snapshot` event
-//! (the whole fleet, like /api/v1/hosts) when it connects, then the shared `hosts` events and a
-//! `tick` with the master's clock every second. A client that falls behind the broadcast is
+//! (every host's fleet row: the HOST fields the fleet view shows, plus its extras) when it
+//! connects, then the shared `hosts` events and a `tick` with the master's clock every second. A client that falls behind the broadcast is
 //! disconnected; its EventSource reconnects and starts again from a fresh snapshot.
 
 use std::convert::Infallible;
@@ -17,7 +17,7 @@ use hyper::body::Frame;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
-use super::api::{collector_alive, fleet_host, hosts, status_of};
+use super::api::{collector_alive, fleet_row, fleet_rows, status_of};
 use super::{Body, State};
 use crate::segment::now_ms;
 use crate::status::Status;
@@ -101,7 +101,7 @@ async fn watch_table(
                     continue;
                 }
             }
-            let Some((rec, host)) = fleet_host(table, i, now, alive) else {
+            let Some((rec, host)) = fleet_row(table, i, now, alive) else {
                 continue;
             };
             *slot = Some(Seen {
@@ -132,7 +132,7 @@ pub fn stream(state: &State) -> Body {
     let first = async move {
         let now = now_ms();
         let mut head = format!("retry: {RETRY_MS}\n\n").into_bytes();
-        head.extend_from_slice(&event("snapshot", &hosts(table, now)));
+        head.extend_from_slice(&event("snapshot", &fleet_rows(table, now)));
         Bytes::from(head)
     };
     let head = futures_util::stream::once(first);
@@ -153,4 +153,106 @@ pub fn stream(state: &State) -> Body {
         .chain(rest)
         .map(|b| Ok::<_, Infallible>(Frame::data(b)));
     StreamBody::new(frames).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{account, Record, TestTable};
+    use http_body_util::BodyExt;
+    use sentinel_protocol::{Hello, HostInfo, Sample};
+    use std::sync::atomic::Ordering;
+
+    fn write_sample(t: &Table, seq: u64) {
+        let w = t.writer().unwrap();
+        let mut rec = if seq == 1 {
+            let hello = Hello {
+                version: 1,
+                agent_id: "abababababababababababababababab".into(),
+                run_id: 7,
+                hostname: "<b>live</b>".into(),
+                interval_ms: 1000,
+                clock_ms: now_ms(),
+                agent_version: "1".into(),
+                host: HostInfo::default(),
+                proof: vec![0; 32],
+            };
+            let mut r = Record::zeroed();
+            account::handshake(&mut r, &hello, "x", now_ms());
+            r
+        } else {
+            w.record(0)
+        };
+        let s = Sample {
+            seq,
+            ts_ms: now_ms(),
+            cpu_percent: seq as f32,
+            ..Sample::default()
+        };
+        let (_, point) = account::apply_sample(&mut rec, &s, false, now_ms());
+        w.commit(0, rec, None, point);
+        w.publish_host_count(1);
+    }
+
+    #[tokio::test]
+    async fn a_client_gets_a_snapshot_then_each_new_sample_within_a_second() {
+        let t: &'static TestTable = Box::leak(Box::new(TestTable::new(4, 8)));
+        let table = &t.table;
+        table
+            .header()
+            .collector_heartbeat_ms
+            .store(now_ms() + 60_000, Ordering::Relaxed);
+        write_sample(table, 1);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let state = State {
+            table,
+            events: Feed::start(table, stop_rx.clone()),
+            forwarder: None,
+            stopping: stop_rx,
+        };
+        let mut body = stream(&state);
+        async fn next(body: &mut Body) -> String {
+            let frame = tokio::time::timeout(Duration::from_secs(2), body.frame())
+                .await
+                .expect("an event within 2 s")
+                .unwrap()
+                .unwrap();
+            String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
+        }
+        let first = next(&mut body).await;
+        assert!(
+            first.starts_with("retry: 1000\n\nevent: snapshot\ndata: {"),
+            "{first}"
+        );
+        assert!(
+            first.contains(r#""hostname":"<b>live</b>""#),
+            "text stays JSON text: {first}"
+        );
+        let written = std::time::Instant::now();
+        write_sample(table, 2);
+        loop {
+            let ev = next(&mut body).await;
+            if ev.starts_with("event: hosts\n") {
+                assert!(
+                    ev.contains(r#""cpu_percent":2.0"#) || ev.contains(r#""cpu_percent":2"#),
+                    "{ev}"
+                );
+                assert!(ev.ends_with("\n\n"));
+                break;
+            }
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(1),
+            "pushed within 1 s"
+        );
+        // On SIGTERM the stream ends, so browsers notice at once.
+        stop_tx.send(true).unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(f) = body.frame().await {
+                let _ = f;
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "the stream ends on stop");
+    }
 }
