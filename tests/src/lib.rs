@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -637,5 +638,197 @@ impl Loadgen {
 impl Drop for Loadgen {
     fn drop(&mut self) {
         stop_child(&mut self.child, Signal::SIGKILL);
+    }
+}
+
+/// Raises this process's soft open-files limit to its hard limit (tests that hold thousands of
+/// sockets); returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    hard
+}
+
+/// (soft, hard) "Max open files" of a process, from /proc/PID/limits.
+pub fn nofile_limits(pid: u32) -> Option<(u64, u64)> {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut nums = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    Some((nums.next()?, nums.next()?))
+}
+
+/// VmRSS of one process in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+impl Master {
+    /// A master started the way systemd starts services, with a soft RLIMIT_NOFILE of `soft`
+    /// (systemd's default is 1024): the supervisor and its children inherit it. This process
+    /// lowers its own soft limit while spawning and restores it after (lowering it closes
+    /// nothing; only opening fds above it would fail meanwhile, and no test holds that many).
+    pub fn start_with_nofile(soft: u64) -> Master {
+        static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = SPAWNING.lock().unwrap_or_else(|p| p.into_inner());
+        let (old, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard).unwrap();
+        let started = std::panic::catch_unwind(Master::start);
+        setrlimit(Resource::RLIMIT_NOFILE, old, hard).unwrap();
+        started.unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// The supervisor and its children (all live processes of this master).
+    pub fn pids(&self) -> Vec<u32> {
+        process_tree_running(self.pid(), &bin("sentinel-master"))
+    }
+
+    /// Sum of VmRSS over the master's processes, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.pids().into_iter().map(rss_kib).sum()
+    }
+
+    /// Log lines containing every one of `words`.
+    pub fn log_lines_with(&self, words: &[&str]) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| words.iter().all(|w| l.contains(w)))
+            .count()
+    }
+}
+
+/// A hand-driven agent connection speaking raw frames, for hostile and edge-case peers.
+pub struct Peer {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Peer {
+    pub fn connect(addr: SocketAddr) -> Peer {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        Peer {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// This end's address, which the master's log names as `peer=`.
+    pub fn name(&self) -> String {
+        self.stream.local_addr().unwrap().to_string()
+    }
+
+    /// Next frame from the master, or None once it closed the connection (or went silent
+    /// for the read timeout).
+    pub fn read(&mut self) -> Option<sentinel_protocol::MasterMessage> {
+        loop {
+            if let Some((body, n)) =
+                sentinel_protocol::split_frame(&self.buf).expect("master frames are valid")
+            {
+                let msg = sentinel_protocol::decode_body(body).expect("master frame decodes");
+                self.buf.drain(..n);
+                return Some(msg);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    pub fn challenge(&mut self) -> sentinel_protocol::Nonce {
+        match self.read() {
+            Some(sentinel_protocol::MasterMessage::Challenge(c)) => {
+                c.nonce.as_slice().try_into().expect("32-byte nonce")
+            }
+            other => panic!("expected a challenge, got {other:?}"),
+        }
+    }
+
+    /// Writes raw bytes; false if the master already closed.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).is_ok()
+    }
+
+    /// Writes one frame whose body is `body` (any bytes).
+    pub fn send_body(&mut self, body: &[u8]) -> bool {
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        self.send_raw(&out)
+    }
+
+    pub fn send(&mut self, msg: &sentinel_protocol::AgentMessage) -> bool {
+        let mut out = Vec::new();
+        sentinel_protocol::encode_frame(msg, &mut out).unwrap();
+        self.send_raw(&out)
+    }
+
+    /// Reads until the master closes; returns the last `refused` it sent.
+    pub fn refusal(&mut self) -> Option<sentinel_protocol::Refused> {
+        let mut refused = None;
+        while let Some(msg) = self.read() {
+            if let sentinel_protocol::MasterMessage::Refused(r) = msg {
+                refused = Some(r);
+            }
+        }
+        refused
+    }
+
+    /// Challenge, then `hello` (with a proof computed for this connection's nonce and `token`);
+    /// returns the master's answer.
+    pub fn handshake(
+        &mut self,
+        hello: &sentinel_protocol::Hello,
+        token: &str,
+    ) -> Option<sentinel_protocol::MasterMessage> {
+        let nonce = self.challenge();
+        let mut hello = hello.clone();
+        hello.proof = sentinel_protocol::proof(token.as_bytes(), &nonce, &hello.agent_id).to_vec();
+        self.send(&sentinel_protocol::AgentMessage::Hello(hello));
+        self.read()
+    }
+}
+
+/// A hello that passes every check (the proof is filled in by [`Peer::handshake`]).
+pub fn test_hello(agent_id: &str, hostname: &str, run_id: u64) -> sentinel_protocol::Hello {
+    sentinel_protocol::Hello {
+        version: sentinel_protocol::PROTOCOL_VERSION,
+        agent_id: agent_id.into(),
+        run_id,
+        hostname: hostname.into(),
+        interval_ms: 1000,
+        clock_ms: 0,
+        agent_version: "test".into(),
+        host: sentinel_protocol::HostInfo::default(),
+        proof: vec![0; 32],
+    }
+}
+
+/// A valid sample with sequence number `seq`.
+pub fn test_sample(seq: u64) -> sentinel_protocol::Sample {
+    sentinel_protocol::Sample {
+        seq,
+        ts_ms: 1_764_000_000_000u64.wrapping_add(seq.wrapping_mul(1000)),
+        cpu_percent: 10.0,
+        mem_total_bytes: 1 << 30,
+        mem_available_bytes: 1 << 29,
+        mem_used_bytes: 1 << 29,
+        ..sentinel_protocol::Sample::default()
     }
 }
