@@ -31,10 +31,15 @@ use crate::remote_write::{self, Forwarder};
 use crate::segment::{now_ms, Segment};
 use crate::table::Table;
 
-/// Concurrent HTTP connections; more wait in the backlog.
-const MAX_HTTP_CONNECTIONS: usize = 1024;
-/// A client must send its request headers within this.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent HTTP connections; more wait in the backlog. Well above what dashboards and
+/// scrapers use, so that slow clients holding connections (a slowloris: 2,000 of them in
+/// tests/tests/http_hostile.rs) do not take every slot before the header timeout frees them.
+const MAX_HTTP_CONNECTIONS: usize = 4096;
+/// A client must send its request headers within this (what a slow client can hold a
+/// connection for).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The CSP of every response: nothing from elsewhere, and no framing (clickjacking).
+const CSP: &str = "default-src 'self'; frame-ancestors 'none'";
 
 /// What every request handler can reach: the table, the live-update feed and the forwarder's
 /// counters (for /metrics).
@@ -158,10 +163,9 @@ fn set_common_headers<B>(r: &mut Response<B>, content_type: &'static str) {
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(
-        "content-security-policy",
-        HeaderValue::from_static("default-src 'self'"),
-    );
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    // For browsers that predate CSP frame-ancestors.
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
@@ -398,7 +402,7 @@ mod tests {
             let (code, headers, _) = get(&t.table, path);
             assert_eq!(code, StatusCode::OK);
             assert!(headers[CONTENT_TYPE].to_str().unwrap().starts_with(ctype));
-            assert_eq!(headers["content-security-policy"], "default-src 'self'");
+            assert_eq!(headers["content-security-policy"], CSP);
         }
         // The SVG namespace is a name, not a request.
         let js = APP_JS.replace("\"http://www.w3.org/2000/svg\"", "");
