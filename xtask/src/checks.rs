@@ -26,6 +26,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "qemu-user-static",
     "systemd",
     "man-db",
+    "strace",
 ];
 
 /// Exposure budgets of `systemd-analyze security` (issue 3).

@@ -146,7 +146,9 @@ pub fn parse_trace(text: &str) -> Trace {
 /// A process under `strace -f -o file`, and the traced program's PID (strace's child).
 pub struct Traced {
     strace: Child,
+    /// The traced program's PID, verified by its /proc/PID/exe.
     pub pid: u32,
+    program: std::path::PathBuf,
 }
 
 impl Traced {
@@ -163,19 +165,33 @@ impl Traced {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start strace: {e}"))?;
-        let pid = traced_child(strace.id())?;
-        Ok(Traced { strace, pid })
+        let program =
+            fs::canonicalize(program).map_err(|e| format!("{}: {e}", program.display()))?;
+        let pid = traced_child(strace.id(), &program)?;
+        Ok(Traced {
+            strace,
+            pid,
+            program,
+        })
     }
 
     pub fn exited(&mut self) -> bool {
         matches!(self.strace.try_wait(), Ok(Some(_)))
     }
 
-    /// SIGTERM to the traced program (strace exits with it); SIGKILL to both after 15 s.
+    /// Signals the traced program, after checking that the PID still runs it.
+    fn signal(&self, signal: &str) {
+        let exe = fs::read_link(format!("/proc/{}/exe", self.pid));
+        if exe.is_ok_and(|exe| exe == self.program) {
+            let _ = Command::new("kill")
+                .args([signal, &self.pid.to_string()])
+                .status();
+        }
+    }
+
+    /// SIGTERM to the traced program (strace exits with it); SIGKILL after 15 s.
     pub fn stop(mut self) -> Result {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
+        self.signal("-TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if self.exited() {
@@ -183,30 +199,34 @@ impl Traced {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.pid.to_string()])
-            .status();
+        self.signal("-KILL");
+        std::thread::sleep(Duration::from_millis(200));
         let _ = self.strace.kill();
         let _ = self.strace.wait();
         Err(format!("pid {} ignored SIGTERM for 15 s; killed", self.pid))
     }
 }
 
-/// strace forks the program: its PID is the one child of strace.
-fn traced_child(strace_pid: u32) -> Result<u32> {
+/// The PID of the traced program: the child of strace that runs `program` (strace also
+/// forks short-lived children of its own at start to probe ptrace features).
+fn traced_child(strace_pid: u32, program: &Path) -> Result<u32> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let children = fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
             .unwrap_or_default();
-        if let Some(pid) = children
+        for pid in children
             .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
+            .filter_map(|p| p.parse::<u32>().ok())
         {
-            return Ok(pid);
+            if fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == *program) {
+                return Ok(pid);
+            }
         }
         if Instant::now() >= deadline {
-            return Err(format!("strace (pid {strace_pid}) started no program"));
+            return Err(format!(
+                "strace (pid {strace_pid}) did not start {}",
+                program.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
