@@ -53,14 +53,17 @@ impl CollectError {
 
 /// The state kept between samples: open /proc files, previous counters, sysinfo handles.
 pub struct Collector {
-    /// Memory and host facts come from sysinfo.
+    /// Host facts come from sysinfo (once).
     sys: System,
     cpu: cpu::Cpu,
+    memory: memory::Memory,
+    load: load::Load,
     filesystems: filesystems::Filesystems,
     network: network::Network,
     disk: disk::DiskIo,
     /// Read once: uptime is derived from it and the clock.
     boot_time_s: u64,
+    processes: system::Processes,
     /// Last time each collector's error was logged, so a broken one does not flood the log.
     error_logged: HashMap<&'static str, Instant>,
 }
@@ -72,10 +75,13 @@ impl Collector {
         Ok(Collector {
             sys: System::new().map_err(|e| CollectError::sysinfo("system", e))?,
             cpu: cpu::Cpu::new(),
+            memory: memory::Memory::new(),
+            load: load::Load::new(),
             filesystems: filesystems::Filesystems::new()?,
             network: network::Network::new(),
             disk: disk::DiskIo::new(),
             boot_time_s: system::boot_time()?,
+            processes: system::Processes::new(),
             error_logged: HashMap::new(),
         })
     }
@@ -91,12 +97,15 @@ impl Collector {
         let mut s = Sample::default();
         let results = [
             ("cpu", self.cpu.collect(&mut s)),
-            ("memory", memory::collect(&mut self.sys, &mut s)),
-            ("load", load::collect(&mut s)),
+            ("memory", self.memory.collect(&mut s)),
+            ("load", self.load.collect(&mut s)),
             ("filesystems", self.filesystems.collect(&mut s)),
             ("network", self.network.collect(&mut s)),
             ("disk", self.disk.collect(&mut s)),
-            ("system", system::collect(self.boot_time_s, &mut s)),
+            (
+                "system",
+                system::collect(self.boot_time_s, &mut self.processes, &mut s),
+            ),
         ];
         let mut memory_failed = None;
         for (name, result) in results {

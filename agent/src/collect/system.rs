@@ -10,37 +10,109 @@ pub fn boot_time() -> Result<u64, CollectError> {
     System::boot_time().map_err(|e| CollectError::sysinfo("boot time", e))
 }
 
+/// How old the reported process count may be (docs/PROTOCOL.md says so for `procs`).
+pub const PROCESSES_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Counts processes as the numeric entries of /proc, through one kept-open descriptor and one
+/// reused buffer (rustix's raw getdents). `std::fs::read_dir` re-opens /proc and reads it in
+/// 2 KiB steps with an allocation per entry: five syscalls and ~200 allocations per sample,
+/// the largest cost left in the agent's profile.
+pub struct Processes {
+    dir: Option<std::os::fd::OwnedFd>,
+    /// The last count and when it was taken: walking /proc makes the kernel look up every
+    /// pid's dentry, ~30% of the agent's CPU per walk (perf, docs/BENCHMARKS.md), and the
+    /// count moves slowly, so it is refreshed every [`PROCESSES_EVERY`].
+    last: Option<(u32, std::time::Instant)>,
+    /// 64 KiB: one getdents call for ~2,700 processes; more just take more calls.
+    buf: Vec<u8>,
+}
+
+impl Processes {
+    pub fn new() -> Self {
+        Processes {
+            dir: None,
+            last: None,
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    /// The process count, at most [`PROCESSES_EVERY`] old.
+    pub fn count(&mut self) -> Result<u32, CollectError> {
+        if let Some((n, at)) = self.last {
+            if at.elapsed() < PROCESSES_EVERY {
+                return Ok(n);
+            }
+        }
+        let n = self.walk()?;
+        self.last = Some((n, std::time::Instant::now()));
+        Ok(n)
+    }
+
+    fn walk(&mut self) -> Result<u32, CollectError> {
+        let io = |error: rustix::io::Errno| CollectError::Io {
+            what: "/proc",
+            error: error.into(),
+        };
+        let dir = match &self.dir {
+            Some(d) => {
+                rustix::fs::seek(d, rustix::fs::SeekFrom::Start(0)).map_err(io)?;
+                d
+            }
+            None => self.dir.insert(
+                rustix::fs::open(
+                    "/proc",
+                    rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(io)?,
+            ),
+        };
+        let mut n = 0u32;
+        let mut failed = None;
+        let mut entries = rustix::fs::RawDir::new(dir, self.buf.spare_capacity_mut());
+        while let Some(entry) = entries.next() {
+            match entry {
+                Ok(e) => {
+                    let name = e.file_name().to_bytes();
+                    if !name.is_empty() && name.iter().all(u8::is_ascii_digit) {
+                        n += 1;
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            // Reopen next time: the descriptor may be what broke.
+            self.dir = None;
+            return Err(io(e));
+        }
+        if n == 0 {
+            return Err(CollectError::Zero {
+                what: "process count",
+            });
+        }
+        Ok(n)
+    }
+}
+
 /// `boot_time_s` is read once at start: uptime follows from the clock without a file read.
-pub fn collect(boot_time_s: u64, s: &mut Sample) -> Result<(), CollectError> {
+pub fn collect(
+    boot_time_s: u64,
+    processes: &mut Processes,
+    s: &mut Sample,
+) -> Result<(), CollectError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     s.boot_time_s = boot_time_s;
     s.uptime_s = now.saturating_sub(boot_time_s);
-    s.processes = count_processes()?;
+    s.processes = processes.count()?;
     Ok(())
-}
-
-/// Numeric directories of /proc: one per process, without reading any of them.
-fn count_processes() -> Result<u32, CollectError> {
-    let dir = std::fs::read_dir("/proc").map_err(|error| CollectError::Io {
-        what: "/proc",
-        error,
-    })?;
-    let n = dir
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .count();
-    if n == 0 {
-        return Err(CollectError::Zero {
-            what: "process count",
-        });
-    }
-    Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 pub fn host_info(sys: &mut System) -> HostInfo {
