@@ -412,6 +412,7 @@ impl Agent {
             );
         }
         let last_seq = last_seq.min(self.seq.0);
+        self.spool.settle(Seq(last_seq));
         self.spool.ack(Seq(last_seq));
         let backlog = self.spool.after(Seq(last_seq)).count();
         if self.disconnects.quiet() {
@@ -613,9 +614,17 @@ impl Agent {
     fn next_frame(&self, after: Seq) -> Option<(Option<Bytes>, Seq)> {
         let pending: Vec<_> = self.spool.after(after).take(MAX_BATCH_SAMPLES).collect();
         let last = pending.last()?.seq;
+        // Every drop so far is of an older sample than any still spooled, so each sample sent
+        // carries the run's whole count: the first one after a hole explains all of it, also
+        // drops that happened after it was taken (a long outage keeps evicting).
+        let dropped = self.spool.dropped();
         let samples: Vec<Sample> = pending
             .iter()
             .filter_map(|e| sentinel_protocol::decode_sample(&e.body).ok())
+            .map(|mut s| {
+                s.dropped = s.dropped.max(dropped);
+                s
+            })
             .collect();
         let (frame, sent) = encode_samples(samples);
         Some((frame, sent.map_or(last, Seq)))

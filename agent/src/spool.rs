@@ -23,6 +23,9 @@ pub struct Spool {
     capacity: usize,
     /// Samples this run dropped because the spool was full (reported to the master).
     dropped: u64,
+    /// Seqs (first, last) of evicted samples that had been handed to a connection: the
+    /// master may hold them or not; the next welcome says which (see [`Spool::settle`]).
+    unsettled: Option<(Seq, Seq)>,
 }
 
 impl Spool {
@@ -33,6 +36,7 @@ impl Spool {
             entries: VecDeque::with_capacity(capacity.min(64)),
             capacity,
             dropped: 0,
+            unsettled: None,
         }
     }
 
@@ -46,6 +50,9 @@ impl Spool {
             if let Some(e) = self.entries.pop_front() {
                 if e.seq > handed_upto {
                     self.dropped += 1;
+                } else {
+                    let first = self.unsettled.map_or(e.seq, |(f, _)| f);
+                    self.unsettled = Some((first, e.seq));
                 }
             }
         }
@@ -56,6 +63,16 @@ impl Spool {
         debug_assert!(self.entries.back().is_none_or(|e| e.seq < seq));
         self.make_room(Seq(0));
         self.entries.push_back(Entry { seq, body });
+    }
+
+    /// A welcome said the master holds everything up to `master_holds`: evicted samples it
+    /// had been handed but does not hold (a connection died with them in flight) are lost
+    /// after all, and counted as dropped now, so the master can explain its gap.
+    pub fn settle(&mut self, master_holds: Seq) {
+        if let Some((first, last)) = self.unsettled.take() {
+            let from = first.0.max(master_holds.0 + 1);
+            self.dropped += (last.0 + 1).saturating_sub(from);
+        }
     }
 
     /// Cumulative ack: every sample with seq <= `upto` is stored by the master.
@@ -144,6 +161,20 @@ mod tests {
         s.make_room(Seq(2));
         assert_eq!(s.dropped(), 1, "seq 3 was never sent");
         assert_eq!(seqs(s.after(Seq(0)).cloned()), vec![4, 5]);
+    }
+
+    #[test]
+    fn sent_samples_evicted_but_not_held_by_the_master_count_once_it_says_so() {
+        let mut s = spool_with(3, 1..=3);
+        for n in 4..=6 {
+            s.make_room(Seq(3)); // 1..=3 were handed to a connection that died
+            s.push(Seq(n), Box::new([]));
+        }
+        assert_eq!(s.dropped(), 0, "the master may hold 1..=3");
+        s.settle(Seq(1)); // the welcome: it holds only seq 1
+        assert_eq!(s.dropped(), 2, "2 and 3 are lost after all");
+        s.settle(Seq(1));
+        assert_eq!(s.dropped(), 2, "settled once");
     }
 
     #[test]
