@@ -311,6 +311,21 @@ function schedule() {
   });
 }
 
+// Live data re-renders at most every DATA_RENDER_MS (a fleet of 5,000 hosts changes
+// continuously); the user's own actions (scroll, sort, filter) render on the next frame.
+const DATA_RENDER_MS = 250;
+let lastDataRender = 0;
+let dataTimer = null;
+function scheduleData() {
+  if (dataTimer) return;
+  const wait = Math.max(0, lastDataRender + DATA_RENDER_MS - performance.now());
+  dataTimer = setTimeout(() => {
+    dataTimer = null;
+    lastDataRender = performance.now();
+    schedule();
+  }, wait);
+}
+
 function applySnapshot(data) {
   const t0 = performance.now();
   serverOffset = data.now_ms - Date.now();
@@ -322,12 +337,35 @@ function applySnapshot(data) {
   return performance.now() - t0;
 }
 
-function applyHosts(data) {
-  const t0 = performance.now();
+const SPARK_POINTS = 60;
+
+// An update carries only the sparkline points the page lacks (`spark_add`: the points
+// numbered n - len .. n); append those after the page's own count.
+function mergeHost(h) {
+  const add = h.spark_add;
+  if (add) {
+    delete h.spark_add;
+    const old = fleet.hosts.get(h.id);
+    const sp = old && old.spark ? old.spark : { n: add.n - add.cpu.length, cpu: [], mem: [] };
+    const start = add.n - add.cpu.length;
+    for (let i = Math.max(0, sp.n - start); i < add.cpu.length; i++) {
+      sp.cpu.push(add.cpu[i]);
+      sp.mem.push(add.mem[i]);
+    }
+    sp.n = Math.max(sp.n, add.n);
+    if (sp.cpu.length > SPARK_POINTS) sp.cpu.splice(0, sp.cpu.length - SPARK_POINTS);
+    if (sp.mem.length > SPARK_POINTS) sp.mem.splice(0, sp.mem.length - SPARK_POINTS);
+    h.spark = sp;
+  }
+  fleet.hosts.set(h.id, h);
+}
+
+// `t0`: when the event reached the page (before its JSON was parsed).
+function applyHosts(data, t0) {
   serverOffset = data.now_ms - Date.now();
-  for (const h of data.hosts) fleet.hosts.set(h.id, h);
+  for (const h of data.hosts) mergeHost(h);
   fleet.dirty = true;
-  schedule();
+  scheduleData();
   perf.updates.push({ hosts: data.hosts.length, ms: performance.now() - t0 });
   if (perf.updates.length > 5000) perf.updates.shift();
 }
@@ -349,13 +387,14 @@ function connectStream() {
     setMode("live");
   });
   source.addEventListener("hosts", (e) => {
+    const t0 = performance.now();
     onEvent();
-    applyHosts(JSON.parse(e.data));
+    applyHosts(JSON.parse(e.data), t0);
   });
   source.addEventListener("tick", (e) => {
     onEvent();
     serverOffset = JSON.parse(e.data).now_ms - Date.now();
-    schedule(); // "last seen N s ago" moves on
+    scheduleData(); // "last seen N s ago" moves on
   });
   source.onerror = () => {
     // The browser retries by itself while readyState is CONNECTING; meanwhile find out
