@@ -153,7 +153,32 @@ async function main() {
     await page.waitForFunction((n) => document.getElementById("host-title").textContent === n, HOSTILE[1]);
     assert.equal(await page.$$eval("main script, main img", (e) => e.length), 0);
 
-    // 7. Connection lost when the master stops; recovery without reload when it is back.
+    // 7. Without the event stream (a proxy that breaks it, say) the page polls and stays live.
+    const polled = await browser.newPage();
+    await polled.route("**/api/v1/events", (r) => r.abort());
+    await polled.goto(master.url("/"));
+    await polled.waitForFunction(() => document.getElementById("live").textContent === "live (polling)", null, { timeout: 10000 });
+    await polled.waitForFunction((n) => document.querySelectorAll("#hosts tr[data-id]").length >= n, NAMES.length - 1);
+    assert.equal(await polled.isHidden("#banner"), true);
+    const pollSnap = () => polled.$eval(`#hosts tr[data-id="${id}"] svg.spark polyline`, (p) => p.getAttribute("points"));
+    const p0 = await pollSnap();
+    await L.waitFor("web-1 to move while polling", 10000, async () => (await pollSnap()) !== p0);
+    await polled.close();
+    step("EventSource blocked: falls back to polling, values still move");
+
+    // 8. Light and dark follow prefers-color-scheme.
+    const bg = async (scheme) => {
+      await page.emulateMedia({ colorScheme: scheme });
+      return page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    };
+    const light = await bg("light");
+    const dark = await bg("dark");
+    assert.notEqual(light, dark, "dark scheme changes the page");
+    await page.screenshot({ path: path.join(L.ARTIFACTS, "fleet-dark.png") });
+    await page.emulateMedia({ colorScheme: "light" });
+    step("prefers-color-scheme: light " + light + ", dark " + dark);
+
+    // 9. Connection lost when the master stops; recovery without reload when it is back.
     await page.goto(master.url("/"));
     await page.waitForFunction(() => document.getElementById("live").textContent === "live");
     await page.evaluate(() => { window.__noReload = true; });

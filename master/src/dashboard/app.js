@@ -693,6 +693,8 @@ function initHost(id) {
   setMode("connecting");
   pollHost();
   setInterval(pollHost, DETAIL_MS);
+  // Canvas colours come from CSS variables: redraw when the colour scheme flips.
+  window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", pollHost);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
