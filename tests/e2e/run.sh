@@ -413,6 +413,7 @@ main() {
     # 1. first rollout
     play first || die "first playbook run failed"
     check_first_run
+    FIRST_TOKEN=$(on "$MASTER" cat /etc/sentinel/fleet-token)
     # 2. idempotence
     play second || die "second playbook run failed"
     check "second playbook run: changed=0" test "$(recap_changed second)" = 0
@@ -561,7 +562,10 @@ check_token_rotation() {
     done
     check "token rotation (vault variables): new token, 0640 root:sentinel, on all 4 hosts" test $ok = 0
     check "token rotation: fleet up with the new token" all_up 30 --seen-after "$t" --min samples_received=1
+    check "fleet tokens (generated and rotated) never appear in the playbook output" \
+        not_logged "$want" "$FIRST_TOKEN"
 }
+not_logged() { ! grep -qF -e "$1" -e "$2" "$WORK"/play-*.log; }
 
 check_upgrade() {
     local h ok=0 v line="# e2e: hand-edited line, must survive the upgrade" before=() after=() t
@@ -603,8 +607,9 @@ check_rollback() {
         v=$(on "$h" dpkg-query -W -f '${Version}' "$(svc "$h")")
         [ "$v" = "$VERSION-$RELEASE" ] || { echo "    $h $(svc "$h") $v"; ok=1; }
     done
-    check "rollback (sentinel_release back to $VERSION): every host has $VERSION-$RELEASE, fleet up" \
-        eval 'test $ok = 0 && all_up 30 --seen-after "$t" --min samples_received=1'
+    check "rollback (sentinel_release back to $VERSION): every host has $VERSION-$RELEASE" test $ok = 0
+    check "rollback: fleet up (samples received after the rollback)" \
+        all_up 30 --seen-after "$t" --min samples_received=1
 }
 
 check_rpm() {
