@@ -420,6 +420,8 @@ fn remote_write_delivers_every_sample_across_a_20s_master_outage() {
                 .map(|h| {
                     assert_eq!(h["samples_dropped"], 0, "{h}");
                     assert_eq!(h["samples_missing"], 0, "{h}");
+                    // The outage's samples came back as a replay (with their own times).
+                    assert!(h["samples_replayed"].as_u64() >= Some(15), "{h}");
                     (
                         h["id"].as_str().unwrap().to_string(),
                         h["last_seq"].as_u64().unwrap(),
