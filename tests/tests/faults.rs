@@ -669,12 +669,20 @@ fn master_unreachable_for_5_minutes() -> Figures {
         ..Figures::default()
     };
     let metrics = master.get("/metrics", Duration::from_secs(2)).unwrap().1;
-    for h in hosts
+    for listed in hosts
         .iter()
         .filter(|h| all.iter().any(|n| h["hostname"] == *n))
     {
-        let id = h["id"].as_str().unwrap();
-        let ts = history_ts(&master, id);
+        let id = listed["id"].as_str().unwrap();
+        // One consistent copy of the host's counters, latest sample and history: agents
+        // are still streaming, so separate requests would see different moments.
+        let h = &master.host_detail(id).expect("host detail");
+        let ts: Vec<u64> = h["history"]["points"]
+            .as_array()
+            .expect("history points")
+            .iter()
+            .map(|p| p["ts_ms"].as_u64().unwrap())
+            .collect();
         f.accounted += assert_accounted(h);
         assert_eq!(
             u64_field(h, "samples_before_start"),
@@ -711,7 +719,7 @@ fn master_unreachable_for_5_minutes() -> Figures {
             );
         } else {
             let dropped = u64_field(h, "samples_dropped");
-            let agent_says = u64_field(&latest_sample(&master, id), "dropped");
+            let agent_says = u64_field(&h["sample"], "dropped");
             assert_eq!(
                 dropped, agent_says,
                 "the API's drop count is the agent's own: {h}"
