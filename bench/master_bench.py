@@ -3,8 +3,8 @@
 
     bench/master_bench.py [ingest|read|scaling|all] [--runs R] [--seconds D]
 
-Everything runs on this machine over loopback: the static musl sentinel-master from
-target/dist (the deployable; `cargo xtask dist` builds it) and the release sentinel-loadgen
+Everything runs on this machine over loopback: the static musl sentinel-master (the
+deployable, built here for x86_64-unknown-linux-musl) and the release sentinel-loadgen
 (simulated agents speaking the real protocol). Each figure is the median over R runs, with
 min..max, and every comparison (master vs. null sink) is measured in the same run, back to
 back, because this machine is shared and noisy. Prints Markdown tables for docs/BENCHMARKS.md
@@ -25,7 +25,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MASTER = os.path.join(ROOT, "target/dist/sentinel-master-x86_64-unknown-linux-musl")
+MASTER = os.path.join(ROOT, "target/x86_64-unknown-linux-musl/release/sentinel-master")
 LOADGEN = os.path.join(ROOT, "target/release/sentinel-loadgen")
 OUT = os.path.join(ROOT, "target/bench", "master-" + time.strftime("%Y%m%d-%H%M%S"))
 
@@ -92,6 +92,7 @@ class Master:
         self.proc = subprocess.Popen(
             [MASTER, "--config", conf, "--listen", f"127.0.0.1:{self.listen}", "--http", f"127.0.0.1:{self.http}",
              "--token-file", self.token, "--shm-name", self.shm, "--capacity", str(capacity),
+             "--state-dir", os.path.join(OUT, "state"), "--snapshot-interval", "0s",
              "--max-connections", str(max(16384, capacity + 100))],
             stdout=subprocess.DEVNULL, stderr=self.log)
         h = wait_for("master healthz", 15, lambda: http_json(self.http, "/healthz"))
@@ -237,8 +238,8 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--seconds", type=int, default=15)
     a = p.parse_args()
-    if not os.path.exists(MASTER):
-        subprocess.run(["cargo", "xtask", "dist"], cwd=ROOT, check=True)
+    # The deployable master (static musl, as packaged) and the load generator.
+    subprocess.run(["cargo", "build", "--quiet", "--release", "--target", "x86_64-unknown-linux-musl", "-p", "sentinel-master"], cwd=ROOT, check=True)
     subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "sentinel-loadgen"], cwd=ROOT, check=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))

@@ -339,6 +339,8 @@ fn master_healthz_aarch64(out: &Path, work: &Path) -> Result<String> {
     let listen = free_port()?;
     let http = free_port()?;
     let shm = format!("sentinel-check-{}", std::process::id());
+    let empty_config = work.join("qemu-master.toml");
+    fs::write(&empty_config, "").map_err(|e| e.to_string())?;
     let log_path = work.join("master-qemu.log");
     let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
     let mut child = Command::new("unshare")
@@ -364,6 +366,11 @@ fn master_healthz_aarch64(out: &Path, work: &Path) -> Result<String> {
             &format!("127.0.0.1:{http}"),
         ])
         .args(["--shm-name", &shm])
+        // Its own (empty) config and state: nothing of the host's /etc or /var/lib.
+        .arg("--config")
+        .arg(&empty_config)
+        .arg("--state-dir")
+        .arg(work.join("qemu-master-state"))
         .env("SENTINEL_BINFMT", BINFMT_AARCH64)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)

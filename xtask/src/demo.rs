@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,12 @@ struct Options {
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options { listen: "127.0.0.1:7410".into(), http: "127.0.0.1:7411".into(), check: false, release: true };
+    let mut o = Options {
+        listen: "127.0.0.1:7410".into(),
+        http: "127.0.0.1:7411".into(),
+        check: false,
+        release: true,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -50,7 +56,10 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             // SIGTERM: the master unlinks its segment, the agent says goodbye.
-            let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.0.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.0.try_wait() {
@@ -70,7 +79,9 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
-    text.starts_with("HTTP/1.1 200").then_some(text)
+    // hyper answers an HTTP/1.0 request as HTTP/1.0.
+    let status = text.split_whitespace().nth(1)?;
+    (status == "200").then_some(text)
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
@@ -97,59 +108,89 @@ fn spawn(bin: &Path, args: &[&str], log: &Path) -> Result<Guard> {
     Ok(Guard(child))
 }
 
-use std::os::unix::process::CommandExt;
-
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
-    let root = crate::workspace_root();
+    let root = crate::util::root();
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build.current_dir(&root).args(["build", "-p", "sentinel-master", "-p", "sentinel-agent"]);
+    build
+        .current_dir(&root)
+        .args(["build", "-p", "sentinel-master", "-p", "sentinel-agent"]);
     if o.release {
         build.arg("--release");
     }
     if !build.status()?.success() {
         return Err("cargo build failed".into());
     }
-    let bins = root.join("target").join(if o.release { "release" } else { "debug" });
+    let bins = root
+        .join("target")
+        .join(if o.release { "release" } else { "debug" });
     let dir: PathBuf = root.join("target/demo");
     std::fs::create_dir_all(dir.join("agent-state"))?;
     let token = dir.join("fleet-token");
     if !token.exists() {
         let mut bytes = [0u8; 24];
         std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-        std::fs::write(&token, bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())?;
+        std::fs::write(
+            &token,
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        )?;
     }
     // Empty config files: defaults plus the flags below, whatever /etc/sentinel holds.
     for f in ["master.toml", "agent.toml"] {
         std::fs::write(dir.join(f), "")?;
     }
-    let http: SocketAddr = o.http.parse().map_err(|e| format!("--http {}: {e}", o.http))?;
-    let probe = if http.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], http.port())) } else { http };
+    let http: SocketAddr = o
+        .http
+        .parse()
+        .map_err(|e| format!("--http {}: {e}", o.http))?;
+    let probe = if http.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], http.port()))
+    } else {
+        http
+    };
     let d = |p: &str| dir.join(p).to_string_lossy().into_owned();
 
     let _master = spawn(
         &bins.join("sentinel-master"),
         &[
-            "--config", &d("master.toml"), "--listen", &o.listen, "--http", &o.http,
-            "--token-file", &d("fleet-token"), "--shm-name", "sentinel-demo",
+            "--config",
+            &d("master.toml"),
+            "--listen",
+            &o.listen,
+            "--http",
+            &o.http,
+            "--token-file",
+            &d("fleet-token"),
+            "--shm-name",
+            "sentinel-demo",
         ],
         &dir.join("master.log"),
     )?;
-    wait_for("the master's /healthz (see target/demo/master.log)", Duration::from_secs(15), || {
-        http_get(probe, "/healthz").is_some()
-    })?;
+    wait_for(
+        "the master's /healthz (see target/demo/master.log)",
+        Duration::from_secs(15),
+        || http_get(probe, "/healthz").is_some(),
+    )?;
     let agent_target = o.listen.replace("0.0.0.0", "127.0.0.1");
     let _agent = spawn(
         &bins.join("sentinel-agent"),
         &[
-            "--config", &d("agent.toml"), "--master", &agent_target, "--token-file", &d("fleet-token"),
-            "--state-dir", &d("agent-state"),
+            "--config",
+            &d("agent.toml"),
+            "--master",
+            &agent_target,
+            "--token-file",
+            &d("fleet-token"),
+            "--state-dir",
+            &d("agent-state"),
         ],
         &dir.join("agent.log"),
     )?;
-    wait_for("this host to show up (see target/demo/agent.log)", Duration::from_secs(15), || {
-        http_get(probe, "/api/v1/hosts").is_some_and(|t| t.contains("\"status\":\"up\""))
-    })?;
+    wait_for(
+        "this host to show up (see target/demo/agent.log)",
+        Duration::from_secs(15),
+        || http_get(probe, "/api/v1/hosts").is_some_and(|t| t.contains("\"status\":\"up\"")),
+    )?;
 
     println!("Sentinel is running: master and one agent for this machine.");
     println!("Dashboard: http://{probe}/");

@@ -2,11 +2,13 @@
 //!
 //! - `dist`            static musl binaries (x86_64, aarch64), .deb, .rpm and SHA256SUMS in target/dist/
 //! - `check-packages`  assert the deployables are static, run, lint clean and install (CI)
+//! - `demo`            build and start a master and an agent for this machine (README)
 //! - `ci`              everything CI runs (see ci.rs)
 
 mod checks;
 mod ci;
 mod debroot;
+mod demo;
 mod dist;
 mod syscalls;
 mod tools;
@@ -28,7 +30,12 @@ commands:
         assert the packages in DIR: static binaries, aarch64 runs under qemu, Architecture
         fields, lintian, rpmlint, systemd-analyze, install/upgrade/purge in a Debian root,
         rpm --root install. --skip-install skips the Debian-root and rpm-root steps.
-  ci    run what CI runs (dist, then check-packages, ...)
+  demo [--listen ADDR] [--http ADDR] [--check] [--debug]
+        build Sentinel, start a master and an agent for this machine, print the dashboard
+        URL; Ctrl-C stops both. --check exits once this host is up (smoke test).
+  ci [--only STEP,...] [--skip STEP,...]
+        install what the tests need and run every test (the README's test command; CI runs
+        it). Steps: fmt clippy build unit e2e demo dist packages rollout browser fuzz.
 ";
 
 fn main() -> ExitCode {
@@ -40,7 +47,8 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "dist" => dist::Options::parse(rest).and_then(|o| dist::run(&o).map(|_| ())),
         "check-packages" => checks::Options::parse(rest).and_then(|o| checks::run(&o)),
-        "ci" => ci::run(),
+        "ci" => ci::run(rest),
+        "demo" => demo::run(rest).map_err(|e| e.to_string()),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
