@@ -131,14 +131,32 @@ bg_wait() {
     wait $BG_PID
 }
 have_pkgs() { local f; for f in $(pkg_files "$2"); do [ -s "$1/$f" ] || return 1; done; }
-# stage_pkgs: the workspace version from target/dist (`cargo xtask dist` when missing), and an
-# upgrade version packaged from the same binaries into the run's own directory (dist keeps one
-# version per output directory, so target/dist is left alone).
+# deb_bin_sum DEB NAME: sha256 of /usr/bin/NAME inside the .deb
+deb_bin_sum() { dpkg-deb --fsys-tarfile "$1" | tar -xO "./usr/bin/$2" | sha256sum | cut -c1-64; }
+# base_matches_release: target/dist's .debs hold the binaries now in target/<triple>/release,
+# which `--no-build` packages for the upgrade version. In a tree where someone rebuilt the
+# binaries after the last dist, the "upgrade" would otherwise carry other code (even another
+# protocol) than the base version.
+base_matches_release() {
+    local p triple=$RPM_ARCH-unknown-linux-musl
+    for p in agent master; do
+        [ -f "$REPO/target/$triple/release/sentinel-$p" ] || return 1
+        [ "$(deb_bin_sum "$REPO/target/dist/sentinel-${p}_$VERSION-${RELEASE}_$DEB_ARCH.deb" "sentinel-$p")" \
+            = "$(sha256sum < "$REPO/target/$triple/release/sentinel-$p" | cut -c1-64)" ] || return 1
+    done
+}
+# stage_pkgs: the workspace version from target/dist (`cargo xtask dist` when missing or older
+# than the built binaries), and an upgrade version packaged from the same binaries into the
+# run's own directory (dist keeps one version per output directory: target/dist is left alone).
 stage_pkgs() {
-    local f
+    local f p why=
     mkdir -p "$WORK/dist"
-    if [ -n "${SENTINEL_E2E_REBUILD:-}" ] || ! have_pkgs "$REPO/target/dist" "$VERSION"; then
-        log "building packages $VERSION: cargo xtask dist"
+    if [ -n "${SENTINEL_E2E_REBUILD:-}" ]; then why="SENTINEL_E2E_REBUILD is set"
+    elif ! have_pkgs "$REPO/target/dist" "$VERSION"; then why="packages missing in target/dist"
+    elif ! base_matches_release; then why="target/dist is older than the binaries in target/"
+    fi
+    if [ -n "$why" ]; then
+        log "building packages $VERSION: cargo xtask dist ($why)"
         bg_wait "$WORK/dist-$VERSION.log" cargo xtask dist \
             || { tail -30 "$WORK/dist-$VERSION.log"; die "cargo xtask dist failed"; }
         have_pkgs "$REPO/target/dist" "$VERSION" \
@@ -148,10 +166,14 @@ stage_pkgs() {
     local up=$WORK/dist-$UPGRADE_VERSION
     log "packaging $UPGRADE_VERSION for the upgrade: cargo xtask dist --version $UPGRADE_VERSION --no-build"
     bg_wait "$up.log" cargo xtask dist --version "$UPGRADE_VERSION" --out "$up" --no-build \
-        || bg_wait "$up.log" cargo xtask dist --version "$UPGRADE_VERSION" --out "$up" \
-        || { tail -30 "$up.log"; die "cargo xtask dist --version $UPGRADE_VERSION failed"; }
+        || { tail -30 "$up.log"; die "cargo xtask dist --version $UPGRADE_VERSION --no-build failed"; }
     have_pkgs "$up" "$UPGRADE_VERSION" || die "no $UPGRADE_VERSION packages in $up"
     for f in $(pkg_files "$UPGRADE_VERSION"); do cp "$up/$f" "$WORK/dist/"; done
+    for p in agent master; do
+        [ "$(deb_bin_sum "$WORK/dist/sentinel-${p}_$VERSION-${RELEASE}_$DEB_ARCH.deb" "sentinel-$p")" \
+            = "$(deb_bin_sum "$WORK/dist/sentinel-${p}_$UPGRADE_VERSION-${RELEASE}_$DEB_ARCH.deb" "sentinel-$p")" ] \
+            || die "the $VERSION and $UPGRADE_VERSION packages hold different sentinel-$p binaries (target/ was rebuilt during the run?)"
+    done
 }
 
 # --- network ---------------------------------------------------------------------------------
