@@ -387,7 +387,7 @@ play() {
     # trap only after the foreground command); teardown kills what runs in the namespace.
     (cd "$REPO/deploy/ansible" && exec ip netns exec "$CLIENT" env \
         ANSIBLE_HOME="$WORK/ansible" ANSIBLE_HOST_KEY_CHECKING=False ANSIBLE_PIPELINING=True \
-        ANSIBLE_NOCOLOR=1 ANSIBLE_FORKS=5 ANSIBLE_SSH_ARGS="${SSH_OPTS[*]}" \
+        ANSIBLE_NOCOLOR=1 ANSIBLE_FORKS=5 ANSIBLE_SSH_RETRIES=2 ANSIBLE_SSH_ARGS="${SSH_OPTS[*]}" \
         PATH="$VENV/bin:$PATH" \
         ansible-playbook -i "$WORK/inventory.yml" site.yml "$@") > "$out" 2>&1 < /dev/null  &
     if ! wait $!; then
