@@ -230,7 +230,9 @@ async fn agent(
     totals: Arc<Totals>,
     end: Instant,
 ) -> Result<Vec<u32>> {
-    let mut conn = connect(&args, i, &token).await?;
+    let mut conn = tokio::time::timeout(limits::HANDSHAKE_TIMEOUT * 2, connect(&args, i, &token))
+        .await
+        .map_err(|_| anyhow!("no welcome within {:?}", limits::HANDSHAKE_TIMEOUT * 2))??;
     totals.connected.fetch_add(1, Ordering::Relaxed);
     let mut rng = fastrand::Rng::with_seed(i);
     let mut seq = 0u64;
@@ -370,7 +372,16 @@ async fn run(args: RunArgs) -> Result<()> {
         }
         let (a, t, tot) = (args.clone(), token.clone(), totals.clone());
         tasks.push(tokio::spawn(async move {
-            let r = agent(a, i, t, tot.clone(), end).await;
+            // A simulated agent stuck in I/O past the end counts as failed, not as a hang.
+            let r = match tokio::time::timeout_at(
+                (end + Duration::from_secs(10)).into(),
+                agent(a, i, t, tot.clone(), end),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(anyhow!("still running 10 s after the end (stuck in I/O)")),
+            };
             if r.is_err() {
                 tot.failed.fetch_add(1, Ordering::Relaxed);
             }
