@@ -30,9 +30,33 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %format!("{error:#}"), "sentinel-agent cannot start.");
-            ExitCode::FAILURE
+            if error.is::<Misconfigured>() {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// sysexits' EX_CONFIG: the unit has `RestartPreventExitStatus=78`, so systemd does not
+/// restart an agent that cannot work until someone edits its configuration.
+const EX_CONFIG: u8 = 78;
+
+/// A start error that only a configuration change can fix.
+#[derive(Debug)]
+struct Misconfigured(anyhow::Error);
+
+impl std::fmt::Display for Misconfigured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Misconfigured {}
+
+fn misconfigured(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(Misconfigured(e.into()))
 }
 
 /// Logs to stderr (journald picks them up), filtered by `SENTINEL_LOG` (default `info`):
@@ -64,8 +88,8 @@ fn init_logging() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let file = config::load_file(cli.config.as_deref())?;
-    let settings = Settings::resolve(&cli, file)?;
+    let file = config::load_file(cli.config.as_deref()).map_err(misconfigured)?;
+    let settings = Settings::resolve(&cli, file).map_err(misconfigured)?;
     let hostname = hostname(&settings)?;
     let mut collector = collect::Collector::new().context("cannot initialise collection")?;
     let host = collector.host_info();
@@ -74,11 +98,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return print_once(collector, &hostname, &agent_id, &host);
     }
     let agent_id = agent_id(&settings.state_dir, &hostname)?;
-    let token = read_token(settings.token_file.as_deref())?;
+    let token = read_token(settings.token_file.as_deref()).map_err(misconfigured)?;
     let master = settings
         .master
         .clone()
-        .ok_or_else(|| anyhow!("invalid master: is required"))?;
+        .ok_or_else(|| misconfigured(anyhow!("invalid master: is required")))?;
     let id = ship::Identity {
         agent_id: agent_id.as_str().to_owned(),
         hostname,

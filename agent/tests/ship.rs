@@ -487,7 +487,11 @@ fn a_wrong_config_fails_at_start_naming_file_and_key() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{text}: {err}");
+        assert_eq!(
+            out.status.code(),
+            Some(78),
+            "EX_CONFIG, so systemd does not restart it: {text}: {err}"
+        );
         assert!(err.contains(key), "{text}: {err}");
         if !text.contains("10ms") {
             assert!(err.contains(&*path.to_string_lossy()), "{err}");
@@ -505,7 +509,7 @@ fn a_wrong_config_fails_at_start_naming_file_and_key() {
         .arg(dir.0.join("missing-is-fine-only-for-default.toml"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
 }
 
 /// An address on which nothing listens (yet).

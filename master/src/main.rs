@@ -18,11 +18,20 @@ use config::{Cli, Config, Role};
 fn main() -> std::process::ExitCode {
     init_logging();
     let cli = Cli::parse();
-    let result = Config::load(&cli).and_then(|config| match cli.role {
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sentinel-master: {e:#}");
+            // sysexits' EX_CONFIG: the unit's RestartPreventExitStatus=78 stops systemd from
+            // restarting a master that cannot work until its configuration is fixed.
+            return std::process::ExitCode::from(78);
+        }
+    };
+    let result = match cli.role {
         None => supervisor::run(config),
         Some(Role::Collector) => collector::run(config),
         Some(Role::Http) => http::run(config),
-    });
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
