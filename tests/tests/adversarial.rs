@@ -168,6 +168,7 @@ fn malformed_frames_and_values_are_refused_naming_the_peer_while_an_agent_stream
         (master.host("honest")?["last_seq"].as_u64()? >= 2).then_some(())
     });
     let rss_before = master.rss_kib();
+    let seq_before = master.host("honest").unwrap()["last_seq"].as_u64().unwrap();
 
     // Random bytes, as the first frame and instead of any frame.
     for i in 0..5 {
@@ -533,6 +534,12 @@ fn malformed_frames_and_values_are_refused_naming_the_peer_while_an_agent_stream
     assert!(
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    // The honest agent streams on after all of it (5 more samples at 200 ms).
+    wait_for(
+        Duration::from_secs(3),
+        "the honest agent streaming on",
+        || (master.host("honest")?["last_seq"].as_u64()? >= seq_before + 5).then_some(()),
     );
     let accounted = assert_agent_unharmed(&master, &mut agent);
     let refused = master.log_lines_with(&["refused connection"]);
