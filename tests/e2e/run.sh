@@ -557,7 +557,8 @@ check_interval_change() {
     if ! play interval -e sentinel_agent_interval=2s; then fail "interval change: playbook run"; return; fi
     m1=$(mainpid "$MASTER" sentinel-master)
     for h in "${AGENTS[@]}"; do a1+=("$(mainpid "$h" sentinel-agent)"); done
-    check "interval change: master not restarted (MainPID $m0 -> $m1)" test "$m0" = "$m1"
+    check "interval change: master not restarted (MainPID $m0 -> $m1), its play changed=0" \
+        eval 'test "$m0" = "$m1" && grep -qE "^$MASTER +: .* changed=0 " "$WORK/play-interval.log"'
     check "interval change: every agent restarted (MainPID ${a0[*]} -> ${a1[*]})" pids_all_differ
     for h in "${AGENTS[@]}"; do on "$h" grep -qx 'interval = "2s"' /etc/sentinel/agent.toml || ok=1; done
     check "interval change: agent.toml has interval = \"2s\" on every agent" test $ok = 0
