@@ -126,15 +126,38 @@ fn stop_agents(agents: &mut [Agent]) {
 }
 
 /// Waits until every named host said goodbye (all its samples precede the goodbye).
-fn wait_stopped(master: &Master, names: &[&str]) -> Vec<Value> {
-    wait_for(Duration::from_secs(15), "hosts stopped", || {
-        let hosts = master.hosts()?;
-        let ours: Vec<Value> = hosts
+fn wait_stopped(master: &Master, names: &[&str], agents: &[Agent]) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ours: Vec<Value> = master
+            .hosts()
+            .unwrap_or_default()
             .into_iter()
             .filter(|h| names.iter().any(|n| h["hostname"] == *n))
             .collect();
-        (ours.len() == names.len() && ours.iter().all(|h| h["status"] == "stopped")).then_some(ours)
-    })
+        if ours.len() == names.len() && ours.iter().all(|h| h["status"] == "stopped") {
+            return ours;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hosts not stopped 15 s after their agents exited: {:#?}\nagents' last log lines: {:#?}",
+            ours.iter()
+                .map(|h| format!(
+                    "{} status={} connected={} last_seq={} reconnects={}",
+                    h["hostname"], h["status"], h["connected"], h["last_seq"], h["reconnects"]
+                ))
+                .collect::<Vec<_>>(),
+            agents
+                .iter()
+                .map(|a| {
+                    let log = a.log_text();
+                    let tail: Vec<&str> = log.lines().rev().take(4).collect();
+                    format!("{}: {tail:?}", a.hostname)
+                })
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn last_seqs(master: &Master, names: &[&str]) -> Option<Vec<u64>> {
@@ -311,13 +334,16 @@ fn sigkill_of_collector_http_and_supervisor_in_loops_loses_nothing() {
             }
         }
         let back = t.elapsed();
+        // Streaming again means beyond what the table holds now (a restored table already
+        // holds what was stored before the kill).
+        let recovered = last_seqs(&master, &REAL).expect("hosts");
         back_ms.push((*victim, back.as_millis() as u64));
         assert!(
             back <= Duration::from_secs(2),
             "kill {i} ({victim:?}): back after {back:?}"
         );
         load.keep_running();
-        wait_streaming(&master, &REAL, &before, Duration::from_secs(15));
+        wait_streaming(&master, &REAL, &recovered, Duration::from_secs(15));
     }
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
@@ -339,7 +365,7 @@ fn sigkill_of_collector_http_and_supervisor_in_loops_loses_nothing() {
 
     drop(load);
     stop_agents(&mut agents);
-    let hosts = wait_stopped(&master, &REAL);
+    let hosts = wait_stopped(&master, &REAL, &agents);
     let mut f = Figures {
         faults: victims.len() as u64,
         ..Figures::default()
@@ -413,7 +439,7 @@ fn master_restart_restores_the_table_from_its_snapshot_and_refuses_a_wrong_versi
         .collect();
     wait_streaming(&master, &REAL, &seqs, Duration::from_secs(10));
     stop_agents(&mut agents);
-    let hosts = wait_stopped(&master, &REAL);
+    let hosts = wait_stopped(&master, &REAL, &agents);
     let mut f = Figures {
         faults: 1,
         ..Figures::default()
@@ -576,7 +602,7 @@ fn agent_clock_10_minutes_off_keeps_liveness_and_shows_the_offset() {
         std::thread::sleep(Duration::from_millis(250));
     }
     stop_agents(&mut agents);
-    let hosts = wait_stopped(&master, &names);
+    let hosts = wait_stopped(&master, &names, &agents);
     let mut f = Figures {
         faults: 2,
         ..Figures::default()
@@ -967,7 +993,7 @@ fn packet_loss_30_percent_and_a_60s_partition() -> Figures {
             .then_some(())
     });
     stop_agents(&mut agents);
-    let hosts = wait_stopped(&master, &names);
+    let hosts = wait_stopped(&master, &names, &agents);
     let mut f = Figures {
         faults: 2,
         ..Figures::default()
