@@ -51,6 +51,8 @@ async function main() {
       NAMES.length, { timeout: 15000 });
     assert.deepEqual([...(await rowNames(page))].sort(), [...NAMES].sort());
     assert.equal(await page.textContent("#live"), "live");
+    const seenText = await page.$eval("#hosts tr[data-id] .seen", (e) => e.textContent);
+    assert.match(seenText, /^last seen \d+ s ago$/);
     step("every host row appears (" + NAMES.length + " rows), live over SSE");
 
     // 2. Hostile hostnames are literal text and no script of theirs ran.
