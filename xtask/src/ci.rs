@@ -153,7 +153,8 @@ fn step(name: &str) -> Result<Outcome> {
             })?;
         }
         "rollout" => return script("tests/e2e/run.sh", &[]),
-        "browser" => return script("tests/browser/run.sh", &[]),
+        "prometheus" => return script("tests/prometheus/run.sh", &[]),
+        "browser" => return script("tests/browser/run.sh", &["all"]),
         "fuzz" => return script("fuzz/run.sh", &[]),
         other => return Err(format!("unknown step `{other}`")),
     }

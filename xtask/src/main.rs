@@ -35,7 +35,8 @@ commands:
         URL; Ctrl-C stops both. --check exits once this host is up (smoke test).
   ci [--only STEP,...] [--skip STEP,...]
         install what the tests need and run every test (the README's test command; CI runs
-        it). Steps: fmt clippy build unit e2e demo dist packages rollout browser fuzz.
+        it). Steps: fmt clippy build unit e2e demo dist packages rollout prometheus browser
+        fuzz.
 ";
 
 fn main() -> ExitCode {
