@@ -1,19 +1,10 @@
 //! sentinel-master: a supervisor that creates the shared-memory host table and runs the
 //! collector and the http server as separate processes (this binary with `--role`).
 
-mod collector;
-mod config;
-mod http;
-mod remote_write;
-mod segment;
-mod snapshot;
-mod status;
-mod supervisor;
-mod table;
-
 use clap::Parser;
 
-use config::{Cli, Config, Role};
+use sentinel_master::config::{Cli, Config, Role};
+use sentinel_master::{collector, http, supervisor};
 
 fn main() -> std::process::ExitCode {
     init_logging();
@@ -50,19 +41,4 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-}
-
-/// Resolves on SIGTERM or SIGINT (children; the supervisor handles signals itself).
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

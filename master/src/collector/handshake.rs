@@ -1,7 +1,6 @@
 //! The handshake decision as a pure function of the agent's first frame, the fleet token and
 //! the nonce this connection was challenged with: no I/O, no table, no clock. The session
-//! calls it; the fuzzer (`fuzz/fuzz_targets/handshake.rs`) includes this file by path and calls
-//! it directly, so it must depend on nothing but `std` and `sentinel_protocol`.
+//! calls it; the fuzzer (`fuzz/fuzz_targets/handshake.rs`) calls it directly.
 
 use sentinel_protocol::{auth, frame, AgentMessage, Hello, PROTOCOL_VERSION};
 

@@ -195,7 +195,14 @@ pub fn route(table: &Table, method: &Method, path: &str, now: u64) -> Resp {
 }
 
 /// `metrics_extra`: families of this process's own (the remote_write forwarder's counters).
-fn route_with(table: &Table, method: &Method, path: &str, now: u64, metrics_extra: &str) -> Resp {
+/// Public for `fuzz/` (the router as a pure function).
+pub fn route_with(
+    table: &Table,
+    method: &Method,
+    path: &str,
+    now: u64,
+    metrics_extra: &str,
+) -> Resp {
     if method != Method::GET && method != Method::HEAD {
         let mut r = json_response(
             StatusCode::METHOD_NOT_ALLOWED,
