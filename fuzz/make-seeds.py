@@ -3,6 +3,7 @@
 
 frame/      whole frames (prefix + body), alone and concatenated as a conversation
 decode/     frame bodies (one CBOR item)
+router/     a method selector byte (0-2 GET, 3 HEAD, 4 POST, ...) then a path
 handshake/  first-frame bodies (the hello vector carries a valid proof for the fuzz target's
             token and nonce, so the welcome path is reachable from the first run)
 Run from anywhere: python3 fuzz/make-seeds.py
@@ -75,4 +76,10 @@ write("frame", {**frames, **hostile_frames, **{k: frame(v) for k, v in hostile_b
 write("decode", {**bodies, **hostile_bodies})
 write("handshake", {"hello": bodies["hello"], **{k: v for k, v in bodies.items() if k != "hello"},
                     "nested-arrays": hostile_bodies["nested-arrays"], "huge-text-claim": hostile_bodies["huge-text-claim"]})
-print({t: len(os.listdir(os.path.join(here, "corpus", t))) for t in ("frame", "decode", "handshake")})
+router_paths = ["/", "/index.html", "/app.js", "/style.css", "/healthz", "/metrics", "/api/v1/hosts",
+                "/api/v1/hosts/0123456789abcdef0123456789abcdef", "/api/v1/hosts/zzzz", "/hosts/0123456789abcdef0123456789abcdef",
+                "/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/api/v1/hosts/../../etc/passwd", "/api/v1/events",
+                "/app.js/../../etc/passwd", "/api/v1/hosts/" + "a" * 300]
+write("router", {**{"get-%02d" % i: b"\x00" + p.encode() for i, p in enumerate(router_paths)},
+                 "post-hosts": b"\x04/api/v1/hosts", "head-healthz": b"\x03/healthz", "brew": b"\x07/"})
+print({t: len(os.listdir(os.path.join(here, "corpus", t))) for t in ("frame", "decode", "handshake", "router")})

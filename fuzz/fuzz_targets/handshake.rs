@@ -1,15 +1,13 @@
-//! The collector's handshake decision (`master/src/collector/handshake.rs`, included by path:
-//! the master is a binary crate and the function is pure) on a hostile first frame body, with
+//! The collector's handshake decision (`sentinel_master::collector::handshake`, a pure
+//! function) on a hostile first frame body, with
 //! the token and nonce of docs/PROTOCOL.md's test vectors. Properties:
 //! - a welcome implies a hello of our version, within limits, with a proof over this nonce;
 //! - the same hello re-signed with the right proof is welcomed exactly when its version and
 //!   limits are right, and never under another nonce (a replay) or another token.
 #![no_main]
 
-#[path = "../../master/src/collector/handshake.rs"]
-mod handshake;
-
 use libfuzzer_sys::fuzz_target;
+use sentinel_master::collector::handshake;
 use sentinel_protocol::{auth, decode_body, AgentMessage, PROTOCOL_VERSION};
 
 const TOKEN: &[u8] = b"example-fleet-token";
