@@ -770,7 +770,8 @@ fn closed_by_master(streams: Vec<TcpStream>, deadline: Instant) -> usize {
 }
 
 /// `threads` clients doing full handshakes with a wrong token as fast as they can for `time`.
-fn handshake_flood(addr: SocketAddr, threads: usize, time: Duration) -> (u64, u64) {
+/// Returns (handshakes, refused `auth`, connect-and-hang-ups).
+fn handshake_flood(addr: SocketAddr, threads: usize, time: Duration) -> (u64, u64, u64) {
     let refused = Arc::new(AtomicU64::new(0));
     let attempts = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + time;
@@ -801,10 +802,10 @@ fn handshake_flood(addr: SocketAddr, threads: usize, time: Duration) -> (u64, u6
     for w in workers {
         w.join().unwrap();
     }
-    let _ = resets;
     (
         attempts.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),
+        resets,
     )
 }
 
@@ -860,7 +861,7 @@ fn slowloris_and_handshake_flood_leave_agents_streaming_with_bounded_memory_and_
 
     // Handshake flood: full handshakes with a wrong token, plus connect-and-reset.
     let watch = Watch::start(&master);
-    let (attempts, refused) = handshake_flood(master.listen, 6, Duration::from_secs(6));
+    let (attempts, refused, resets) = handshake_flood(master.listen, 6, Duration::from_secs(6));
     let (flood_worst, flood_peak, flood_polls, flood_failures) = watch.finish();
     let elapsed = started.elapsed();
 
@@ -870,7 +871,7 @@ fn slowloris_and_handshake_flood_leave_agents_streaming_with_bounded_memory_and_
          API worst {slow_worst:?} over {slow_polls} polls"
     );
     eprintln!(
-        "flood: {attempts} handshakes, {refused} refused auth in 6 s; RSS peak {flood_peak} KiB; \
+        "flood: {attempts} handshakes, {refused} refused auth, {resets} connect-and-hang-ups in 6 s; RSS peak {flood_peak} KiB; \
          API worst {flood_worst:?} over {flood_polls} polls"
     );
     assert!(
