@@ -513,7 +513,9 @@ check_master_restart() {
     all_up 30 > /dev/null || true
     fleet table $COUNTERS
     t=$(fleet now)
+    local t0=$SECONDS
     on "$MASTER" systemctl restart sentinel-master
+    echo "    systemctl restart sentinel-master returned after $((SECONDS - t0)) s"
     # `up` must come from samples received after the restart, not from a table that survived
     # it, nor from a bare handshake.
     check "master restart: all 3 up again within 10 s (with samples received after the restart)" \
