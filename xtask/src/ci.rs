@@ -46,8 +46,12 @@ const STEPS: &[(&str, &str)] = &[
         "booted systemd hosts + Ansible (tests/e2e/run.sh)",
     ),
     (
+        "prometheus",
+        "promtool, a real Prometheus scraping /metrics, remote_write across an outage (tests/prometheus/run.sh)",
+    ),
+    (
         "browser",
-        "headless Chromium against the dashboard (tests/browser/run.sh)",
+        "headless Chromium: the dashboard, hostile hostnames, 5,000 hosts (tests/browser/run.sh all)",
     ),
     (
         "fuzz",
