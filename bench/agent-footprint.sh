@@ -4,7 +4,7 @@
 #
 #   bench/agent-footprint.sh [D=60] [R=3]
 #
-# Measures the static musl sentinel-agent from target/dist (built by `cargo xtask dist`) at a
+# Measures the static musl sentinel-agent (the binary `cargo xtask dist` packages) at a
 # 1 s cadence, streaming to `sentinel-loadgen sink --dump`, which completes the real handshake,
 # acks every frame and copies every received frame to stdout, so the bytes counted are exactly
 # the bytes the agent put on the wire (frames with their length prefix, after the handshake).
@@ -15,8 +15,8 @@ set -euo pipefail
 D=${1:-60}
 R=${2:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
-agent=$root/target/dist/sentinel-agent-x86_64-unknown-linux-musl
-[[ -x $agent ]] || (cd "$root" && cargo xtask dist)
+agent=$root/target/x86_64-unknown-linux-musl/release/sentinel-agent
+cargo build --quiet --release --target x86_64-unknown-linux-musl -p sentinel-agent --manifest-path "$root/Cargo.toml"
 cargo build --quiet --release -p sentinel-loadgen --manifest-path "$root/Cargo.toml"
 out=${OUT:-$root/target/bench/footprint-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out/state"
