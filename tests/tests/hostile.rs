@@ -2,8 +2,6 @@
 //! streaming: wrong token, unknown version, oversized frame, random bytes, truncated frame,
 //! and invalid values after a good handshake.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -12,83 +10,13 @@ use sentinel_tests::*;
 
 const AGENT_ID: &str = "00112233445566778899aabbccddeeff";
 
-struct Client {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(8)))
-            .unwrap();
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn peer_name(&self) -> String {
-        self.stream.local_addr().unwrap().to_string()
-    }
-
-    /// Next frame from the master, or None when it closed the connection.
-    fn read(&mut self) -> Option<MasterMessage> {
-        loop {
-            if let Some((body, n)) = split_frame(&self.buf).expect("master frames are valid") {
-                let msg = decode_body(body).expect("master frame decodes");
-                self.buf.drain(..n);
-                return Some(msg);
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    fn challenge(&mut self) -> Nonce {
-        match self.read() {
-            Some(MasterMessage::Challenge(c)) => {
-                c.nonce.as_slice().try_into().expect("32-byte nonce")
-            }
-            other => panic!("expected a challenge, got {other:?}"),
-        }
-    }
-
-    fn send(&mut self, msg: &AgentMessage) {
-        let mut out = Vec::new();
-        encode_frame(msg, &mut out).unwrap();
-        self.stream.write_all(&out).unwrap();
-    }
-
-    fn hello(&mut self, version: u16, token: &str) {
-        let nonce = self.challenge();
-        self.send(&AgentMessage::Hello(Hello {
-            version,
-            agent_id: AGENT_ID.into(),
-            run_id: 7,
-            hostname: "intruder".into(),
-            interval_ms: 1000,
-            clock_ms: 0,
-            agent_version: "test".into(),
-            host: HostInfo::default(),
-            proof: proof(token.as_bytes(), &nonce, AGENT_ID).to_vec(),
-        }));
-    }
-
-    /// Reads until the master closes; returns any `refused` it sent first.
-    fn refusal(&mut self) -> Option<Refused> {
-        let mut refused = None;
-        while let Some(msg) = self.read() {
-            if let MasterMessage::Refused(r) = msg {
-                refused = Some(r);
-            }
-        }
-        refused
-    }
+/// A hello from `intruder` with protocol `version`, proved with `token`.
+fn hello(peer: &mut Peer, version: u16, token: &str) -> Option<MasterMessage> {
+    let hello = Hello {
+        version,
+        ..test_hello(AGENT_ID, "intruder", 7)
+    };
+    peer.handshake(&hello, token)
 }
 
 /// Waits for a log line of the master that names `peer` and one of `words`.
@@ -118,75 +46,75 @@ fn hostile_peers_are_refused_with_a_logged_reason_while_agents_keep_streaming() 
     let seq_before = seq_of(&master).unwrap();
 
     // Wrong token.
-    let mut c = Client::connect(master.listen);
-    c.hello(PROTOCOL_VERSION, "not-the-fleet-token");
+    let mut c = Peer::connect(master.listen);
+    hello(&mut c, PROTOCOL_VERSION, "not-the-fleet-token");
     let r = c.refusal().expect("a refused message for a wrong token");
     assert_eq!(r.code, "auth", "{r:?}");
     assert_logged(
         &master,
         "wrong token",
-        &c.peer_name(),
+        &c.name(),
         &["auth", "proof", "token"],
     );
 
     // Unknown protocol version: the refusal says which version the master speaks.
-    let mut c = Client::connect(master.listen);
-    c.hello(99, TOKEN);
+    let mut c = Peer::connect(master.listen);
+    hello(&mut c, 99, TOKEN);
     let r = c.refusal().expect("a refused message for version 99");
     assert_eq!(r.code, "version", "{r:?}");
     assert!(
         r.reason.contains("99") && r.reason.contains('1'),
         "reason names both versions: {r:?}"
     );
-    assert_logged(&master, "unknown version", &c.peer_name(), &["version"]);
+    assert_logged(&master, "unknown version", &c.name(), &["version"]);
 
     // A 4 GiB length prefix: closed without the master trying to buffer it.
-    let mut c = Client::connect(master.listen);
+    let mut c = Peer::connect(master.listen);
     c.challenge();
-    c.stream.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    c.send_raw(&u32::MAX.to_be_bytes());
     c.refusal();
     assert_logged(
         &master,
         "oversized frame",
-        &c.peer_name(),
+        &c.name(),
         &["frame", "large", "length", "limit"],
     );
 
     // Random bytes.
-    let mut c = Client::connect(master.listen);
+    let mut c = Peer::connect(master.listen);
     c.challenge();
     let noise: Vec<u8> = (0..4096).map(|_| fastrand::u8(..)).collect();
-    let _ = c.stream.write_all(&noise);
+    c.send_raw(&noise);
     c.refusal();
     assert_logged(
         &master,
         "random bytes",
-        &c.peer_name(),
+        &c.name(),
         &[
             "frame", "decode", "invalid", "cbor", "large", "length", "limit",
         ],
     );
 
     // A truncated frame: the prefix promises 1000 bytes, 10 arrive, then the peer hangs up.
-    let mut c = Client::connect(master.listen);
+    let mut c = Peer::connect(master.listen);
     c.challenge();
-    c.stream.write_all(&1000u32.to_be_bytes()).unwrap();
-    c.stream.write_all(&[0xa1; 10]).unwrap();
-    c.stream.shutdown(Shutdown::Write).unwrap();
+    c.send_raw(&1000u32.to_be_bytes());
+    c.send_raw(&[0xa1; 10]);
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
     c.refusal();
     assert_logged(
         &master,
         "truncated frame",
-        &c.peer_name(),
+        &c.name(),
         &["truncat", "eof", "closed", "incomplete", "frame"],
     );
 
     // A good handshake, then a sample with NaN CPU: refused as invalid.
-    let mut c = Client::connect(master.listen);
-    c.hello(PROTOCOL_VERSION, TOKEN);
+    let mut c = Peer::connect(master.listen);
+    let answer = hello(&mut c, PROTOCOL_VERSION, TOKEN);
     assert!(
-        matches!(c.read(), Some(MasterMessage::Welcome(_))),
-        "the right token is welcomed"
+        matches!(answer, Some(MasterMessage::Welcome(_))),
+        "the right token is welcomed: {answer:?}"
     );
     c.send(&AgentMessage::Sample(Sample {
         seq: 1,
@@ -198,7 +126,7 @@ fn hostile_peers_are_refused_with_a_logged_reason_while_agents_keep_streaming() 
     assert_logged(
         &master,
         "NaN sample",
-        &c.peer_name(),
+        &c.name(),
         &["invalid", "cpu_percent"],
     );
 
