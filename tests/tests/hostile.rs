@@ -19,6 +19,14 @@ fn hello(peer: &mut Peer, version: u16, token: &str) -> Option<MasterMessage> {
     peer.handshake(&hello, token)
 }
 
+/// The `refused` the master answered a hello with.
+fn refused_hello(peer: &mut Peer, version: u16, token: &str) -> Refused {
+    match hello(peer, version, token) {
+        Some(MasterMessage::Refused(r)) => r,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 /// Waits for a log line of the master that names `peer` and one of `words`.
 fn assert_logged(master: &Master, case: &str, peer: &str, words: &[&str]) {
     let line = wait_for(
@@ -47,8 +55,7 @@ fn hostile_peers_are_refused_with_a_logged_reason_while_agents_keep_streaming() 
 
     // Wrong token.
     let mut c = Peer::connect(master.listen);
-    hello(&mut c, PROTOCOL_VERSION, "not-the-fleet-token");
-    let r = c.refusal().expect("a refused message for a wrong token");
+    let r = refused_hello(&mut c, PROTOCOL_VERSION, "not-the-fleet-token");
     assert_eq!(r.code, "auth", "{r:?}");
     assert_logged(
         &master,
@@ -59,8 +66,7 @@ fn hostile_peers_are_refused_with_a_logged_reason_while_agents_keep_streaming() 
 
     // Unknown protocol version: the refusal says which version the master speaks.
     let mut c = Peer::connect(master.listen);
-    hello(&mut c, 99, TOKEN);
-    let r = c.refusal().expect("a refused message for version 99");
+    let r = refused_hello(&mut c, 99, TOKEN);
     assert_eq!(r.code, "version", "{r:?}");
     assert!(
         r.reason.contains("99") && r.reason.contains('1'),
