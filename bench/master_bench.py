@@ -178,17 +178,20 @@ def ingest(runs, seconds):
 
 def read_side(runs, seconds):
     hosts_p50, hosts_p99, metrics_p50, metrics_p99, fresh_p50, fresh_p99, ingest_rate = ([] for _ in range(7))
+    sse_p50, sse_p99, sse_got = [], [], []
     for _ in range(runs):
         master = Master(capacity=5200)
         # 5,000 agents at 500 ms: 10,000 samples/s of ingest in the background.
         bg = subprocess.Popen([LOADGEN, "run", "--master", f"127.0.0.1:{master.listen}", "--agents", "5000",
-                               "--interval", "500ms", "--duration", f"{seconds + 30}s", "--token-file", master.token,
+                               "--interval", "500ms", "--duration", f"{seconds + 50}s", "--token-file", master.token,
                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         wait_for("5,000 hosts in the table", 60, lambda: len(http_json(master.http, "/api/v1/hosts")["hosts"]) >= 5000)
         h = record("read-hosts", loadgen("probe", "--http", f"127.0.0.1:{master.http}", "--path", "/api/v1/hosts", "--requests", 100))
         m = record("read-metrics", loadgen("probe", "--http", f"127.0.0.1:{master.http}", "--path", "/metrics", "--requests", 30))
         f = record("freshness", loadgen("freshness", "--master", f"127.0.0.1:{master.listen}", "--http", f"127.0.0.1:{master.http}",
                                         "--token-file", master.token, "--interval", "500ms", "--samples", 40))
+        e = record("sse", loadgen("sse-fanout", "--master", f"127.0.0.1:{master.listen}", "--http", f"127.0.0.1:{master.http}",
+                                  "--token-file", master.token, "--clients", 100, "--interval", "1s", "--samples", 10))
         out, _ = bg.communicate()
         g = record("read-ingest", json.loads(out.strip().splitlines()[-1]))
         master.stop()
@@ -196,12 +199,15 @@ def read_side(runs, seconds):
         metrics_p50.append(m["p50_ms"]); metrics_p99.append(m["p99_ms"])
         fresh_p50.append(f["p50_ms"]); fresh_p99.append(f["p99_ms"])
         ingest_rate.append(g["acked_per_second"])
+        sse_p50.append(e["p50_ms"]); sse_p99.append(e["p99_ms"]); sse_got.append(100 * e["count"] / e["expected"])
     print(f"\n### Read side with 5,000 hosts under ~10,000 samples/s ingest ({datetime.date.today()}, {runs} runs, medians (min..max))\n")
     print("| measure | p50 ms | p99 ms |")
     print("| --- | --- | --- |")
     print(f"| GET /api/v1/hosts (5,000 hosts) | {med(hosts_p50)} | {med(hosts_p99)} |")
     print(f"| GET /metrics (5,000 hosts) | {med(metrics_p50)} | {med(metrics_p99)} |")
     print(f"| freshness: sample sent -> visible over HTTP | {med(fresh_p50)} | {med(fresh_p99)} |")
+    print(f"| SSE fan-out: sample sent -> event at each of 100 clients | {med(sse_p50)} | {med(sse_p99)} |")
+    print(f"\nSSE events delivered: {med(sse_got)} % of clients x samples.")
     print(f"\nBackground ingest during the probes: {med(ingest_rate)} samples/s acked.")
 
 

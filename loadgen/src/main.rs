@@ -56,6 +56,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// SSE fan-out: `clients` readers of /api/v1/events and one more agent sending a sample
+    /// every interval; reports sample sent -> event received, over every client and sample.
+    SseFanout {
+        #[arg(long)]
+        master: SocketAddr,
+        #[arg(long)]
+        http: SocketAddr,
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// A receiver that completes the handshake, then reads and discards whole frames, acking
     /// each one; the baseline for `run`.
     Sink {
@@ -552,23 +570,8 @@ async fn freshness(
     samples: usize,
     json: bool,
 ) -> Result<()> {
-    let args = RunArgs {
-        master,
-        agents: 1,
-        interval,
-        duration: Duration::ZERO,
-        token_file,
-        flood: false,
-        window: 1,
-        batch: 1,
-        id_base: 0xF7E5,
-        watch_pid: None,
-        json,
-    };
-    let token = match &args.token_file {
-        Some(p) => std::fs::read_to_string(p)?.trim_end().as_bytes().to_vec(),
-        None => Vec::new(),
-    };
+    let args = probe_args(master, token_file, interval, 0xF7E5);
+    let token = read_token(&args.token_file)?;
     let mut conn = connect(&args, 0, &token).await?;
     let id = format!(
         "{:032x}",
@@ -609,6 +612,140 @@ async fn freshness(
     )
 }
 
+/// The probe agent's settings, shared by `freshness` and `sse-fanout`.
+fn probe_args(
+    master: SocketAddr,
+    token_file: Option<std::path::PathBuf>,
+    interval: Duration,
+    id_base: u64,
+) -> RunArgs {
+    RunArgs {
+        master,
+        agents: 1,
+        interval,
+        duration: Duration::ZERO,
+        token_file,
+        flood: false,
+        window: 1,
+        batch: 1,
+        id_base,
+        watch_pid: None,
+        json: false,
+    }
+}
+
+fn read_token(path: &Option<std::path::PathBuf>) -> Result<Vec<u8>> {
+    Ok(match path {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("token file {}", p.display()))?
+            .trim_end()
+            .as_bytes()
+            .to_vec(),
+        None => Vec::new(),
+    })
+}
+
+/// What the SSE readers compare against: the probe's latest seq and when it was sent.
+#[derive(Default)]
+struct Probe {
+    seq: AtomicU64,
+    /// Microseconds since `t0` when `seq` was sent.
+    sent_us: AtomicU64,
+}
+
+async fn sse_reader(
+    http: SocketAddr,
+    id: String,
+    probe: Arc<Probe>,
+    t0: Instant,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Vec<f64>> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut s = TcpStream::connect(http).await?;
+    s.write_all(
+        format!("GET /api/v1/events HTTP/1.1\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut lines = BufReader::new(s).lines();
+    let (mut seen, mut out) = (0u64, Vec::new());
+    while !done.load(Ordering::Relaxed) {
+        let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(500), lines.next_line())
+            .await
+            .unwrap_or(Ok(None))
+        else {
+            continue;
+        };
+        let pending = probe.seq.load(Ordering::Acquire);
+        if pending > seen && line.starts_with("data:") && line.contains(&id) {
+            let now = t0.elapsed().as_micros() as u64;
+            out.push((now.saturating_sub(probe.sent_us.load(Ordering::Acquire))) as f64 / 1000.0);
+            seen = pending;
+        }
+    }
+    Ok(out)
+}
+
+async fn sse_fanout(
+    master: SocketAddr,
+    http: SocketAddr,
+    token_file: Option<std::path::PathBuf>,
+    clients: usize,
+    interval: Duration,
+    samples: usize,
+    json: bool,
+) -> Result<()> {
+    let args = probe_args(master, token_file, interval, 0xFA40);
+    let token = read_token(&args.token_file)?;
+    let mut conn = connect(&args, 0, &token).await?;
+    let id = format!(
+        "{:032x}",
+        (0x5e47_0000u128 << 64) | u128::from(args.id_base)
+    );
+    let (probe, t0, done) = (
+        Arc::new(Probe::default()),
+        Instant::now(),
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
+    let readers: Vec<_> = (0..clients)
+        .map(|_| {
+            tokio::spawn(sse_reader(
+                http,
+                id.clone(),
+                probe.clone(),
+                t0,
+                done.clone(),
+            ))
+        })
+        .collect();
+    // Every reader has its snapshot before the first measured sample.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut rng = fastrand::Rng::with_seed(2);
+    let mut tick = tokio::time::interval(interval);
+    for seq in 1..=samples as u64 {
+        tick.tick().await;
+        probe
+            .sent_us
+            .store(t0.elapsed().as_micros() as u64, Ordering::Release);
+        probe.seq.store(seq, Ordering::Release);
+        conn.send(encode(&AgentMessage::Sample(sample(0, seq, &mut rng)))?)
+            .await?;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::ZERO, conn.next()).await {}
+    }
+    tokio::time::sleep(interval.max(Duration::from_secs(1))).await;
+    done.store(true, Ordering::Relaxed);
+    let mut ms = Vec::new();
+    for r in readers {
+        ms.extend(r.await??);
+    }
+    let expected = clients * samples;
+    latency_report(
+        ms,
+        serde_json::json!({ "what": "sample sent -> SSE event at each client", "clients": clients, "expected": expected }),
+        json,
+    )
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -631,5 +768,16 @@ fn main() -> Result<()> {
             samples,
             json,
         } => rt.block_on(freshness(master, http, token_file, interval, samples, json)),
+        Cmd::SseFanout {
+            master,
+            http,
+            token_file,
+            clients,
+            interval,
+            samples,
+            json,
+        } => rt.block_on(sse_fanout(
+            master, http, token_file, clients, interval, samples, json,
+        )),
     }
 }
