@@ -211,10 +211,7 @@ async fn connect(
         bail!("expected challenge")
     };
     let nonce: Nonce = ch.nonce.as_slice().try_into()?;
-    let agent_id = format!(
-        "{:032x}",
-        (0x5e47_0000u128 << 64) | u128::from(args.id_base + i)
-    );
+    let agent_id = sim_agent_id(args.id_base + i);
     let hello = Hello {
         version: PROTOCOL_VERSION,
         agent_id: agent_id.clone(),
@@ -573,10 +570,7 @@ async fn freshness(
     let args = probe_args(master, token_file, interval, 0xF7E5);
     let token = read_token(&args.token_file)?;
     let mut conn = connect(&args, 0, &token).await?;
-    let id = format!(
-        "{:032x}",
-        (0x5e47_0000u128 << 64) | u128::from(args.id_base)
-    );
+    let id = sim_agent_id(args.id_base);
     let path = format!("/api/v1/hosts/{id}");
     let mut rng = fastrand::Rng::with_seed(1);
     let mut ms = Vec::with_capacity(samples);
@@ -610,6 +604,11 @@ async fn freshness(
         serde_json::json!({ "what": "sample timestamp -> visible over HTTP" }),
         json,
     )
+}
+
+/// The agent id of simulated agent `n`: a fixed prefix keeps them apart from real agents.
+fn sim_agent_id(n: u64) -> String {
+    format!("{:032x}", (0x5e47_0000u128 << 64) | u128::from(n))
 }
 
 /// The probe agent's settings, shared by `freshness` and `sse-fanout`.
@@ -698,10 +697,7 @@ async fn sse_fanout(
     let args = probe_args(master, token_file, interval, 0xFA40);
     let token = read_token(&args.token_file)?;
     let mut conn = connect(&args, 0, &token).await?;
-    let id = format!(
-        "{:032x}",
-        (0x5e47_0000u128 << 64) | u128::from(args.id_base)
-    );
+    let id = sim_agent_id(args.id_base);
     let (probe, t0, done) = (
         Arc::new(Probe::default()),
         Instant::now(),
