@@ -478,15 +478,28 @@ async fn sink(listen: SocketAddr, dump: bool) -> Result<()> {
             conn.send(Bytes::from(welcome).slice(PREFIX_BYTES..))
                 .await
                 .ok()?;
-            while let Some(Ok(frame)) = conn.next().await {
-                if dump {
-                    use std::io::Write;
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(&(frame.len() as u32).to_be_bytes()).ok()?;
-                    out.write_all(&frame).ok()?;
-                    out.flush().ok()?;
+            // Like the master, answer every frame already read with one write: one ack per
+            // frame (this sink does not decode, so it cannot ack cumulatively), one flush.
+            while let Some(Ok(mut frame)) = conn.next().await {
+                loop {
+                    if dump {
+                        use std::io::Write;
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(&(frame.len() as u32).to_be_bytes()).ok()?;
+                        out.write_all(&frame).ok()?;
+                        out.flush().ok()?;
+                    }
+                    conn.feed(ack.clone()).await.ok()?;
+                    match futures_util::FutureExt::now_or_never(conn.next()) {
+                        Some(Some(Ok(next))) => frame = next,
+                        Some(Some(Err(_))) | Some(None) => {
+                            SinkExt::<Bytes>::flush(&mut conn).await.ok()?;
+                            return Some(());
+                        }
+                        None => break,
+                    }
                 }
-                conn.send(ack.clone()).await.ok()?;
+                SinkExt::<Bytes>::flush(&mut conn).await.ok()?;
             }
             Some(())
         });

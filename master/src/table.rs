@@ -501,8 +501,9 @@ impl Writer<'_> {
 
     /// The visible record of slot `i`. Only the collector writes, so this needs no seqlock.
     pub fn record(&self, i: usize) -> Record {
-        // SAFETY: slot in bounds; this process is the only writer.
-        unsafe { ptr::read_volatile(ptr::addr_of!((*self.table.slot(i)).record)) }
+        // SAFETY: slot in bounds; this process is the only writer, and every write goes
+        // through this writer, so a plain copy sees the last commit.
+        unsafe { ptr::read(ptr::addr_of!((*self.table.slot(i)).record)) }
     }
 
     /// Publishes `new` as slot `i`'s record, with an optional new sample and history point.
@@ -511,11 +512,23 @@ impl Writer<'_> {
     pub fn commit(
         &self,
         i: usize,
-        new: Record,
+        mut new: Record,
         sample: Option<&[u8]>,
         point: Option<HistoryPoint>,
     ) {
-        self.commit_until(i, new, sample, point, StopAt::Complete)
+        self.commit_in_place(i, &mut new, sample, point)
+    }
+
+    /// [`Writer::commit`], leaving `new` equal to the record now visible, so a caller that
+    /// writes a run of samples to one slot reads the record once instead of once per sample.
+    pub fn commit_in_place(
+        &self,
+        i: usize,
+        new: &mut Record,
+        sample: Option<&[u8]>,
+        point: Option<HistoryPoint>,
+    ) {
+        self.commit_with(i, new, sample, point, StopAt::Complete)
     }
 
     pub fn commit_until(
@@ -526,16 +539,27 @@ impl Writer<'_> {
         point: Option<HistoryPoint>,
         stop: StopAt,
     ) {
+        self.commit_with(i, &mut new, sample, point, stop)
+    }
+
+    fn commit_with(
+        &self,
+        i: usize,
+        new: &mut Record,
+        sample: Option<&[u8]>,
+        point: Option<HistoryPoint>,
+        stop: StopAt,
+    ) {
         let _guard = match self.lock.lock() {
             Ok(g) => g,
             Err(e) => {
                 // Only a corrupted mutex fails here; writing without it is still safe for the
                 // readers (they use the seqlock), and only this process writes.
                 tracing::error!(error = %e, "could not take the table lock; writing without it");
-                return self.commit_locked(i, &mut new, sample, point, stop);
+                return self.commit_locked(i, new, sample, point, stop);
             }
         };
-        self.commit_locked(i, &mut new, sample, point, stop)
+        self.commit_locked(i, new, sample, point, stop)
     }
 
     fn commit_locked(
@@ -555,16 +579,25 @@ impl Writer<'_> {
         seq.store(odd, Ordering::Relaxed);
         fence(Ordering::Release);
         // The bookkeeping of the buffers and the ring belongs to the table, not the caller.
-        let current = self.record(i);
-        new.sample_buf = current.sample_buf & 1;
-        new.sample_len = current.sample_len;
-        new.has_sample = current.has_sample;
-        new.history_count = current.history_count;
+        // SAFETY: slot i is in bounds; only this writer writes these fields.
+        let (current_buf, current_len, current_has, current_count) = unsafe {
+            let r = ptr::addr_of!((*slot).record);
+            (
+                ptr::read(ptr::addr_of!((*r).sample_buf)),
+                ptr::read(ptr::addr_of!((*r).sample_len)),
+                ptr::read(ptr::addr_of!((*r).has_sample)),
+                ptr::read(ptr::addr_of!((*r).history_count)),
+            )
+        };
+        new.sample_buf = current_buf & 1;
+        new.sample_len = current_len;
+        new.has_sample = current_has;
+        new.history_count = current_count;
         // SAFETY: slot i is in bounds; this thread holds the lock and the slot is odd.
         unsafe {
             if let Some(bytes) = sample {
                 let len = bytes.len().min(SAMPLE_BYTES);
-                let buf = usize::from(!current.sample_buf & 1);
+                let buf = usize::from(!current_buf & 1);
                 let dst = ptr::addr_of_mut!((*slot).samples[buf]) as *mut u8;
                 ptr::copy_nonoverlapping(bytes.as_ptr(), dst, len);
                 new.sample_buf = buf as u8;

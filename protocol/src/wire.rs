@@ -217,9 +217,42 @@ pub fn decode_sample(body: &[u8]) -> Result<Sample, FrameError> {
     decode_body::<WireSample>(body).map(Sample::from)
 }
 
+/// The CBOR that starts the body of a `sample` message: a map of one entry keyed "sample".
+const SAMPLE_MESSAGE_PREFIX: &[u8] = b"\xa1\x66sample";
+
+/// The wire form of the sample inside the body of a `sample` message (what [`decode_sample`]
+/// reads), without decoding it; `None` if `body` is not a `sample` message in the canonical
+/// shape. The caller must still decode the body to validate it.
+pub fn sample_in_body(body: &[u8]) -> Option<&[u8]> {
+    body.strip_prefix(SAMPLE_MESSAGE_PREFIX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sample_inside_a_sample_message_is_its_wire_form() {
+        let s = Sample {
+            seq: 3,
+            cpu_cores_percent: vec![1.5],
+            ..Sample::default()
+        };
+        let mut body = Vec::new();
+        encode_body(&crate::AgentMessage::Sample(s.clone()), &mut body).unwrap();
+        let inner = sample_in_body(&body).expect("a sample message");
+        let mut alone = Vec::new();
+        encode_sample(&s, &mut alone).unwrap();
+        assert_eq!(inner, &alone[..]);
+        assert_eq!(decode_sample(inner).unwrap(), s);
+        let mut goodbye = Vec::new();
+        let bye = crate::Goodbye {
+            last_seq: 3,
+            reason: "stop".into(),
+        };
+        encode_body(&crate::AgentMessage::Goodbye(bye), &mut goodbye).unwrap();
+        assert_eq!(sample_in_body(&goodbye), None);
+    }
 
     #[test]
     fn a_sample_survives_the_wire_form_and_is_much_smaller() {

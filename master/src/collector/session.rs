@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
 use super::handshake::{check_hello_body, refusal, Refusal};
-use super::store::{SlotError, Superseded};
+use super::store::{Incoming, SlotError, Superseded};
 use super::Shared;
 use crate::segment::now_ms;
 
@@ -170,20 +170,6 @@ async fn read_body(
     }
 }
 
-/// Reads one agent message within `limit`.
-async fn read(
-    conn: &mut Conn,
-    limit: Duration,
-    what: &str,
-) -> Result<Option<AgentMessage>, Refusal> {
-    match read_body(conn, limit, what).await? {
-        None => Ok(None),
-        Some(body) => frame::decode_body::<AgentMessage>(&body)
-            .map(Some)
-            .map_err(|e| refusal("invalid", e.to_string())),
-    }
-}
-
 fn frame_error(e: &std::io::Error) -> String {
     let text = e.to_string();
     if text.contains("frame size too big") {
@@ -283,20 +269,62 @@ async fn handshake(
     Ok(Some((slot, hello.hostname, hello.interval_ms)))
 }
 
+/// Most frames taken from one read before the master stores them and acks once.
+const MAX_FRAMES_PER_ACK: usize = 64;
+
+/// One decoded frame of the sample stream. Items live in one reused Vec per connection, so the
+/// large `Sample` variant stays inline (boxing it would allocate per sample).
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    /// A `sample`, with its wire bytes when the body had the canonical shape.
+    Sample(sentinel_protocol::Sample, Option<bytes::BytesMut>),
+    Batch(Vec<sentinel_protocol::Sample>),
+    Goodbye,
+}
+
+fn decode_item(mut body: bytes::BytesMut) -> Result<Item, Refusal> {
+    match frame::decode_body::<AgentMessage>(&body)
+        .map_err(|e| refusal("invalid", e.to_string()))?
+    {
+        AgentMessage::Sample(s) => {
+            s.validate()
+                .map_err(|e| refusal("invalid", format!("invalid sample: {e}")))?;
+            let wire = sentinel_protocol::sample_in_body(&body)
+                .map(|w| w.len())
+                .map(|len| body.split_off(body.len() - len));
+            Ok(Item::Sample(s, wire))
+        }
+        AgentMessage::Batch(b) => {
+            b.validate()
+                .map_err(|e| refusal("invalid", format!("invalid batch: {e}")))?;
+            Ok(Item::Batch(b.samples))
+        }
+        AgentMessage::Goodbye(_) => Ok(Item::Goodbye),
+        AgentMessage::Hello(_) => Err(refusal("invalid", "unexpected hello after the handshake")),
+    }
+}
+
 /// Returns how the connection ended normally ("goodbye", "closed"), or a refusal.
+///
+/// Every frame already read is taken at once (up to [`MAX_FRAMES_PER_ACK`]): their samples are
+/// stored under one lock and answered with one cumulative ack, so an agent replaying or a fast
+/// sender costs one write per read instead of one per frame (PROTOCOL.md: acks are cumulative).
+/// A bad frame ends the connection after the good frames before it are stored and acked.
 async fn stream_samples(
     conn: &mut Conn,
     slot: SlotInfo,
     conn_id: u64,
     shared: &Shared,
 ) -> Result<&'static str, Refusal> {
+    use futures_util::FutureExt;
     let (index, _, interval_ms) = slot;
     let idle = limits::idle_timeout(interval_ms);
     let superseded =
         |_: Superseded| refusal("conflict", "a newer connection of this agent took over");
+    let mut items = Vec::with_capacity(MAX_FRAMES_PER_ACK);
     loop {
-        let msg = match read(conn, idle, "sample").await {
-            Ok(Some(m)) => m,
+        let first = match read_body(conn, idle, "sample").await {
+            Ok(Some(body)) => body,
             Ok(None) => return Ok("closed"),
             Err(r) if r.reason.starts_with("no sample within") => {
                 tracing::info!(slot = index, "closing idle agent connection");
@@ -304,31 +332,68 @@ async fn stream_samples(
             }
             Err(r) => return Err(r),
         };
-        let ack = match msg {
-            AgentMessage::Sample(s) => {
-                s.validate()
-                    .map_err(|e| refusal("invalid", format!("invalid sample: {e}")))?;
-                lock(shared)
-                    .ingest(index, conn_id, std::slice::from_ref(&s), false)
-                    .map_err(superseded)?
+        // What ends the connection after this round's samples are stored and acked.
+        let mut end: Option<Result<&'static str, Refusal>> = None;
+        let mut body = Some(first);
+        while let Some(b) = body.take() {
+            match decode_item(b) {
+                Ok(Item::Goodbye) => {
+                    end = Some(Ok("goodbye"));
+                    break;
+                }
+                Ok(item) => items.push(item),
+                Err(r) => {
+                    end = Some(Err(r));
+                    break;
+                }
             }
-            AgentMessage::Batch(b) => {
-                b.validate()
-                    .map_err(|e| refusal("invalid", format!("invalid batch: {e}")))?;
-                lock(shared)
-                    .ingest(index, conn_id, &b.samples, true)
-                    .map_err(superseded)?
+            if items.len() >= MAX_FRAMES_PER_ACK {
+                break;
             }
-            AgentMessage::Goodbye(_) => {
+            // Only frames already buffered or readable without waiting.
+            body = match conn.next().now_or_never() {
+                None => None,
+                Some(None) => {
+                    end = Some(Ok("closed"));
+                    None
+                }
+                Some(Some(Ok(b))) => Some(b),
+                Some(Some(Err(e))) => {
+                    end = Some(Err(refusal("invalid", frame_error(&e))));
+                    None
+                }
+            };
+        }
+        if !items.is_empty() {
+            let ack = {
+                let incoming = items.iter().flat_map(|item| {
+                    let (samples, wire, replayed) = match item {
+                        Item::Sample(s, wire) => (std::slice::from_ref(s), wire.as_deref(), false),
+                        Item::Batch(v) => (v.as_slice(), None, true),
+                        Item::Goodbye => (&[][..], None, false),
+                    };
+                    samples.iter().map(move |sample| Incoming {
+                        sample,
+                        wire,
+                        replayed,
+                    })
+                });
+                lock(shared)
+                    .ingest(index, conn_id, incoming)
+                    .map_err(superseded)?
+            };
+            items.clear();
+            if !send(conn, &MasterMessage::Ack(Ack { seq: ack })).await {
+                return Ok("write failed");
+            }
+        }
+        match end {
+            None => {}
+            Some(Ok("goodbye")) => {
                 lock(shared).goodbye(index, conn_id).map_err(superseded)?;
                 return Ok("goodbye");
             }
-            AgentMessage::Hello(_) => {
-                return Err(refusal("invalid", "unexpected hello after the handshake"))
-            }
-        };
-        if !send(conn, &MasterMessage::Ack(Ack { seq: ack })).await {
-            return Ok("write failed");
+            Some(end) => return end,
         }
     }
 }

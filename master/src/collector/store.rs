@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use sentinel_protocol::{frame, Hello, Sample};
+use sentinel_protocol::{Hello, Sample};
 
 use crate::segment::now_ms;
 use crate::table::account::{self, Outcome};
@@ -92,26 +92,37 @@ impl Store {
     }
 
     /// Stores validated samples (each committed before the next), returns the ack value.
-    pub fn ingest(
+    pub fn ingest<'a>(
         &mut self,
         slot: usize,
         conn: u64,
-        samples: &[Sample],
-        replayed: bool,
+        samples: impl IntoIterator<Item = Incoming<'a>>,
     ) -> Result<u64, Superseded> {
         self.check_owner(slot, conn)?;
-        for s in samples {
-            let mut rec = self.writer.record(slot);
-            let (outcome, point) = account::apply_sample(&mut rec, s, replayed, now_ms());
+        let mut rec = self.writer.record(slot);
+        for Incoming {
+            sample,
+            wire,
+            replayed,
+        } in samples
+        {
+            let (outcome, point) = account::apply_sample(&mut rec, sample, replayed, now_ms());
             match outcome {
                 Outcome::Stored => {
-                    let bytes = encode_bounded(s);
-                    self.writer.commit(slot, rec, bytes.as_deref(), point);
+                    let encoded;
+                    let bytes = match wire {
+                        Some(b) if b.len() <= SAMPLE_BYTES => Some(b),
+                        _ => {
+                            encoded = encode_bounded(sample);
+                            encoded.as_deref()
+                        }
+                    };
+                    self.writer.commit_in_place(slot, &mut rec, bytes, point);
                 }
-                Outcome::Duplicate => self.writer.commit(slot, rec, None, None),
+                Outcome::Duplicate => self.writer.commit_in_place(slot, &mut rec, None, None),
             }
         }
-        Ok(self.writer.record(slot).last_seq)
+        Ok(rec.last_seq)
     }
 
     pub fn goodbye(&mut self, slot: usize, conn: u64) -> Result<(), Superseded> {
@@ -153,12 +164,23 @@ impl Store {
     }
 }
 
-/// The sample's CBOR, re-encoded with shorter lists if it does not fit the slot's buffer.
+/// One sample for [`Store::ingest`].
+pub struct Incoming<'a> {
+    pub sample: &'a Sample,
+    /// The sample as it came on the wire (PROTOCOL.md section 4, short keys), when the frame
+    /// held exactly one sample: stored as is instead of encoding it again.
+    pub wire: Option<&'a [u8]>,
+    /// It came in a `batch` (replay).
+    pub replayed: bool,
+}
+
+/// The sample in its wire encoding (what the table's sample buffers hold, docs/ARCHITECTURE.md),
+/// re-encoded with shorter lists if it does not fit the slot's buffer.
 pub fn encode_bounded(s: &Sample) -> Option<Vec<u8>> {
     let mut s = std::borrow::Cow::Borrowed(s);
     for _ in 0..12 {
-        let mut out = Vec::with_capacity(2048);
-        if frame::encode_body(&*s, &mut out).is_ok() && out.len() <= SAMPLE_BYTES {
+        let mut out = Vec::with_capacity(1024);
+        if sentinel_protocol::encode_sample(&s, &mut out).is_ok() && out.len() <= SAMPLE_BYTES {
             return Some(out);
         }
         let t = s.to_mut();
@@ -201,7 +223,7 @@ mod tests {
         };
         let bytes = encode_bounded(&s).unwrap();
         assert!(bytes.len() <= SAMPLE_BYTES);
-        let back: Sample = frame::decode_body(&bytes).unwrap();
+        let back = sentinel_protocol::decode_sample(&bytes).unwrap();
         assert_eq!(back.seq, 1);
         assert!(back.filesystems.len() < 64);
     }

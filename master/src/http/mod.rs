@@ -49,6 +49,8 @@ pub struct State {
     pub forwarder: Option<Arc<Forwarder>>,
     /// Flips to true on SIGTERM: event streams end so browsers notice at once.
     pub stopping: watch::Receiver<bool>,
+    /// Rendered hosts kept between GET /api/v1/hosts requests.
+    pub hosts: api::HostsCache,
 }
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -83,6 +85,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             events: sse::Feed::start(table, stop_rx.clone()),
             forwarder: forwarder.as_ref().map(|(f, _)| f.clone()),
             stopping: stop_rx,
+            hosts: api::HostsCache::default(),
         });
         let serve = serve(listener, state);
         tokio::select! {
@@ -139,19 +142,17 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
         set_common_headers(&mut r, "text/event-stream; charset=utf-8");
         return r;
     }
+    let now = now_ms();
+    if req.uri().path() == "/api/v1/hosts" && req.method() == Method::GET {
+        let body = state.hosts.render(state.table, now);
+        return respond(StatusCode::OK, "application/json", body).map(|b| b.boxed_unsync());
+    }
     let extra = state
         .forwarder
         .as_ref()
         .map(|f| f.metrics_text())
         .unwrap_or_default();
-    route_with(
-        state.table,
-        req.method(),
-        req.uri().path(),
-        now_ms(),
-        &extra,
-    )
-    .map(|b| b.boxed_unsync())
+    route_with(state.table, req.method(), req.uri().path(), now, &extra).map(|b| b.boxed_unsync())
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -269,7 +270,7 @@ mod tests {
         };
         let (_, point) = account::apply_sample(&mut rec, &sample, false, last_seen);
         let mut cbor = Vec::new();
-        sentinel_protocol::frame::encode_body(&sample, &mut cbor).unwrap();
+        sentinel_protocol::encode_sample(&sample, &mut cbor).unwrap();
         w.commit(slot, rec, Some(&cbor), point);
         w.publish_host_count(slot + 1);
     }
@@ -341,12 +342,60 @@ mod tests {
     }
 
     #[test]
+    fn cached_hosts_render_what_an_uncached_render_does_as_the_table_changes() {
+        let t = fleet();
+        let cache = api::HostsCache::default();
+        let same = |now: u64| {
+            let cached: Value = serde_json::from_slice(&cache.render(&t.table, now)).unwrap();
+            assert_eq!(cached, api::hosts(&t.table, now));
+            cached
+        };
+        let statuses = |v: &Value| -> Vec<String> {
+            v["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| format!("{} {}", h["hostname"], h["status"]))
+                .collect()
+        };
+        let v = same(NOW);
+        assert_eq!(statuses(&v).len(), 2);
+        // A new sample for "zeta" (stale -> up), and a new host sorted between the others.
+        add_host(&t.table, 0, A, "zeta", NOW + 1000);
+        add_host(&t.table, 2, &"c".repeat(32), "mid", NOW + 1000);
+        let v = same(NOW + 1000);
+        assert_eq!(
+            statuses(&v),
+            [
+                r#""alpha <script>\"x\"\n" "up""#,
+                r#""mid" "up""#,
+                r#""zeta" "up""#
+            ]
+        );
+        // Time alone moves every status on; a dead collector turns `connected` off.
+        let v = same(NOW + 60_000);
+        assert!(statuses(&v).iter().all(|s| s.ends_with(r#""down""#)));
+        t.table
+            .header()
+            .collector_heartbeat_ms
+            .store(0, Ordering::Relaxed);
+        let v = same(NOW + 60_000);
+        assert!(v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["connected"] == false));
+    }
+
+    #[test]
     fn host_detail_has_sample_and_history_and_unknown_ids_are_404() {
         let t = fleet();
         let (code, _, body) = get(&t.table, &format!("/api/v1/hosts/{A}"));
         assert_eq!(code, StatusCode::OK);
         let v = json(&body);
         assert_eq!(v["sample"]["seq"], 1);
+        // f32 values in their shortest form, not widened to f64 digits.
+        assert!(body.contains(r#""cpu_percent":12.3,"#), "{body}");
         assert_eq!(v["sample"]["cpu_percent"].as_f64(), Some(12.3));
         assert_eq!(v["history"]["points"].as_array().unwrap().len(), 1);
         for path in [

@@ -17,10 +17,9 @@ use hyper::body::Frame;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
-use super::api::{collector_alive, fleet_row, fleet_rows, status_of};
+use super::api::{collector_alive, fleet_row, fleet_rows, SlotState};
 use super::{Body, State};
 use crate::segment::now_ms;
-use crate::status::Status;
 use crate::table::Table;
 
 /// How often the watcher looks at the table: a sample reaches the browser within this plus
@@ -57,12 +56,7 @@ fn event(name: &str, data: &Value) -> Bytes {
 /// What the watcher remembers per slot to notice a change.
 #[derive(Clone, Copy, PartialEq)]
 struct Seen {
-    version: u64,
-    status: Status,
-    /// What the status derives from, so an unchanged slot need not be copied again.
-    goodbye: bool,
-    last_seen_ms: u64,
-    interval_ms: u32,
+    state: SlotState,
     /// History points stored when the host was last sent: the next event carries only the
     /// sparkline points after it (`spark_add`), not the whole minute again.
     spark_n: u64,
@@ -116,12 +110,8 @@ async fn watch_table(
         for (i, slot) in seen.iter_mut().enumerate() {
             let version = table.slot_version(i);
             let known = *slot;
-            if let Some(s) = known {
-                // Unchanged record: only the passing of time can change its status.
-                let status = Status::derive(s.goodbye, s.last_seen_ms, s.interval_ms, now);
-                if !all && s.version == version && version % 2 == 0 && status == s.status {
-                    continue;
-                }
+            if !all && known.is_some_and(|s| s.state.unchanged(version, now)) {
+                continue;
             }
             let Some((rec, mut host)) = fleet_row(table, i, now, alive) else {
                 continue;
@@ -130,11 +120,7 @@ async fn watch_table(
                 spark_delta(&mut host, s.spark_n);
             }
             *slot = Some(Seen {
-                version,
-                status: status_of(&rec, now),
-                goodbye: rec.goodbye == 1,
-                last_seen_ms: rec.last_seen_ms,
-                interval_ms: rec.interval_ms,
+                state: SlotState::of(&rec, version, now),
                 spark_n: rec.history_count,
             });
             changed.push(host);
@@ -235,6 +221,7 @@ mod tests {
             events: Feed::start(table, stop_rx.clone()),
             forwarder: None,
             stopping: stop_rx,
+            hosts: Default::default(),
         };
         let mut body = stream(&state);
         async fn next(body: &mut Body) -> String {

@@ -8,9 +8,10 @@ use std::sync::atomic::AtomicU64;
 /// First bytes of every Sentinel table; a segment without them is not ours.
 pub const MAGIC: [u8; 8] = *b"SNTLTBL\0";
 /// Bump on any change to the types in this file: a process built for another layout refuses
-/// to open the segment instead of misreading it.
-pub const LAYOUT_VERSION: u32 = 1;
-/// Bytes reserved for the latest sample's CBOR encoding. A typical sample is 0.5-2 KiB; a
+/// to open the segment instead of misreading it. 2: sample buffers hold the sample's wire form
+/// (short keys, `sentinel_protocol::decode_sample`), as the agent sent it.
+pub const LAYOUT_VERSION: u32 = 2;
+/// Bytes reserved for the latest sample's CBOR encoding (wire form, typically ~300 bytes); a
 /// larger one is stored with its per-core, filesystem and interface lists truncated.
 pub const SAMPLE_BYTES: usize = 8192;
 /// Bytes reserved for raw_sync's process-shared mutex (a `pthread_mutex_t` is 40-48 bytes on
