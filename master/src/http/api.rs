@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::{json_response, not_found, Resp};
 use crate::status::Status;
+use crate::table::layout::Summary;
 use crate::table::{Recent, Record, Table};
 
 /// /healthz reports `degraded` (503) when the collector heartbeat is older than this.
@@ -109,26 +110,13 @@ pub struct Host {
     duplicates: u64,
     reconnects: u64,
     samples_before_start: u64,
-    cpu_percent: f32,
-    cpu_user_percent: f32,
-    cpu_system_percent: f32,
-    cpu_iowait_percent: f32,
-    cpu_steal_percent: f32,
-    load1: f32,
-    load5: f32,
-    load15: f32,
-    mem_total_bytes: u64,
-    mem_available_bytes: u64,
-    mem_used_bytes: u64,
-    swap_total_bytes: u64,
-    swap_used_bytes: u64,
-    uptime_s: u64,
-    processes: u32,
+    /// The latest sample's values.
+    #[serde(flatten)]
+    summary: Summary,
 }
 
 impl Host {
     pub fn new(rec: &Record, now: u64, collector_alive: bool) -> Host {
-        let s = &rec.summary;
         Host {
             id: rec.agent_id(),
             hostname: rec.hostname.get(),
@@ -154,21 +142,7 @@ impl Host {
             duplicates: rec.duplicates,
             reconnects: rec.reconnects,
             samples_before_start: rec.samples_before_start,
-            cpu_percent: s.cpu_percent,
-            cpu_user_percent: s.cpu_user_percent,
-            cpu_system_percent: s.cpu_system_percent,
-            cpu_iowait_percent: s.cpu_iowait_percent,
-            cpu_steal_percent: s.cpu_steal_percent,
-            load1: s.load1,
-            load5: s.load5,
-            load15: s.load15,
-            mem_total_bytes: s.mem_total_bytes,
-            mem_available_bytes: s.mem_available_bytes,
-            mem_used_bytes: s.mem_used_bytes,
-            swap_total_bytes: s.swap_total_bytes,
-            swap_used_bytes: s.swap_used_bytes,
-            uptime_s: s.uptime_s,
-            processes: s.processes,
+            summary: rec.summary,
         }
     }
 }

@@ -87,12 +87,15 @@ impl<const N: usize> Text<N> {
     }
 }
 
-/// The latest sample's scalars, for the fleet view and /metrics without decoding CBOR.
+/// The latest sample's scalars, for the fleet view and /metrics without decoding CBOR. Its
+/// serde form is the part of the API's HOST object that comes from the sample (CONTRACT.md).
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, serde::Serialize)]
 pub struct Summary {
     /// Agent clock of the sample (unix ms).
+    #[serde(skip)]
     pub ts_ms: u64,
+    #[serde(skip)]
     pub seq: u64,
     pub mem_total_bytes: u64,
     pub mem_available_bytes: u64,
@@ -109,6 +112,7 @@ pub struct Summary {
     pub load5: f32,
     pub load15: f32,
     pub processes: u32,
+    #[serde(skip)]
     pub _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<Summary>() == 104);
