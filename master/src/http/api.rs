@@ -78,6 +78,14 @@ fn tenth(v: f64) -> Option<f64> {
     v.is_finite().then(|| (v * 10.0).round() / 10.0)
 }
 
+/// The sample in a slot's buffer: its wire form (table layout 2), or the long-key form a
+/// layout-1 snapshot restored from an older master holds until the host's next sample.
+fn stored_sample(bytes: &[u8]) -> Option<sentinel_protocol::Sample> {
+    sentinel_protocol::decode_sample(bytes)
+        .or_else(|_| sentinel_protocol::decode_body(bytes))
+        .ok()
+}
+
 pub fn status_of(rec: &Record, now: u64) -> Status {
     Status::derive(rec.goodbye == 1, rec.last_seen_ms, rec.interval_ms, now)
 }
@@ -186,7 +194,7 @@ impl FleetExtras {
         let fs_fullest = recent
             .sample
             .as_deref()
-            .and_then(|b| sentinel_protocol::decode_sample(b).ok())
+            .and_then(stored_sample)
             .and_then(|s| {
                 s.filesystems
                     .into_iter()
@@ -449,7 +457,7 @@ pub fn host_detail(table: &Table, id: &str, now: u64) -> Resp {
     let mut host = host_json(&detail.record, now, collector_alive(table, now));
     let sample = detail
         .sample
-        .and_then(|b| sentinel_protocol::decode_sample(&b).ok())
+        .and_then(|b| stored_sample(&b))
         .and_then(|s| serde_json::to_string(&s).ok())
         .and_then(|text| serde_json::from_str::<Value>(&text).ok())
         .unwrap_or(Value::Null);

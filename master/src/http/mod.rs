@@ -388,6 +388,23 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_in_the_long_key_form_of_a_restored_layout_1_snapshot_still_shows() {
+        let t = fleet();
+        let w = t.table.writer().unwrap();
+        let sample = Sample {
+            seq: 1,
+            cpu_percent: 7.5,
+            ..Sample::default()
+        };
+        let mut long = Vec::new();
+        sentinel_protocol::frame::encode_body(&sample, &mut long).unwrap();
+        w.commit(0, w.record(0), Some(&long), None);
+        let (code, _, body) = get(&t.table, &format!("/api/v1/hosts/{A}"));
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(json(&body)["sample"]["cpu_percent"].as_f64(), Some(7.5));
+    }
+
+    #[test]
     fn host_detail_has_sample_and_history_and_unknown_ids_are_404() {
         let t = fleet();
         let (code, _, body) = get(&t.table, &format!("/api/v1/hosts/{A}"));
