@@ -14,7 +14,7 @@ use sentinel_protocol::{
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
-use super::handshake::{check_hello_body, refusal, Refusal};
+use super::handshake::{check_hello_body, decode_error, refusal, Refusal};
 use super::store::{SlotError, Superseded};
 use super::Shared;
 use crate::segment::now_ms;
@@ -131,6 +131,7 @@ async fn send(conn: &mut Conn, msg: &MasterMessage) -> bool {
 
 /// Sends `refused` (best effort), logs it, closes.
 async fn refuse(conn: &mut Conn, peer: SocketAddr, shared: &Shared, r: Refusal) {
+    shared.count_refusal(&r);
     if shared.log_limit.allow() {
         tracing::warn!(peer = %peer, code = r.code, reason = %r.reason, "refused connection");
     }
@@ -165,7 +166,7 @@ async fn read_body(
             format!("no {what} within {} s", limit.as_secs()),
         )),
         Ok(None) => Ok(None),
-        Ok(Some(Err(e))) => Err(refusal("invalid", frame_error(&e))),
+        Ok(Some(Err(e))) => Err(decode_error(frame_error(&e))),
         Ok(Some(Ok(body))) => Ok(Some(body)),
     }
 }
@@ -180,7 +181,7 @@ async fn read(
         None => Ok(None),
         Some(body) => frame::decode_body::<AgentMessage>(&body)
             .map(Some)
-            .map_err(|e| refusal("invalid", e.to_string())),
+            .map_err(|e| decode_error(e.to_string())),
     }
 }
 
@@ -279,6 +280,7 @@ async fn handshake(
         lock(shared).disconnect(slot, conn_id);
         return Ok(None);
     }
+    shared.counters.handshakes.fetch_add(1, Ordering::Relaxed);
     tracing::info!(peer = %peer, host = %hello.hostname, agent_id = %hello.agent_id, run_id = hello.run_id, last_seq, "agent connected");
     Ok(Some((slot, hello.hostname, hello.interval_ms)))
 }
