@@ -15,7 +15,10 @@ pub struct Refusal {
 }
 
 pub fn refusal(code: &'static str, reason: impl Into<String>) -> Refusal {
-    debug_assert!(RefusalCode::of(code).is_some(), "unknown refusal code {code}");
+    debug_assert!(
+        RefusalCode::of(code).is_some(),
+        "unknown refusal code {code}"
+    );
     Refusal {
         code,
         reason: reason.into(),
@@ -161,7 +164,11 @@ mod tests {
         let sample = AgentMessage::Sample(Sample::default());
         assert_eq!(code(check_hello(sample, b"t", &nonce)), "invalid");
         assert_eq!(code(check_hello_body(b"\xff", b"t", &nonce)), "invalid");
-        assert!(check_hello_body(b"\xff", b"t", &nonce).unwrap_err().decode_error);
+        assert!(
+            check_hello_body(b"\xff", b"t", &nonce)
+                .unwrap_err()
+                .decode_error
+        );
     }
 
     #[test]

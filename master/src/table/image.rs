@@ -37,9 +37,7 @@
 use std::ptr;
 use std::sync::atomic::Ordering;
 
-use super::layout::{
-    HistoryPoint, Record, COLLECTOR_COUNTER_WORDS, LAYOUT_VERSION, SAMPLE_BYTES,
-};
+use super::layout::{HistoryPoint, Record, COLLECTOR_COUNTER_WORDS, LAYOUT_VERSION, SAMPLE_BYTES};
 use super::Table;
 
 pub const IMAGE_MAGIC: [u8; 8] = *b"SNTLSNAP";
@@ -59,7 +57,9 @@ const HOST_READ_ATTEMPTS: u32 = 100;
 pub enum ImageError {
     #[error("not a Sentinel table snapshot (bad magic or shorter than its header)")]
     BadMagic,
-    #[error("snapshot format version {found} is not a version this binary reads (1 to {IMAGE_FORMAT})")]
+    #[error(
+        "snapshot format version {found} is not a version this binary reads (1 to {IMAGE_FORMAT})"
+    )]
     Format { found: u32 },
     #[error("snapshot was written on a machine with another byte order")]
     Endian,
@@ -439,7 +439,11 @@ mod tests {
     #[test]
     fn a_format_1_image_of_layout_1_is_restored_with_counters_at_zero() {
         let src = filled(3, 8);
-        src.table.header().counters.handshakes.store(9, Ordering::Relaxed);
+        src.table
+            .header()
+            .counters
+            .handshakes
+            .store(9, Ordering::Relaxed);
         let dst = TestTable::new(8, 8);
         let (info, _) = dst
             .table

@@ -82,8 +82,7 @@ pub struct CollectorCounters {
 }
 /// `CollectorCounters` as a flat list of u64 (what a table image stores).
 pub const COLLECTOR_COUNTER_WORDS: usize = 3 + REFUSAL_CODES;
-const _: () =
-    assert!(std::mem::size_of::<CollectorCounters>() == 8 * COLLECTOR_COUNTER_WORDS);
+const _: () = assert!(std::mem::size_of::<CollectorCounters>() == 8 * COLLECTOR_COUNTER_WORDS);
 
 impl CollectorCounters {
     fn words(&self) -> impl Iterator<Item = &AtomicU64> {
