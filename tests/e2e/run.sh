@@ -154,6 +154,8 @@ stage_pkgs() {
     if [ -n "${SENTINEL_E2E_REBUILD:-}" ]; then why="SENTINEL_E2E_REBUILD is set"
     elif ! have_pkgs "$REPO/target/dist" "$VERSION"; then why="packages missing in target/dist"
     elif ! base_matches_release; then why="target/dist is older than the binaries in target/"
+    elif [ -n "$(find "$REPO/packaging" -newer "$REPO/target/dist/sentinel-master_$VERSION-${RELEASE}_$DEB_ARCH.deb" -type f | head -1)" ]; then
+        why="packaging/ changed since target/dist was built"
     fi
     if [ -n "$why" ]; then
         log "building packages $VERSION: cargo xtask dist ($why)"
@@ -338,8 +340,9 @@ on_exit() {
     printf '%s\n' "${RESULTS[@]}"
     printf 'wall time: %.1f s\n' "$total"
     printf '%d passed, %d failed\n' $(( ${#RESULTS[@]} - FAILED )) "$FAILED"
-    printf 'rollout TOTAL: faults survived=%d (supervisor SIGKILLs under systemd, of %d) samples accounted=%d samples lost=%d\n' \
-        "${FAULTS_SURVIVED:-0}" "${SIGKILL_ROUNDS:-0}" "${SAMPLES_ACCOUNTED:-0}" "${SAMPLES_LOST:-0}"
+    printf 'rollout TOTAL: faults survived=%d (supervisor SIGKILLs under systemd, of %d) samples accounted=%d samples lost=%d new MainPID after %s s, /healthz naming it after %s s\n' \
+        "${FAULTS_SURVIVED:-0}" "${SIGKILL_ROUNDS:-0}" "${SAMPLES_ACCOUNTED:-0}" "${SAMPLES_LOST:-0}" \
+        "$(range "${RESTART_TIMES[@]}")" "$(range "${HTTP_TIMES[@]}")"
     echo "logs: $WORK"
     [ "$FAILED" = 0 ] && [ -z "${SENTINEL_E2E_KEEP:-}" ] && rm -rf "$WORK"
     [ "$FAILED" = 0 ] && exit 0 || exit 1
@@ -536,7 +539,9 @@ check_master_restart() {
 # with samples received after the kill. Afterwards the agents stop (goodbye carries each one's
 # own last_seq) and every sample of the run must be in the table exactly once.
 SIGKILL_ROUNDS=3
-FAULTS_SURVIVED=0 SAMPLES_ACCOUNTED=0 SAMPLES_LOST=0
+FAULTS_SURVIVED=0 SAMPLES_ACCOUNTED=0 SAMPLES_LOST=0 RESTART_TIMES=() HTTP_TIMES=()
+# range A...: "min-max" of the numbers given ("-" for none)
+range() { [ $# -gt 0 ] && printf '%s\n' "$@" | sort -n | sed -n '1p;$p' | paste -sd- || echo -; }
 nrestarts() { on "$MASTER" systemctl show -p NRestarts --value sentinel-master; }
 children_of() { on "$MASTER" ps -o pid= --ppid "$1" | tr -s ' \n' ' '; }
 # wait_new_mainpid OLD: until the unit is active with another MainPID (prints it); 20 s.
@@ -581,10 +586,10 @@ stale_segment_handled() {
         sleep 0.2
     done
 }
-# healthz_names PID: /healthz answers 200 naming PID as supervisor_pid (15 s); prints the
-# seconds since KILLED_AT.
+# healthz_names PID: /healthz answers 200 naming PID as supervisor_pid (15 s); writes the
+# seconds since KILLED_AT to $WORK/healthz-dt.
 healthz_names() {
-    ip netns exec "$CLIENT" python3 - "$API/healthz" "$1" "$KILLED_AT" <<'PY'
+    ip netns exec "$CLIENT" python3 - "$API/healthz" "$1" "$KILLED_AT" "$WORK/healthz-dt" <<'PY'
 import json, sys, time, urllib.request
 url, pid, killed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 deadline, last = time.monotonic() + 15, "no answer"
@@ -594,7 +599,9 @@ while time.monotonic() < deadline:
             body = json.loads(r.read())
             last = body
             if r.status == 200 and body.get("supervisor_pid") == pid:
-                print(f"    /healthz names supervisor {pid} {time.time() - killed:.2f} s after the kill: {body}")
+                dt = time.time() - killed
+                print(f"    /healthz names supervisor {pid} {dt:.2f} s after the kill: {body}")
+                print(f"{dt:.2f}", file=open(sys.argv[4], "w"))
                 sys.exit(0)
     except (OSError, ValueError) as e:
         last = e
@@ -621,15 +628,18 @@ check_master_sigkill_loop() {
         if ! new=$(wait_new_mainpid "$old"); then
             fail "supervisor SIGKILL $i: systemd restarted sentinel-master (new MainPID)"; continue
         fi
-        dt=$(echo "$(date +%s.%N) - $KILLED_AT" | bc)
+        dt=$(printf %.2f "$(echo "$(date +%s.%N) - $KILLED_AT" | bc)")
+        RESTART_TIMES+=("$dt")
         n1=$(nrestarts)
-        check "supervisor SIGKILL $i: systemd restarted it (MainPID $old -> $new after $(printf %.2f "$dt") s, NRestarts $n0 -> $n1)" \
+        check "supervisor SIGKILL $i: systemd restarted it (MainPID $old -> $new after $dt s, NRestarts $n0 -> $n1)" \
             test "$n1" = $((n0 + i))
+        rm -f "$WORK/healthz-dt"
+        check "supervisor SIGKILL $i: /healthz names the new supervisor $new" healthz_names "$new"
+        [ -s "$WORK/healthz-dt" ] && HTTP_TIMES+=("$(cat "$WORK/healthz-dt")")
         # shellcheck disable=SC2086 # one argument per pid
         check "supervisor SIGKILL $i: the old collector and http processes ($kids) are gone" all_gone $kids
         check "supervisor SIGKILL $i: the new supervisor imaged and removed the stale segment of $old and restored the table from it" \
             stale_segment_handled "$new" "$old"
-        check "supervisor SIGKILL $i: /healthz names the new supervisor $new" healthz_names "$new"
         check "supervisor SIGKILL $i: all 3 agents up again (samples received after the kill)" \
             all_up 30 --seen-after "$t0" --min samples_received=1
         [ "$FAILED" = "$round_failed" ] && FAULTS_SURVIVED=$((FAULTS_SURVIVED + 1))
@@ -670,7 +680,7 @@ for arg in sys.argv[3:]:
             and d["samples_received"] == d["last_seq"] and a["samples_missing"] == 0
             and d["samples_dropped"] == 0 and d["samples_before_start"] == 0)
     accounted += d["last_seq"]
-    lost += max(d["last_seq"] - d["samples_received"], 0) + d["samples_missing"]
+    lost += max(d["last_seq"] - d["samples_received"], d["samples_missing"], 0)
     ok = ok and good
     print(f"    {name}: agent last_seq={agent_seq} table last_seq={a['last_seq']} run same={a['run_id'] == b['run_id']}"
           f" | during the kills: +{d['last_seq']} seq, +{d['samples_received']} received,"
