@@ -631,7 +631,7 @@ check_master_sigkill_loop() {
         dt=$(printf %.2f "$(echo "$(date +%s.%N) - $KILLED_AT" | bc)")
         RESTART_TIMES+=("$dt")
         n1=$(nrestarts)
-        check "supervisor SIGKILL $i: systemd restarted it (MainPID $old -> $new after $dt s, NRestarts $n0 -> $n1)" \
+        check "supervisor SIGKILL $i: systemd restarted it (MainPID $old -> $new after $dt s, NRestarts $((n0 + i - 1)) -> $n1)" \
             test "$n1" = $((n0 + i))
         rm -f "$WORK/healthz-dt"
         check "supervisor SIGKILL $i: /healthz names the new supervisor $new" healthz_names "$new"
