@@ -14,6 +14,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::segment::{now_ms, Segment};
+use crate::table::layout::CollectorCounters;
+use handshake::{Refusal, RefusalCode};
 use store::Store;
 
 /// How often the collector proves it is alive in the header (/healthz degrades after 2 s).
@@ -29,6 +31,21 @@ pub struct Shared {
     /// Global limit on WARN lines about misbehaving peers, so a flood cannot flood the log.
     pub log_limit: session::LogLimit,
     pub next_conn: std::sync::atomic::AtomicU64,
+    /// Connection counters in the table header, read by /metrics.
+    pub counters: &'static CollectorCounters,
+}
+
+impl Shared {
+    /// Counts a refused connection under its code, and a frame that could not be read or
+    /// decoded as a decode error too.
+    pub fn count_refusal(&self, r: &Refusal) {
+        if let Some(code) = RefusalCode::of(r.code) {
+            self.counters.refused[code.index()].fetch_add(1, Ordering::Relaxed);
+        }
+        if r.decode_error {
+            self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -55,6 +72,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         slots: Arc::new(Semaphore::new(config.max_connections)),
         log_limit: session::LogLimit::default(),
         next_conn: std::sync::atomic::AtomicU64::new(1),
+        counters: &header.counters,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -97,6 +115,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> 
                 continue;
             }
         };
+        shared
+            .counters
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         match shared.slots.clone().try_acquire_owned() {
             Ok(permit) => {

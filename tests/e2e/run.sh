@@ -154,6 +154,8 @@ stage_pkgs() {
     if [ -n "${SENTINEL_E2E_REBUILD:-}" ]; then why="SENTINEL_E2E_REBUILD is set"
     elif ! have_pkgs "$REPO/target/dist" "$VERSION"; then why="packages missing in target/dist"
     elif ! base_matches_release; then why="target/dist is older than the binaries in target/"
+    elif [ -n "$(find "$REPO/packaging" -newer "$REPO/target/dist/sentinel-master_$VERSION-${RELEASE}_$DEB_ARCH.deb" -type f | head -1)" ]; then
+        why="packaging/ changed since target/dist was built"
     fi
     if [ -n "$why" ]; then
         log "building packages $VERSION: cargo xtask dist ($why)"
@@ -338,6 +340,9 @@ on_exit() {
     printf '%s\n' "${RESULTS[@]}"
     printf 'wall time: %.1f s\n' "$total"
     printf '%d passed, %d failed\n' $(( ${#RESULTS[@]} - FAILED )) "$FAILED"
+    printf 'rollout TOTAL: faults survived=%d (supervisor SIGKILLs under systemd, of %d) samples accounted=%d samples lost=%d new MainPID after %s s, /healthz naming it after %s s\n' \
+        "${FAULTS_SURVIVED:-0}" "${SIGKILL_ROUNDS:-0}" "${SAMPLES_ACCOUNTED:-0}" "${SAMPLES_LOST:-0}" \
+        "$(range "${RESTART_TIMES[@]}")" "$(range "${HTTP_TIMES[@]}")"
     echo "logs: $WORK"
     [ "$FAILED" = 0 ] && [ -z "${SENTINEL_E2E_KEEP:-}" ] && rm -rf "$WORK"
     [ "$FAILED" = 0 ] && exit 0 || exit 1
@@ -440,6 +445,7 @@ main() {
     play second || die "second playbook run failed"
     check "second playbook run: changed=0" test "$(recap_changed second)" = 0
     check_master_restart
+    check_master_sigkill_loop
     check_agent_stop
     check_agent_sigkill
     check_interval_change
@@ -522,6 +528,172 @@ check_master_restart() {
         all_up 10 --seen-after "$t" --min samples_received=1
     fleet table $COUNTERS
     check "master restart: no sequence gap (samples_missing == 0)" no_gap
+}
+
+# --- the supervisor SIGKILLed under systemd (issue 7: Restart=on-failure + stale segment) ------
+# SIGKILL_ROUNDS times, at a random moment while the agents stream, SIGKILL the unit's MainPID
+# (the supervisor) and assert, each with a deadline: systemd starts a new one (new MainPID,
+# NRestarts + 1), the old collector and http children are gone, the new supervisor found the
+# dead one's segment, imaged it, removed it and restored the table from it (its journal lines,
+# with the old supervisor's pid), /healthz names the new supervisor, and the 3 agents are `up`
+# with samples received after the kill. Afterwards the agents stop (goodbye carries each one's
+# own last_seq) and every sample of the run must be in the table exactly once.
+SIGKILL_ROUNDS=3
+FAULTS_SURVIVED=0 SAMPLES_ACCOUNTED=0 SAMPLES_LOST=0 RESTART_TIMES=() HTTP_TIMES=()
+# range A...: "min-max" of the numbers given ("-" for none)
+range() { [ $# -gt 0 ] && printf '%s\n' "$@" | sort -n | sed -n '1p;$p' | paste -sd- || echo -; }
+nrestarts() { on "$MASTER" systemctl show -p NRestarts --value sentinel-master; }
+children_of() { on "$MASTER" ps -o pid= --ppid "$1" | tr -s ' \n' ' '; }
+# wait_new_mainpid OLD: until the unit is active with another MainPID (prints it); 20 s.
+wait_new_mainpid() {
+    local p s deadline=$((SECONDS + 20))
+    while [ $SECONDS -lt $deadline ]; do
+        p=$(mainpid "$MASTER" sentinel-master) || p=0
+        s=$(on "$MASTER" systemctl show -p ActiveState --value sentinel-master) || s=
+        if [ "$p" != "$1" ] && [ "$p" != 0 ] && [ "$s" = active ]; then echo "$p"; return 0; fi
+        sleep 0.1
+    done
+    echo "    no new MainPID within 20 s (MainPID $p, $s)" >&2
+    return 1
+}
+# all_gone PID...: none of them exists in the master host any more (10 s).
+all_gone() {
+    local p left deadline=$((SECONDS + 10))
+    while :; do
+        left=
+        for p in "$@"; do on "$MASTER" kill -0 "$p" 2> /dev/null && left="$left $p"; done
+        [ -z "$left" ] && return 0
+        [ $SECONDS -lt $deadline ] || { echo "    still running:$left"; return 1; }
+        sleep 0.1
+    done
+}
+# stale_segment_handled NEW OLD: the journal of supervisor NEW says it removed the segment of
+# supervisor OLD after imaging it, and restored the table from that image (10 s).
+stale_segment_handled() {
+    local j deadline=$((SECONDS + 10))
+    while :; do
+        j=$(on "$MASTER" journalctl -q -o cat -u sentinel-master "_PID=$1" 2> /dev/null) || j=
+        if grep -q "old_supervisor_pid=Some($2).*removing a stale shared memory segment\|removing a stale shared memory segment.*old_supervisor_pid=Some($2)" <<< "$j" \
+            && grep -q "took an image of the stale table" <<< "$j" \
+            && grep -q 'restored the table.*the stale segment\|the stale segment.*restored the table' <<< "$j"; then
+            grep -E "stale|restored the table" <<< "$j" | sed 's/^/    journal: /'
+            return 0
+        fi
+        if [ $SECONDS -ge $deadline ]; then
+            echo "    journal of the new supervisor (pid $1):"; sed 's/^/    | /' <<< "$j" | head -20
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+# healthz_names PID: /healthz answers 200 naming PID as supervisor_pid (15 s); writes the
+# seconds since KILLED_AT to $WORK/healthz-dt.
+healthz_names() {
+    ip netns exec "$CLIENT" python3 - "$API/healthz" "$1" "$KILLED_AT" "$WORK/healthz-dt" <<'PY'
+import json, sys, time, urllib.request
+url, pid, killed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+deadline, last = time.monotonic() + 15, "no answer"
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            body = json.loads(r.read())
+            last = body
+            if r.status == 200 and body.get("supervisor_pid") == pid:
+                dt = time.time() - killed
+                print(f"    /healthz names supervisor {pid} {dt:.2f} s after the kill: {body}")
+                print(f"{dt:.2f}", file=open(sys.argv[4], "w"))
+                sys.exit(0)
+    except (OSError, ValueError) as e:
+        last = e
+    time.sleep(0.05)
+print(f"    /healthz did not name supervisor {pid} within 15 s; last: {last}")
+sys.exit(1)
+PY
+}
+check_master_sigkill_loop() {
+    local i old new kids n0 n1 t0 dt round_failed
+    all_up 30 > /dev/null || true
+    fleet hosts > "$WORK/sigkill-before.json"
+    n0=$(nrestarts)
+    for i in $(seq 1 $SIGKILL_ROUNDS); do
+        # A random moment: 1.0-4.9 s into the round (the fault's timing, not an assertion).
+        sleep "$((RANDOM % 4 + 1)).$((RANDOM % 10))"
+        round_failed=$FAILED
+        old=$(mainpid "$MASTER" sentinel-master)
+        kids=$(children_of "$old")
+        t0=$(fleet now)
+        KILLED_AT=$(date +%s.%N)
+        on "$MASTER" kill -KILL "$old"
+        log "SIGKILL $i/$SIGKILL_ROUNDS of the supervisor (MainPID $old, children $kids)"
+        if ! new=$(wait_new_mainpid "$old"); then
+            fail "supervisor SIGKILL $i: systemd restarted sentinel-master (new MainPID)"; continue
+        fi
+        dt=$(printf %.2f "$(echo "$(date +%s.%N) - $KILLED_AT" | bc)")
+        RESTART_TIMES+=("$dt")
+        n1=$(nrestarts)
+        check "supervisor SIGKILL $i: systemd restarted it (MainPID $old -> $new after $dt s, NRestarts $((n0 + i - 1)) -> $n1)" \
+            test "$n1" = $((n0 + i))
+        rm -f "$WORK/healthz-dt"
+        check "supervisor SIGKILL $i: /healthz names the new supervisor $new" healthz_names "$new"
+        [ -s "$WORK/healthz-dt" ] && HTTP_TIMES+=("$(cat "$WORK/healthz-dt")")
+        # shellcheck disable=SC2086 # one argument per pid
+        check "supervisor SIGKILL $i: the old collector and http processes ($kids) are gone" all_gone $kids
+        check "supervisor SIGKILL $i: the new supervisor imaged and removed the stale segment of $old and restored the table from it" \
+            stale_segment_handled "$new" "$old"
+        check "supervisor SIGKILL $i: all 3 agents up again (samples received after the kill)" \
+            all_up 30 --seen-after "$t0" --min samples_received=1
+        [ "$FAILED" = "$round_failed" ] && FAULTS_SURVIVED=$((FAULTS_SURVIVED + 1))
+    done
+    fleet table $COUNTERS
+    # The agents' own count: a planned stop sends everything, then goodbye{last_seq}, and
+    # logs that last_seq. The table must hold each of those samples exactly once.
+    local h seqs=()
+    for h in "${AGENTS[@]}"; do on "$h" systemctl stop sentinel-agent; done
+    fleet wait --timeout 15 "${AGENTS[@]/%/=stopped}" > /dev/null || true
+    for h in "${AGENTS[@]}"; do
+        seqs+=("$h=$(on "$h" journalctl -q -o cat -u sentinel-agent | grep 'Said goodbye' | tail -1 \
+            | grep -o 'last_seq=[0-9]*' | cut -d= -f2)")
+    done
+    fleet hosts > "$WORK/sigkill-after.json"
+    check "supervisor SIGKILLs: every sample of every agent's run held exactly once (received == the agent's last_seq, nothing missing)" \
+        accounted_exactly "${seqs[@]}"
+    for h in "${AGENTS[@]}"; do on "$h" systemctl start sentinel-agent; done
+    all_up 30 > /dev/null || true
+}
+# accounted_exactly NAME=LAST_SEQ...: compares the hosts before and after the kills. For each
+# agent (same run throughout): last_seq == the agent's own, and the run's samples since the
+# first snapshot were each counted once: received grew by exactly as much as last_seq, and
+# missing, dropped and before_start did not grow. Prints the figures and sets the totals.
+accounted_exactly() {
+    local rc=0 a l
+    python3 - "$WORK/sigkill-before.json" "$WORK/sigkill-after.json" "$@" > "$WORK/sigkill-accounting.txt" <<'PY' || rc=1
+import json, sys
+before = {h["hostname"]: h for h in json.load(open(sys.argv[1]))["hosts"]}
+after = {h["hostname"]: h for h in json.load(open(sys.argv[2]))["hosts"]}
+ok, accounted, lost = True, 0, 0
+for arg in sys.argv[3:]:
+    name, agent_seq = arg.split("=")
+    b, a = before[name], after[name]
+    d = {k: a[k] - b[k] for k in ("last_seq", "samples_received", "samples_missing",
+                                   "samples_dropped", "samples_before_start", "duplicates", "reconnects")}
+    good = (a["run_id"] == b["run_id"] and agent_seq.isdigit() and int(agent_seq) == a["last_seq"]
+            and d["samples_received"] == d["last_seq"] and a["samples_missing"] == 0
+            and d["samples_dropped"] == 0 and d["samples_before_start"] == 0)
+    accounted += d["last_seq"]
+    lost += max(d["last_seq"] - d["samples_received"], d["samples_missing"], 0)
+    ok = ok and good
+    print(f"    {name}: agent last_seq={agent_seq} table last_seq={a['last_seq']} run same={a['run_id'] == b['run_id']}"
+          f" | during the kills: +{d['last_seq']} seq, +{d['samples_received']} received,"
+          f" +{d['samples_missing']} missing, +{d['samples_dropped']} dropped,"
+          f" +{d['samples_before_start']} before_start, +{d['duplicates']} duplicates (resent, not counted),"
+          f" +{d['reconnects']} reconnects {'OK' if good else 'WRONG'}")
+print(f"TOTALS {accounted} {lost}")
+sys.exit(0 if ok else 1)
+PY
+    grep -v '^TOTALS' "$WORK/sigkill-accounting.txt"
+    read -r _ a l < <(grep '^TOTALS' "$WORK/sigkill-accounting.txt")
+    SAMPLES_ACCOUNTED=${a:-0} SAMPLES_LOST=${l:-0}
+    return $rc
 }
 
 check_agent_stop() {

@@ -7,21 +7,87 @@ use sentinel_protocol::{auth, frame, AgentMessage, Hello, PROTOCOL_VERSION};
 /// A reason to end a connection: the `refused` code and a sentence for both logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
+    /// The wire text of a [`RefusalCode`].
     pub code: &'static str,
     pub reason: String,
+    /// A frame that could not be read or decoded (counted apart in /metrics).
+    pub decode_error: bool,
 }
 
 pub fn refusal(code: &'static str, reason: impl Into<String>) -> Refusal {
+    debug_assert!(
+        RefusalCode::of(code).is_some(),
+        "unknown refusal code {code}"
+    );
     Refusal {
         code,
         reason: reason.into(),
+        decode_error: false,
     }
 }
 
+/// A frame that could not be read or whose body is not a valid agent message: `invalid`.
+pub fn decode_error(reason: impl Into<String>) -> Refusal {
+    Refusal {
+        decode_error: true,
+        ..refusal("invalid", reason)
+    }
+}
+
+/// Every `refused` code the master sends (docs/PROTOCOL.md), numbered for the collector's
+/// counters in the table header (`layout::CollectorCounters::refused`). A new code is a new
+/// variant here, at the end (the number is its counter's place in the table and in
+/// snapshots), plus its text in [`RefusalCode::as_str`]; /metrics lists [`RefusalCode::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    /// Malformed, oversized or out-of-limit input, or no hello in time.
+    Invalid = 0,
+    /// The proof does not match the fleet token.
+    Auth = 1,
+    /// A protocol version this master does not speak.
+    Version = 2,
+    /// `max_connections` reached, or the host table is full.
+    Busy = 3,
+    /// Another connection holds this agent id (or a newer one took over).
+    Conflict = 4,
+}
+
+impl RefusalCode {
+    pub const ALL: [RefusalCode; 5] = [
+        RefusalCode::Invalid,
+        RefusalCode::Auth,
+        RefusalCode::Version,
+        RefusalCode::Busy,
+        RefusalCode::Conflict,
+    ];
+
+    /// The code's text on the wire and in the `code` label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RefusalCode::Invalid => "invalid",
+            RefusalCode::Auth => "auth",
+            RefusalCode::Version => "version",
+            RefusalCode::Busy => "busy",
+            RefusalCode::Conflict => "conflict",
+        }
+    }
+
+    /// The code whose wire text is `code`.
+    pub fn of(code: &str) -> Option<RefusalCode> {
+        RefusalCode::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+
+    /// Its counter's index in `layout::CollectorCounters::refused`.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const _: () = assert!(RefusalCode::ALL.len() <= crate::table::layout::REFUSAL_CODES);
+
 /// Decodes the first frame body and decides on it (see [`check_hello`]).
 pub fn check_hello_body(body: &[u8], token: &[u8], nonce: &auth::Nonce) -> Result<Hello, Refusal> {
-    let msg =
-        frame::decode_body::<AgentMessage>(body).map_err(|e| refusal("invalid", e.to_string()))?;
+    let msg = frame::decode_body::<AgentMessage>(body).map_err(|e| decode_error(e.to_string()))?;
     check_hello(msg, token, nonce)
 }
 
@@ -98,5 +164,21 @@ mod tests {
         let sample = AgentMessage::Sample(Sample::default());
         assert_eq!(code(check_hello(sample, b"t", &nonce)), "invalid");
         assert_eq!(code(check_hello_body(b"\xff", b"t", &nonce)), "invalid");
+        assert!(
+            check_hello_body(b"\xff", b"t", &nonce)
+                .unwrap_err()
+                .decode_error
+        );
+    }
+
+    #[test]
+    fn every_refusal_code_has_its_own_counter_and_round_trips_its_text() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in RefusalCode::ALL.into_iter().enumerate() {
+            assert_eq!(c.index(), i, "ALL is in counter order");
+            assert_eq!(RefusalCode::of(c.as_str()), Some(c));
+            assert!(seen.insert(c.as_str()));
+        }
+        assert_eq!(RefusalCode::of("nonsense"), None);
     }
 }

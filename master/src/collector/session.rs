@@ -14,7 +14,7 @@ use sentinel_protocol::{
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
-use super::handshake::{check_hello_body, refusal, Refusal};
+use super::handshake::{check_hello_body, decode_error, refusal, Refusal};
 use super::store::{Incoming, SlotError, Superseded};
 use super::Shared;
 use crate::segment::now_ms;
@@ -131,6 +131,7 @@ async fn send(conn: &mut Conn, msg: &MasterMessage) -> bool {
 
 /// Sends `refused` (best effort), logs it, closes.
 async fn refuse(conn: &mut Conn, peer: SocketAddr, shared: &Shared, r: Refusal) {
+    shared.count_refusal(&r);
     if shared.log_limit.allow() {
         tracing::warn!(peer = %peer, code = r.code, reason = %r.reason, "refused connection");
     }
@@ -165,7 +166,7 @@ async fn read_body(
             format!("no {what} within {} s", limit.as_secs()),
         )),
         Ok(None) => Ok(None),
-        Ok(Some(Err(e))) => Err(refusal("invalid", frame_error(&e))),
+        Ok(Some(Err(e))) => Err(decode_error(frame_error(&e))),
         Ok(Some(Ok(body))) => Ok(Some(body)),
     }
 }
@@ -265,6 +266,7 @@ async fn handshake(
         lock(shared).disconnect(slot, conn_id);
         return Ok(None);
     }
+    shared.counters.handshakes.fetch_add(1, Ordering::Relaxed);
     tracing::info!(peer = %peer, host = %hello.hostname, agent_id = %hello.agent_id, run_id = hello.run_id, last_seq, "agent connected");
     Ok(Some((slot, hello.hostname, hello.interval_ms)))
 }
@@ -283,9 +285,7 @@ enum Item {
 }
 
 fn decode_item(mut body: bytes::BytesMut) -> Result<Item, Refusal> {
-    match frame::decode_body::<AgentMessage>(&body)
-        .map_err(|e| refusal("invalid", e.to_string()))?
-    {
+    match frame::decode_body::<AgentMessage>(&body).map_err(|e| decode_error(e.to_string()))? {
         AgentMessage::Sample(s) => {
             s.validate()
                 .map_err(|e| refusal("invalid", format!("invalid sample: {e}")))?;
@@ -359,7 +359,7 @@ async fn stream_samples(
                 }
                 Some(Some(Ok(b))) => Some(b),
                 Some(Some(Err(e))) => {
-                    end = Some(Err(refusal("invalid", frame_error(&e))));
+                    end = Some(Err(decode_error(frame_error(&e))));
                     None
                 }
             };

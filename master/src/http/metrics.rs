@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use super::api::{records, status_of};
+use crate::collector::handshake::RefusalCode;
 use crate::status::Status;
+use crate::table::layout::CollectorCounters;
 use crate::table::{Record, Table};
 
 /// A Prometheus label value: backslash, double quote and newline escaped.
@@ -283,5 +285,46 @@ pub fn render(table: &Table, now: u64) -> String {
         "sentinel_master_collector_restarts_total {}",
         h.generation.load(Ordering::Acquire).saturating_sub(1)
     );
+    collector_counters(&mut out, &h.counters);
     out
+}
+
+/// The collector's connection counters from the table header (kept across collector and,
+/// through snapshots, master restarts).
+fn collector_counters(out: &mut String, c: &CollectorCounters) {
+    let plain = [
+        (
+            "sentinel_collector_connections_accepted_total",
+            "TCP connections the collector accepted on the agent port (before limits and handshake).",
+            &c.connections_accepted,
+        ),
+        (
+            "sentinel_collector_handshakes_total",
+            "Agent handshakes that ended in a welcome.",
+            &c.handshakes,
+        ),
+        (
+            "sentinel_collector_decode_errors_total",
+            "Frames that could not be read (length over the limit, truncated) or decoded (not valid CBOR for an agent message); each also counts as a refusal with code invalid.",
+            &c.decode_errors,
+        ),
+    ];
+    for (name, help, v) in plain {
+        family(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    family(
+        out,
+        "sentinel_collector_refusals_total",
+        "counter",
+        "Connections the collector refused, by the refused code sent (docs/PROTOCOL.md).",
+    );
+    for code in RefusalCode::ALL {
+        let _ = writeln!(
+            out,
+            "sentinel_collector_refusals_total{{code=\"{}\"}} {}",
+            code.as_str(),
+            c.refused[code.index()].load(Ordering::Relaxed)
+        );
+    }
 }

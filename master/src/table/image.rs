@@ -16,7 +16,7 @@
 //! | 8 | magic `SNTLSNAP` |
 //! | 4 | format version ([`IMAGE_FORMAT`]) |
 //! | 4 | endian mark `0x01020304` |
-//! | 4 | table layout version (`layout::LAYOUT_VERSION`): records are raw `Record` bytes |
+//! | 4 | table layout version (`layout::LAYOUT_VERSION`): records are raw `Record` bytes (layouts 1 and 2 have the same `Record` and are both read) |
 //! | 4 | `size_of::<Record>()` |
 //! | 4 | `size_of::<HistoryPoint>()` |
 //! | 4 | `SAMPLE_BYTES` |
@@ -27,18 +27,25 @@
 //! | 8 | body length in bytes |
 //! | 8 | FNV-1a 64 of the body |
 //!
+//! Then (format 2 on) the collector's counters: `word_count: u32`, `0: u32`, and
+//! `word_count` u64 in the order of `layout::CollectorCounters` (a reader takes the words it
+//! knows; format 1 has no such block: the counters start at 0).
+//!
 //! Then per host: the record, `sample_len: u32`, `point_count: u32`, the sample bytes padded
 //! to 8, and `point_count` history points, oldest first.
 
 use std::ptr;
 use std::sync::atomic::Ordering;
 
-use super::layout::{HistoryPoint, Record, LAYOUT_VERSION, SAMPLE_BYTES};
+use super::layout::{HistoryPoint, Record, COLLECTOR_COUNTER_WORDS, LAYOUT_VERSION, SAMPLE_BYTES};
 use super::Table;
 
 pub const IMAGE_MAGIC: [u8; 8] = *b"SNTLSNAP";
 /// Version of the image framing above (the records inside are versioned by the layout).
-pub const IMAGE_FORMAT: u32 = 1;
+/// 2 added the collector's counters; format 1 images are still read.
+pub const IMAGE_FORMAT: u32 = 2;
+/// Table layouts whose `Record` is this binary's: layout 2 changed only the header.
+const RECORD_LAYOUTS: [u32; 2] = [1, LAYOUT_VERSION];
 const ENDIAN_MARK: u32 = 0x0102_0304;
 /// Bytes of the image header.
 pub const IMAGE_HEADER_BYTES: usize = 72;
@@ -50,7 +57,9 @@ const HOST_READ_ATTEMPTS: u32 = 100;
 pub enum ImageError {
     #[error("not a Sentinel table snapshot (bad magic or shorter than its header)")]
     BadMagic,
-    #[error("snapshot format version {found} is not the version {IMAGE_FORMAT} this binary reads")]
+    #[error(
+        "snapshot format version {found} is not a version this binary reads (1 to {IMAGE_FORMAT})"
+    )]
     Format { found: u32 },
     #[error("snapshot was written on a machine with another byte order")]
     Endian,
@@ -70,6 +79,8 @@ pub struct ImageInfo {
     pub hosts: u64,
     pub created_ms: u64,
     pub history_points: u32,
+    /// Format of the image (1 carried no collector counters).
+    pub format: u32,
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -140,6 +151,12 @@ impl Table {
     pub fn image(&self, created_ms: u64) -> Result<Vec<u8>, ImageError> {
         let hosts = self.host_count();
         let mut body = Vec::new();
+        let counters = self.header().counters.values();
+        put32(&mut body, counters.len() as u32);
+        put32(&mut body, 0);
+        for v in counters {
+            put64(&mut body, v);
+        }
         for i in 0..hosts {
             let detail = (0..HOST_READ_ATTEMPTS)
                 .find_map(|_| self.read_detail(i))
@@ -178,7 +195,8 @@ impl Table {
     /// the capacity are left out (returned as the second number); a host's history keeps its
     /// newest points when the ring is now shorter.
     pub fn restore(&self, image: &[u8]) -> Result<(ImageInfo, usize), ImageError> {
-        let (info, hosts) = parse(image)?;
+        let (info, counters, hosts) = parse(image)?;
+        self.header().counters.set_values(&counters);
         let fit = hosts.len().min(self.capacity as usize);
         let points = u64::from(self.history_points);
         for (i, host) in hosts.iter().take(fit).enumerate() {
@@ -221,14 +239,14 @@ fn check_header(image: &[u8]) -> Result<(ImageInfo, &[u8]), ImageError> {
         at: 0,
     };
     let format = c.u32()?;
-    if format != IMAGE_FORMAT {
+    if !(1..=IMAGE_FORMAT).contains(&format) {
         return Err(ImageError::Format { found: format });
     }
     if c.u32()? != ENDIAN_MARK {
         return Err(ImageError::Endian);
     }
     let layout = c.u32()?;
-    if layout != LAYOUT_VERSION {
+    if !RECORD_LAYOUTS.contains(&layout) {
         return Err(ImageError::Layout { found: layout });
     }
     let sizes = [
@@ -266,13 +284,29 @@ fn check_header(image: &[u8]) -> Result<(ImageInfo, &[u8]), ImageError> {
         hosts,
         created_ms,
         history_points,
+        format,
     };
     Ok((info, body))
 }
 
-fn parse(image: &[u8]) -> Result<(ImageInfo, Vec<HostEntry>), ImageError> {
+/// The collector's counters (all 0 in a format 1 image).
+type Counters = [u64; COLLECTOR_COUNTER_WORDS];
+
+fn parse(image: &[u8]) -> Result<(ImageInfo, Counters, Vec<HostEntry>), ImageError> {
     let (info, body) = check_header(image)?;
     let mut c = Cursor { bytes: body, at: 0 };
+    let mut counters = [0; COLLECTOR_COUNTER_WORDS];
+    if info.format >= 2 {
+        let words = c.u32()? as usize;
+        let _reserved = c.u32()?;
+        for i in 0..words {
+            let v = c.u64()?;
+            // Words a newer format added are not this binary's to keep.
+            if let Some(slot) = counters.get_mut(i) {
+                *slot = v;
+            }
+        }
+    }
     let mut hosts = Vec::new();
     for _ in 0..info.hosts {
         let record: Record = pod_from(c.take(std::mem::size_of::<Record>())?);
@@ -303,7 +337,7 @@ fn parse(image: &[u8]) -> Result<(ImageInfo, Vec<HostEntry>), ImageError> {
     if c.at != body.len() {
         return Err(ImageError::Corrupt("bytes after the last host"));
     }
-    Ok((info, hosts))
+    Ok((info, counters, hosts))
 }
 
 #[cfg(test)]
@@ -376,6 +410,51 @@ mod tests {
             assert_eq!(d.history.last(), Some(&point(11)));
             assert_eq!(d.sample.as_deref(), Some(&b"next"[..]));
         }
+    }
+
+    #[test]
+    fn an_image_carries_the_collector_counters() {
+        let src = filled(2, 8);
+        let words: [u64; COLLECTOR_COUNTER_WORDS] = std::array::from_fn(|i| 100 + i as u64);
+        src.table.header().counters.set_values(&words);
+        let dst = TestTable::new(8, 8);
+        let (info, _) = dst.table.restore(&src.table.image(1).unwrap()).unwrap();
+        assert_eq!(info.format, IMAGE_FORMAT);
+        assert_eq!(dst.table.header().counters.values(), words);
+    }
+
+    /// The same image as format 1 of table layout 1 (before the collector counters).
+    fn as_format_1(image: &[u8]) -> Vec<u8> {
+        let counters = 8 + 8 * COLLECTOR_COUNTER_WORDS;
+        let body = &image[IMAGE_HEADER_BYTES + counters..];
+        let mut out = image[..IMAGE_HEADER_BYTES].to_vec();
+        out[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        out[16..20].copy_from_slice(&1u32.to_ne_bytes());
+        out[56..64].copy_from_slice(&(body.len() as u64).to_ne_bytes());
+        out[64..72].copy_from_slice(&fnv1a(body).to_ne_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn a_format_1_image_of_layout_1_is_restored_with_counters_at_zero() {
+        let src = filled(3, 8);
+        src.table
+            .header()
+            .counters
+            .handshakes
+            .store(9, Ordering::Relaxed);
+        let dst = TestTable::new(8, 8);
+        let (info, _) = dst
+            .table
+            .restore(&as_format_1(&src.table.image(1).unwrap()))
+            .unwrap();
+        assert_eq!((info.format, info.hosts), (1, 3));
+        assert_eq!(dst.table.read_record(2).unwrap().last_seq, 12);
+        assert_eq!(
+            dst.table.header().counters.values(),
+            [0; COLLECTOR_COUNTER_WORDS]
+        );
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! pointers), so a reader may copy bytes out of a slot while a writer changes them and only
 //! then decide, with the sequence counter, whether the copy is usable.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// First bytes of every Sentinel table; a segment without them is not ours.
 pub const MAGIC: [u8; 8] = *b"SNTLTBL\0";
 /// Bump on any change to the types in this file: a process built for another layout refuses
-/// to open the segment instead of misreading it. 2: sample buffers hold the sample's wire form
-/// (short keys, `sentinel_protocol::decode_sample`), as the agent sent it.
+/// to open the segment instead of misreading it.
+/// Version 2 added [`CollectorCounters`] to the header, and sample buffers hold the sample's
+/// wire form (short keys, `sentinel_protocol::decode_sample`) as the agent sent it; the
+/// record struct is unchanged since 1.
 pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes reserved for the latest sample's CBOR encoding (wire form, typically ~300 bytes); a
 /// larger one is stored with its per-core, filesystem and interface lists truncated.
@@ -17,6 +19,9 @@ pub const SAMPLE_BYTES: usize = 8192;
 /// Bytes reserved for raw_sync's process-shared mutex (a `pthread_mutex_t` is 40-48 bytes on
 /// the targets we build for); checked at start.
 pub const LOCK_BYTES: usize = 128;
+/// Refusal counters in the header, one per `refused` code (`collector::RefusalCode` numbers
+/// them). More than the codes there are, so a new code needs no layout change.
+pub const REFUSAL_CODES: usize = 16;
 /// Slots start on a cache-line boundary so two slots never share a line.
 pub const SLOT_ALIGN: usize = 64;
 
@@ -54,10 +59,60 @@ pub struct Header {
     pub created_ms: u64,
     /// raw_sync Mutex storage, taken only by collectors (never by the http process).
     pub lock: [u64; LOCK_BYTES / 8],
-    pub reserved: [u64; 35],
+    /// What the collector did with its connections, for /metrics.
+    pub counters: CollectorCounters,
+    pub reserved: [u64; 16],
 }
 const _: () = assert!(std::mem::size_of::<Header>() == 512);
 const _: () = assert!(std::mem::align_of::<Header>() == 8);
+
+/// The collector's connection counters (`sentinel_collector_*` in /metrics). Only collectors
+/// add to them (relaxed atomics, no lock); they live in the header so they survive a
+/// collector restart, and table images carry them across a master restart.
+#[repr(C)]
+pub struct CollectorCounters {
+    /// TCP connections accepted on the agent listener, before any limit or handshake: the
+    /// denominator of everything below.
+    pub connections_accepted: AtomicU64,
+    /// Handshakes that ended in a `welcome`.
+    pub handshakes: AtomicU64,
+    /// Frames that could not be read (over the length limit, truncated, a read error) or
+    /// whose body was not valid CBOR for an agent message; each is also refused `invalid`.
+    pub decode_errors: AtomicU64,
+    /// Refused connections, indexed by `collector::RefusalCode::index`.
+    pub refused: [AtomicU64; REFUSAL_CODES],
+}
+/// `CollectorCounters` as a flat list of u64 (what a table image stores).
+pub const COLLECTOR_COUNTER_WORDS: usize = 3 + REFUSAL_CODES;
+const _: () = assert!(std::mem::size_of::<CollectorCounters>() == 8 * COLLECTOR_COUNTER_WORDS);
+
+impl CollectorCounters {
+    fn words(&self) -> impl Iterator<Item = &AtomicU64> {
+        [
+            &self.connections_accepted,
+            &self.handshakes,
+            &self.decode_errors,
+        ]
+        .into_iter()
+        .chain(self.refused.iter())
+    }
+
+    /// Every counter, in the order of the fields (images store this).
+    pub fn values(&self) -> [u64; COLLECTOR_COUNTER_WORDS] {
+        let mut out = [0; COLLECTOR_COUNTER_WORDS];
+        for (o, w) in out.iter_mut().zip(self.words()) {
+            *o = w.load(Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// Sets every counter from [`values`](Self::values) of another table (a restore).
+    pub fn set_values(&self, values: &[u64; COLLECTOR_COUNTER_WORDS]) {
+        for (v, w) in values.iter().zip(self.words()) {
+            w.store(*v, Ordering::Relaxed);
+        }
+    }
+}
 
 /// A fixed-size text field: length plus bytes; the reader clamps the length.
 #[repr(C)]

@@ -5,4 +5,9 @@ if [ -d /run/systemd/system ]; then
         systemctl try-restart sentinel-master.service >/dev/null 2>&1 || :
     fi
 fi
+# On erase: the table segment a crashed master left behind (a clean stop unlinks it; the
+# unit has no RemoveIPC=, see sentinel-master.service).
+if [ "$1" -eq 0 ]; then
+    rm -f /dev/shm/sentinel-master
+fi
 exit 0
