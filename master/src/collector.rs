@@ -4,6 +4,7 @@
 pub mod handshake;
 mod session;
 mod store;
+mod transport;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,6 +35,10 @@ pub struct Shared {
 pub fn run(config: Config) -> anyhow::Result<()> {
     let listener = crate::supervisor::inherited_listener()?;
     let token = config.token()?;
+    let tls = match &config.agent_tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(files.server_config(&[])?)),
+        None => None,
+    };
     let segment: &'static Segment = Box::leak(Box::new(Segment::open(&config.shm_name)?));
     let table = segment.table();
     let header = table.header();
@@ -47,6 +52,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         hosts = store.host_count(),
         pid = std::process::id(),
+        tls = tls.is_some(),
         "collector started"
     );
     let shared = Arc::new(Shared {
@@ -72,7 +78,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     .store(now_ms(), Ordering::Release);
             }
         });
-        let accept = accept_loop(listener, shared.clone());
+        let accept = accept_loop(listener, shared.clone(), tls);
         tokio::select! {
             r = accept => r,
             _ = crate::shutdown_signal() => {
@@ -86,7 +92,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<()> {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -98,18 +108,21 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> 
             }
         };
         let _ = stream.set_nodelay(true);
-        match shared.slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
+        // Taken before the TLS handshake, so handshakes in progress count against the limit.
+        let permit = shared.slots.clone().try_acquire_owned();
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let Some(stream) = transport::accept(stream, peer, &shared, tls.as_ref()).await else {
+                return;
+            };
+            match permit {
+                Ok(permit) => {
                     session::run(stream, peer, &shared).await;
                     drop(permit);
-                });
+                }
+                Err(_) => session::refuse_busy(stream, peer, &shared).await,
             }
-            Err(_) => {
-                let shared = shared.clone();
-                tokio::spawn(async move { session::refuse_busy(stream, peer, &shared).await });
-            }
-        }
+        });
     }
 }

@@ -235,6 +235,7 @@ mod tests {
             events: Feed::start(table, stop_rx.clone()),
             forwarder: None,
             stopping: stop_rx,
+            basic_auth: None,
         };
         let mut body = stream(&state);
         async fn next(body: &mut Body) -> String {
