@@ -74,7 +74,7 @@ pub enum ShipError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
     #[error("TLS handshake failed: {0}")]
-    Tls(std::io::Error),
+    Tls(String),
     #[error("connection failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("the master closed the connection")]

@@ -89,8 +89,25 @@ impl Client {
         })
     }
 
-    pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
-        self.connector.connect(self.server_name.clone(), tcp).await
+    /// The handshake; a failure is described for the log (the pin's own words instead of
+    /// rustls' debug form of a custom error).
+    pub async fn connect(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, String> {
+        self.connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| describe(&e))
+    }
+}
+
+fn describe(error: &std::io::Error) -> String {
+    match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) => {
+            format!("invalid peer certificate: {}", other.0)
+        }
+        _ => error.to_string(),
     }
 }
 
