@@ -101,6 +101,7 @@ pub fn run(options: &Options) -> Result<Vec<PathBuf>> {
     tools::ensure_cargo_tool("deb", "cargo-deb")?;
     tools::ensure_cargo_tool("generate-rpm", "cargo-generate-rpm")?;
     if !options.no_build {
+        tools::ensure_c_toolchain()?;
         build()?;
     }
     let built = started.elapsed();
