@@ -426,6 +426,48 @@ mod tests {
     }
 
     #[test]
+    fn tls_is_on_with_a_ca_or_a_pin_and_the_server_name_defaults_to_the_master_host() {
+        let resolve = |master: &str, text: &str| {
+            Settings::resolve(
+                &cli(&["--master", master]),
+                parse_file(Path::new("a.toml"), text).unwrap(),
+            )
+        };
+        assert_eq!(resolve("m:1", "").unwrap().tls, None);
+        let pin = "ab".repeat(32);
+        let tls = resolve(
+            "master.example:7410",
+            &format!("tls_pin_sha256 = \"{pin}\"\n"),
+        )
+        .unwrap()
+        .tls
+        .unwrap();
+        assert_eq!(
+            (tls.pin_sha256, tls.server_name.as_str(), tls.ca_file),
+            (Some([0xab; 32]), "master.example", None)
+        );
+        let colons = vec!["AB"; 32].join(":");
+        let tls = resolve(
+            "[::1]:7410",
+            &format!("tls_pin_sha256 = \"{colons}\"\ntls_ca_file = \"/ca.pem\"\n"),
+        )
+        .unwrap()
+        .tls
+        .unwrap();
+        assert_eq!(
+            (tls.pin_sha256, tls.server_name.as_str()),
+            (Some([0xab; 32]), "::1")
+        );
+        for (text, key) in [
+            ("tls_pin_sha256 = \"abc\"\n", "tls_pin_sha256"),
+            ("tls_server_name = \"m\"\n", "tls_server_name"),
+        ] {
+            let err = resolve("m:1", text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn missing_explicit_config_is_an_error_but_missing_default_is_not() {
         let err = load_file(Some(Path::new("/nonexistent/agent.toml"))).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/agent.toml"));

@@ -614,6 +614,44 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_basic_auth_keys_come_in_pairs_and_are_checked_at_load() {
+        let dir = std::env::temp_dir().join(format!("sentinel-cfg4-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |text: &str| {
+            let path = dir.join("tls.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Cli {
+                config: Some(path),
+                ..Cli::default()
+            })
+            .map_err(|e| format!("{e:#}"))
+        };
+        let hash = "c4bbcb1fbec99d65bf59d85c8cb62ee2db963f0fe106f483d9afa73bd4e39a8a";
+        let c = load(&format!(
+            "http_basic_auth_user = \"ops\"\nhttp_basic_auth_sha256 = \"{hash}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.basic_auth.unwrap().user, "ops");
+        assert!(c.agent_tls.is_none() && c.http_tls.is_none());
+        for (text, want) in [
+            ("tls_cert_file = \"/x.crt\"\n", "tls_key_file"),
+            ("http_tls_key_file = \"/x.key\"\n", "http_tls_cert_file"),
+            ("http_basic_auth_user = \"ops\"\n", "http_basic_auth_sha256"),
+            (
+                "http_basic_auth_user = \"ops\"\nhttp_basic_auth_sha256 = \"secret\"\n",
+                "64 hex digits",
+            ),
+            (
+                "tls_cert_file = \"/nonexistent.crt\"\ntls_key_file = \"/nonexistent.key\"\n",
+                "/nonexistent.crt",
+            ),
+        ] {
+            let err = load(text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn missing_explicit_config_file_is_an_error() {
         let cli = Cli {
             config: Some("/nonexistent/sentinel.toml".into()),
