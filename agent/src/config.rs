@@ -95,6 +95,17 @@ pub struct FileConfig {
     /// Cap of the reconnect backoff (starts at 250ms, doubles, +-20% jitter). Default "10s".
     #[serde(default, with = "humantime_serde")]
     pub reconnect_max: Option<Duration>,
+    /// TLS to the master, verified against this CA bundle (PEM) and `tls_server_name`.
+    /// Setting this or `tls_pin_sha256` turns TLS on. Default: plaintext.
+    pub tls_ca_file: Option<PathBuf>,
+    /// TLS to the master, which must present exactly this certificate: the SHA-256 of its
+    /// DER form, 64 hex digits (colons allowed), e.g. from
+    /// `openssl x509 -in master.crt -outform DER | sha256sum`. With `tls_ca_file` both must
+    /// hold.
+    pub tls_pin_sha256: Option<String>,
+    /// The name the master's certificate must carry (with `tls_ca_file`). Default: the host
+    /// part of `master`.
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +137,17 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub spool_samples: usize,
     pub reconnect_max: Duration,
+    /// None = plaintext.
+    pub tls: Option<TlsSettings>,
+}
+
+/// How the agent verifies the master's certificate (at least one of the two is set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub ca_file: Option<PathBuf>,
+    pub pin_sha256: Option<[u8; 32]>,
+    /// Checked against the certificate with `ca_file`; also sent as SNI.
+    pub server_name: String,
 }
 
 /// Parses `agent.toml` text; `path` only names the file in errors.
@@ -175,8 +197,15 @@ pub fn load_file(explicit: Option<&Path>) -> Result<FileConfig, ConfigError> {
 impl Settings {
     /// Merges flags over the file and checks every value.
     pub fn resolve(cli: &Cli, file: FileConfig) -> Result<Settings, ConfigError> {
+        let master = cli.master.clone().or(file.master);
+        let tls = tls_settings(
+            master.as_deref(),
+            file.tls_ca_file,
+            file.tls_pin_sha256,
+            file.tls_server_name,
+        )?;
         let settings = Settings {
-            master: cli.master.clone().or(file.master),
+            master,
             interval: cli.interval.or(file.interval).unwrap_or(default_interval()),
             hostname: cli.hostname.clone().or(file.hostname),
             token_file: cli.token_file.clone().or(file.token_file),
@@ -193,6 +222,7 @@ impl Settings {
                 .reconnect_max
                 .or(file.reconnect_max)
                 .unwrap_or(default_reconnect_max()),
+            tls,
         };
         settings.validate(cli.once)?;
         Ok(settings)
@@ -245,6 +275,54 @@ impl Settings {
     }
 }
 
+/// TLS is on when a CA file or a pin is configured.
+fn tls_settings(
+    master: Option<&str>,
+    ca_file: Option<PathBuf>,
+    pin: Option<String>,
+    server_name: Option<String>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    if ca_file.is_none() && pin.is_none() {
+        if server_name.is_some() {
+            return Err(invalid(
+                "tls_server_name",
+                "needs tls_ca_file or tls_pin_sha256 (TLS is off without them)".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let pin_sha256 = match pin {
+        None => None,
+        Some(text) => {
+            let digits: String = text.chars().filter(|c| *c != ':').collect();
+            let mut pin = [0u8; 32];
+            hex::decode_to_slice(digits.trim(), &mut pin).map_err(|_| {
+                invalid(
+                    "tls_pin_sha256",
+                    format!("{text:?} is not 64 hex digits (the SHA-256 of the master's certificate in DER form)"),
+                )
+            })?;
+            Some(pin)
+        }
+    };
+    let server_name = match server_name {
+        Some(name) => name,
+        None => master
+            .and_then(|m| m.rsplit_once(':'))
+            .map(|(host, _)| {
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string()
+            })
+            .unwrap_or_default(),
+    };
+    Ok(Some(TlsSettings {
+        ca_file,
+        pin_sha256,
+        server_name,
+    }))
+}
+
 fn invalid(key: &'static str, reason: String) -> ConfigError {
     ConfigError::Invalid { key, reason }
 }
@@ -284,6 +362,7 @@ mod tests {
                     state_dir: Some("/s".into()),
                     spool_samples: Some(10),
                     reconnect_max: Some(Duration::from_secs(2)),
+                    ..FileConfig::default()
                 }),
             ),
             ("mastr = \"m:1\"\n", Err(&["/etc/x.toml", "mastr"])),
@@ -344,6 +423,48 @@ mod tests {
             FileConfig::default()
         )
         .is_ok());
+    }
+
+    #[test]
+    fn tls_is_on_with_a_ca_or_a_pin_and_the_server_name_defaults_to_the_master_host() {
+        let resolve = |master: &str, text: &str| {
+            Settings::resolve(
+                &cli(&["--master", master]),
+                parse_file(Path::new("a.toml"), text).unwrap(),
+            )
+        };
+        assert_eq!(resolve("m:1", "").unwrap().tls, None);
+        let pin = "ab".repeat(32);
+        let tls = resolve(
+            "master.example:7410",
+            &format!("tls_pin_sha256 = \"{pin}\"\n"),
+        )
+        .unwrap()
+        .tls
+        .unwrap();
+        assert_eq!(
+            (tls.pin_sha256, tls.server_name.as_str(), tls.ca_file),
+            (Some([0xab; 32]), "master.example", None)
+        );
+        let colons = vec!["AB"; 32].join(":");
+        let tls = resolve(
+            "[::1]:7410",
+            &format!("tls_pin_sha256 = \"{colons}\"\ntls_ca_file = \"/ca.pem\"\n"),
+        )
+        .unwrap()
+        .tls
+        .unwrap();
+        assert_eq!(
+            (tls.pin_sha256, tls.server_name.as_str()),
+            (Some([0xab; 32]), "::1")
+        );
+        for (text, key) in [
+            ("tls_pin_sha256 = \"abc\"\n", "tls_pin_sha256"),
+            ("tls_server_name = \"m\"\n", "tls_server_name"),
+        ] {
+            let err = resolve("m:1", text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

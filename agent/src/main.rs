@@ -1,7 +1,8 @@
 //! sentinel-agent: samples this host's health and streams it to a Sentinel master.
 //! See docs/CONTRACT.md for the command line and config, and the modules for each concern:
 //! `config` (flags + agent.toml), `identity` (agent-id), `collect` (sysinfo + /proc),
-//! `spool` (unacked samples), `ship` (the connection and event loop).
+//! `spool` (unacked samples), `ship` (the connection and event loop), `tls` (TLS to the
+//! master).
 
 mod backoff;
 mod collect;
@@ -9,6 +10,7 @@ mod config;
 mod identity;
 mod ship;
 mod spool;
+mod tls;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -111,10 +113,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         run_id: fastrand::u64(..),
         interval: settings.interval,
     };
+    let tls = match &settings.tls {
+        Some(t) => Some(tls::Client::new(t).map_err(misconfigured)?),
+        None => None,
+    };
     let opts = ship::Options {
         master,
         spool_samples: settings.spool_samples,
         reconnect_max: settings.reconnect_max,
+        tls,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -29,7 +29,11 @@ use crate::backoff::{Backoff, FailureLog};
 use crate::collect::{CollectError, Collector};
 use crate::spool::{Seq, Spool};
 
-type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+/// The connection's byte stream: TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Conn = Framed<Box<dyn Io>, LengthDelimitedCodec>;
 
 /// Frames queued for the writer task: enough to keep the socket busy during a replay, small
 /// enough (at most this many 256 KiB frames) to keep memory bounded when the master is slow.
@@ -61,12 +65,16 @@ pub struct Options {
     pub master: String,
     pub spool_samples: usize,
     pub reconnect_max: Duration,
+    /// None = plaintext.
+    pub tls: Option<crate::tls::Client>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     #[error("connection failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("the master closed the connection")]
@@ -124,11 +132,20 @@ struct Session {
     master_version: u16,
 }
 
-async fn handshake(master: String, id: Arc<Identity>) -> Result<Session, ShipError> {
+async fn handshake(
+    master: String,
+    id: Arc<Identity>,
+    tls: Option<crate::tls::Client>,
+) -> Result<Session, ShipError> {
     let stream = TcpStream::connect(&master)
         .await
         .map_err(ShipError::Connect)?;
     stream.set_nodelay(true)?;
+    // Nothing of the protocol goes out before the master's certificate passed.
+    let stream: Box<dyn Io> = match tls {
+        None => Box::new(stream),
+        Some(tls) => Box::new(tls.connect(stream).await.map_err(ShipError::Tls)?),
+    };
     let mut conn = Framed::new(stream, codec());
     let challenge = match read_msg(&mut conn).await? {
         MasterMessage::Challenge(c) => c,
@@ -317,6 +334,7 @@ impl Agent {
         tracing::info!(
             master = %self.opts.master, agent_id = %self.id.agent_id, hostname = %self.id.hostname,
             run_id = self.id.run_id, interval = %humantime::format_duration(self.id.interval),
+            tls = self.opts.tls.is_some(),
             version = env!("CARGO_PKG_VERSION"),
             "Agent started."
         );
@@ -352,7 +370,11 @@ impl Agent {
         tracing::debug!(master = %self.opts.master, "Connecting to the master.");
         let fut = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            handshake(self.opts.master.clone(), self.id.clone()),
+            handshake(
+                self.opts.master.clone(),
+                self.id.clone(),
+                self.opts.tls.clone(),
+            ),
         );
         State::Connecting(Box::pin(async move {
             fut.await
@@ -465,6 +487,10 @@ impl Agent {
                 ShipError::Refused { code, reason } => tracing::error!(
                     master = %self.opts.master, code = %code, reason = %reason, suppressed, retry_in = %retry_in,
                     "The master refused this agent."
+                ),
+                ShipError::Tls(_) => tracing::error!(
+                    master = %self.opts.master, error = %error, suppressed, retry_in = %retry_in,
+                    "TLS with the master failed (a wrong or unexpected certificate?); nothing is sent to it and samples are spooled meanwhile."
                 ),
                 _ => tracing::warn!(
                     master = %self.opts.master, error = %error, suppressed, retry_in = %retry_in,

@@ -4,6 +4,7 @@
 pub mod handshake;
 mod session;
 mod store;
+mod transport;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -51,6 +52,10 @@ impl Shared {
 pub fn run(config: Config) -> anyhow::Result<()> {
     let listener = crate::supervisor::inherited_listener()?;
     let token = config.token()?;
+    let tls = match &config.agent_tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(files.server_config(&[])?)),
+        None => None,
+    };
     let segment: &'static Segment = Box::leak(Box::new(Segment::open(&config.shm_name)?));
     let table = segment.table();
     let header = table.header();
@@ -64,6 +69,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         hosts = store.host_count(),
         pid = std::process::id(),
+        tls = tls.is_some(),
         "collector started"
     );
     let shared = Arc::new(Shared {
@@ -90,7 +96,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     .store(now_ms(), Ordering::Release);
             }
         });
-        let accept = accept_loop(listener, shared.clone());
+        let accept = accept_loop(listener, shared.clone(), tls);
         tokio::select! {
             r = accept => r,
             _ = crate::shutdown_signal() => {
@@ -104,7 +110,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<()> {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -120,18 +130,21 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> 
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        match shared.slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
+        // Taken before the TLS handshake, so handshakes in progress count against the limit.
+        let permit = shared.slots.clone().try_acquire_owned();
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let Some(stream) = transport::accept(stream, peer, &shared, tls.as_ref()).await else {
+                return;
+            };
+            match permit {
+                Ok(permit) => {
                     session::run(stream, peer, &shared).await;
                     drop(permit);
-                });
+                }
+                Err(_) => session::refuse_busy(stream, peer, &shared).await,
             }
-            Err(_) => {
-                let shared = shared.clone();
-                tokio::spawn(async move { session::refuse_busy(stream, peer, &shared).await });
-            }
-        }
+        });
     }
 }

@@ -7,6 +7,9 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::http::auth::BasicAuth;
+use crate::tls::TlsFiles;
+
 /// Used when `--config` is not given; a missing default file means "all defaults".
 pub const DEFAULT_CONFIG: &str = "/etc/sentinel/master.toml";
 
@@ -82,6 +85,20 @@ pub struct FileConfig {
     pub snapshot_interval: Option<String>,
     /// Optional: push every stored sample to a Prometheus remote-write endpoint.
     pub remote_write: Option<RemoteWriteFile>,
+    /// TLS on the agent listener: the certificate chain (PEM, server certificate first).
+    /// With `tls_key_file`, agents must connect with TLS; plaintext ones are refused.
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS on the agent listener: the certificate's private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// HTTPS on the HTTP listener (dashboard, API, /metrics, /healthz): certificate chain (PEM).
+    pub http_tls_cert_file: Option<PathBuf>,
+    /// HTTPS on the HTTP listener: the certificate's private key (PEM).
+    pub http_tls_key_file: Option<PathBuf>,
+    /// HTTP basic authentication for everything but /healthz: the user name.
+    pub http_basic_auth_user: Option<String>,
+    /// HTTP basic authentication: SHA-256 of the password, 64 hex digits
+    /// (`printf %s 'PASSWORD' | sha256sum`). The password itself is never stored.
+    pub http_basic_auth_sha256: Option<String>,
 }
 
 /// `[remote_write]` in master.toml: the http process pushes every sample the table stores
@@ -216,6 +233,12 @@ pub struct Config {
     pub remote_write: Option<RemoteWrite>,
     pub state_dir: PathBuf,
     pub snapshot_interval: std::time::Duration,
+    /// TLS on the agent listener (`tls_cert_file`/`tls_key_file`).
+    pub agent_tls: Option<TlsFiles>,
+    /// HTTPS on the HTTP listener (`http_tls_cert_file`/`http_tls_key_file`).
+    pub http_tls: Option<TlsFiles>,
+    /// Basic auth on the HTTP listener (`http_basic_auth_user`/`http_basic_auth_sha256`).
+    pub basic_auth: Option<BasicAuth>,
 }
 
 pub fn default_listen() -> String {
@@ -309,6 +332,22 @@ impl Config {
                 })?,
                 (None, None) => default_snapshot_interval(),
             },
+            agent_tls: TlsFiles::from_keys("tls_", file.tls_cert_file, file.tls_key_file)
+                .with_context(|| format!("invalid config file {source}"))?,
+            http_tls: TlsFiles::from_keys(
+                "http_tls_",
+                file.http_tls_cert_file,
+                file.http_tls_key_file,
+            )
+            .with_context(|| format!("invalid config file {source}"))?,
+            basic_auth: match (file.http_basic_auth_user, file.http_basic_auth_sha256) {
+                (None, None) => None,
+                (Some(user), Some(hash)) => Some(
+                    BasicAuth::new(&user, &hash)
+                        .map_err(|e| anyhow::anyhow!("invalid config file {source}: {e}"))?,
+                ),
+                _ => bail!("invalid config file {source}: keys `http_basic_auth_user` and `http_basic_auth_sha256`: set both or neither"),
+            },
         };
         config
             .check()
@@ -341,6 +380,16 @@ impl Config {
         }
         if self.max_connections == 0 {
             bail!("key `max_connections`: expected at least 1");
+        }
+        // Loaded once here so a bad certificate or key stops the master at start; each
+        // child loads its own again.
+        if let Some(tls) = &self.agent_tls {
+            tls.server_config(&[])
+                .context("key `tls_cert_file`/`tls_key_file`")?;
+        }
+        if let Some(tls) = &self.http_tls {
+            tls.server_config(&[])
+                .context("key `http_tls_cert_file`/`http_tls_key_file`")?;
         }
         for (key, addr) in [("listen", &self.listen), ("http", &self.http)] {
             if addr
@@ -558,6 +607,44 @@ mod tests {
                 "remote_write.labels",
             ),
             ("[remote_write]\nqueue_samples = 5\n", "url"),
+        ] {
+            let err = load(text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn tls_and_basic_auth_keys_come_in_pairs_and_are_checked_at_load() {
+        let dir = std::env::temp_dir().join(format!("sentinel-cfg4-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |text: &str| {
+            let path = dir.join("tls.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Cli {
+                config: Some(path),
+                ..Cli::default()
+            })
+            .map_err(|e| format!("{e:#}"))
+        };
+        let hash = "c4bbcb1fbec99d65bf59d85c8cb62ee2db963f0fe106f483d9afa73bd4e39a8a";
+        let c = load(&format!(
+            "http_basic_auth_user = \"ops\"\nhttp_basic_auth_sha256 = \"{hash}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.basic_auth.unwrap().user, "ops");
+        assert!(c.agent_tls.is_none() && c.http_tls.is_none());
+        for (text, want) in [
+            ("tls_cert_file = \"/x.crt\"\n", "tls_key_file"),
+            ("http_tls_key_file = \"/x.key\"\n", "http_tls_cert_file"),
+            ("http_basic_auth_user = \"ops\"\n", "http_basic_auth_sha256"),
+            (
+                "http_basic_auth_user = \"ops\"\nhttp_basic_auth_sha256 = \"secret\"\n",
+                "64 hex digits",
+            ),
+            (
+                "tls_cert_file = \"/nonexistent.crt\"\ntls_key_file = \"/nonexistent.key\"\n",
+                "/nonexistent.crt",
+            ),
         ] {
             let err = load(text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");

@@ -11,6 +11,7 @@ pub mod snapshot;
 pub mod status;
 pub mod supervisor;
 pub mod table;
+pub mod tls;
 
 /// Resolves on SIGTERM or SIGINT (children; the supervisor handles signals itself).
 pub async fn shutdown_signal() {

@@ -171,6 +171,8 @@ pub struct Master {
     /// The network namespace the master runs in (started through `ip netns exec`); the
     /// test's HTTP requests enter it too.
     pub netns: Option<String>,
+    /// The content of its master.toml (empty: defaults).
+    pub config: String,
 }
 
 impl Master {
@@ -192,7 +194,35 @@ impl Master {
         http: SocketAddr,
         extra_args: &[&str],
     ) -> Master {
-        let dir = tempfile::tempdir().unwrap();
+        let m = Self::spawn_configured(
+            netns,
+            listen,
+            http,
+            extra_args,
+            "",
+            tempfile::tempdir().unwrap(),
+        );
+        m.wait_healthy(Duration::from_secs(10));
+        m
+    }
+
+    /// A master on loopback with `config` as its master.toml, in `dir` (which may hold the
+    /// files the config names). It does not wait for /healthz: with HTTPS or basic auth the
+    /// test knows how to ask.
+    pub fn start_configured(config: &str, dir: tempfile::TempDir) -> Master {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::spawn_configured(None, listen, http, &[], config, dir)
+    }
+
+    fn spawn_configured(
+        netns: Option<&str>,
+        listen: SocketAddr,
+        http: SocketAddr,
+        extra_args: &[&str],
+        config: &str,
+        dir: tempfile::TempDir,
+    ) -> Master {
         let token_file = dir.path().join("fleet-token");
         fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
         let shm_name = unique("sentinel-e2e");
@@ -207,8 +237,9 @@ impl Master {
             &log,
             &extra_args,
             netns,
+            config,
         );
-        let m = Master {
+        Master {
             child,
             listen,
             http,
@@ -218,9 +249,8 @@ impl Master {
             token_file,
             extra_args,
             netns: netns.map(str::to_string),
-        };
-        m.wait_healthy(Duration::from_secs(10));
-        m
+            config: config.to_string(),
+        }
     }
 
     fn spawn(&self) -> Child {
@@ -233,6 +263,7 @@ impl Master {
             &self.log,
             &self.extra_args,
             self.netns.as_deref(),
+            &self.config,
         )
     }
 
@@ -369,10 +400,11 @@ fn spawn_master(
     log: &Path,
     extra_args: &[String],
     netns: Option<&str>,
+    config_text: &str,
 ) -> Child {
-    // An empty config file: defaults, whatever /etc/sentinel holds on the test machine.
+    // Never the default path: whatever /etc/sentinel holds on the test machine is ignored.
     let config = dir.path().join("master.toml");
-    fs::write(&config, "").unwrap();
+    fs::write(&config, config_text).unwrap();
     let mut cmd = match netns {
         None => Command::new(bin("sentinel-master")),
         Some(ns) => {
@@ -416,6 +448,8 @@ pub struct AgentOpts {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub netns: Option<String>,
+    /// The content of its agent.toml (empty: defaults).
+    pub config: String,
 }
 
 /// A `sentinel-agent` streaming to a master.
@@ -458,7 +492,7 @@ impl Agent {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("agent.log");
         let config = dir.path().join("agent.toml");
-        fs::write(&config, "").unwrap();
+        fs::write(&config, &opts.config).unwrap();
         let mut cmd = match &opts.netns {
             None => Command::new(bin("sentinel-agent")),
             Some(ns) => {

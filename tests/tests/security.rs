@@ -199,6 +199,7 @@ fn no_secret_is_ever_logged_even_at_debug_level() {
         token_file: token_file.clone(),
         extra_args: vec![],
         netns: None,
+        config: String::new(),
     };
     master.wait_healthy(Duration::from_secs(10));
     let agent_log = dir.path().join("agent.log");

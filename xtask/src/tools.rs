@@ -34,6 +34,17 @@ pub fn ensure_cargo_tool(subcommand: &str, krate: &str) -> Result {
     util::run(Command::new("cargo").args(["install", "--locked", krate]))
 }
 
+/// The C toolchain ring (rustls' crypto) needs for the musl targets: `clang`, which
+/// cross-compiles C and assembly for both architectures by `--target` alone, and `llvm-ar`
+/// (Debian `llvm`) to archive the objects (.cargo/config.toml `[env]` names both). Reused
+/// when both commands already work (any distribution); else installed from Debian.
+pub fn ensure_c_toolchain() -> Result {
+    if util::works("clang", &["--version"]) && util::works("llvm-ar", &["--version"]) {
+        return Ok(());
+    }
+    ensure_apt(&["clang", "llvm"])
+}
+
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
 /// `apt-get install` the Debian packages that are not installed yet.

@@ -11,11 +11,11 @@ use sentinel_protocol::{
     auth, frame, limits, Ack, AgentMessage, Challenge, Hello, MasterMessage, Refused, Welcome,
     PROTOCOL_VERSION,
 };
-use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
 use super::handshake::{check_hello_body, decode_error, refusal, Refusal};
 use super::store::{Incoming, SlotError, Superseded};
+use super::transport::Stream;
 use super::Shared;
 use crate::segment::now_ms;
 
@@ -23,7 +23,7 @@ use crate::segment::now_ms;
 /// task forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Conn = Framed<TcpStream, AgentCodec>;
+type Conn = Framed<Stream, AgentCodec>;
 
 /// The protocol's codec, except at the end of the stream: `LengthDelimitedCodec` consumes a
 /// length prefix as soon as it arrives, so a peer that hangs up after a prefix but before the
@@ -145,7 +145,7 @@ async fn refuse(conn: &mut Conn, peer: SocketAddr, shared: &Shared, r: Refusal) 
 }
 
 /// Over `max_connections`: refuse with `busy` and close.
-pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+pub async fn refuse_busy(stream: Stream, peer: SocketAddr, shared: &Shared) {
     let mut conn = Framed::new(stream, AgentCodec::new());
     let r = refusal(
         "busy",
@@ -185,7 +185,17 @@ fn frame_error(e: &std::io::Error) -> String {
     }
 }
 
-pub async fn run(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+/// A master with TLS and a peer that did not start a TLS handshake: refused in plaintext,
+/// which a plaintext agent reads and logs.
+pub async fn refuse_plaintext(stream: Stream, peer: SocketAddr, shared: &Shared, what: &str) {
+    let mut conn = Framed::new(stream, AgentCodec::new());
+    let reason = format!(
+        "this master requires TLS and the peer {what}; set tls_ca_file or tls_pin_sha256 in the agent's config"
+    );
+    refuse(&mut conn, peer, shared, refusal("invalid", reason)).await;
+}
+
+pub async fn run(stream: Stream, peer: SocketAddr, shared: &Shared) {
     let mut conn = Framed::new(stream, AgentCodec::new());
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let slot = match handshake(&mut conn, peer, shared, conn_id).await {

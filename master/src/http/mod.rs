@@ -6,9 +6,14 @@
 //! - `sse`: /api/v1/events (live updates, one table watcher shared by every client)
 //! - `metrics`: /metrics (Prometheus text format)
 //! - `assets`: the dashboard files compiled into the binary
+//! - `auth`: optional basic authentication (everything but /healthz)
+//!
+//! With `http_tls_cert_file`/`http_tls_key_file` every connection is HTTPS (rustls); a
+//! plaintext request on that port fails its TLS handshake and is closed.
 
 mod api;
 mod assets;
+pub mod auth;
 mod metrics;
 mod sse;
 
@@ -20,7 +25,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
@@ -51,13 +56,26 @@ pub struct State {
     pub stopping: watch::Receiver<bool>,
     /// Rendered hosts kept between GET /api/v1/hosts requests.
     pub hosts: api::HostsCache,
+    /// Credentials every request but /healthz must carry, if configured.
+    pub basic_auth: Option<auth::BasicAuth>,
 }
 
 pub fn run(config: Config) -> anyhow::Result<()> {
     let listener = crate::supervisor::inherited_listener()?;
     let segment: &'static Segment = Box::leak(Box::new(Segment::open(&config.shm_name)?));
     let table = segment.table();
-    tracing::info!(pid = std::process::id(), "http server started");
+    let tls = match &config.http_tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(
+            files.server_config(&[b"http/1.1"])?,
+        )),
+        None => None,
+    };
+    tracing::info!(
+        pid = std::process::id(),
+        https = tls.is_some(),
+        basic_auth_user = config.basic_auth.as_ref().map(|a| a.user.as_str()),
+        "http server started"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -86,8 +104,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             forwarder: forwarder.as_ref().map(|(f, _)| f.clone()),
             stopping: stop_rx,
             hosts: api::HostsCache::default(),
+            basic_auth: config.basic_auth.clone(),
         });
-        let serve = serve(listener, state);
+        let serve = serve(listener, state, tls);
         tokio::select! {
             () = serve => {}
             _ = crate::shutdown_signal() => tracing::info!("http server stopping"),
@@ -101,7 +120,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
-async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let limit = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
         let permit = limit
@@ -109,7 +132,7 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
             .acquire_owned()
             .await
             .expect("semaphore never closed");
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "http accept failed");
@@ -118,25 +141,51 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
             }
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, &req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => serve_connection(stream, state).await,
+                // The handshake shares the header timeout: a client that stalls it is a
+                // slow client like any other.
+                Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, state).await,
+                    // Browsers abort handshakes routinely (a certificate prompt, a closed
+                    // tab): not worth more than a debug line.
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer, error = %e, "https handshake failed")
+                    }
+                    Err(_) => tracing::debug!(peer = %peer, "https handshake timed out"),
+                },
+            }
             drop(permit);
         });
     }
+}
+
+async fn serve_connection<I>(io: I, state: Arc<State>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, &req)) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// The live event stream needs the running feed; everything else is [`route`].
 fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    if let Some(basic) = &state.basic_auth {
+        if auth::protects(req.uri().path()) && !basic.allows(req.headers().get(AUTHORIZATION)) {
+            return unauthorized().map(|b| b.boxed_unsync());
+        }
+    }
     if req.uri().path() == "/api/v1/events" && req.method() == Method::GET {
         let mut r = Response::new(sse::stream(state));
         set_common_headers(&mut r, "text/event-stream; charset=utf-8");
@@ -183,6 +232,17 @@ fn json_response(status: StatusCode, v: &Value) -> Resp {
         "application/json",
         serde_json::to_vec(v).unwrap_or_default(),
     )
+}
+
+/// 401 with the basic-auth challenge (browsers then ask for the user and password).
+fn unauthorized() -> Resp {
+    let mut r = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": "authentication required"}),
+    );
+    r.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(auth::CHALLENGE));
+    r
 }
 
 fn not_found() -> Resp {

@@ -222,6 +222,7 @@ mod tests {
             forwarder: None,
             stopping: stop_rx,
             hosts: Default::default(),
+            basic_auth: None,
         };
         let mut body = stream(&state);
         async fn next(body: &mut Body) -> String {
