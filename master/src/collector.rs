@@ -47,6 +47,11 @@ impl Shared {
             self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Counts a failed TLS handshake as a refusal with code `tls`.
+    pub fn count_tls_failure(&self) {
+        self.counters.refused[RefusalCode::Tls.index()].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 pub fn run(config: Config) -> anyhow::Result<()> {

@@ -284,6 +284,17 @@ fn an_agent_refuses_a_wrong_master_certificate_and_sends_nothing_while_an_honest
     let host = stop_and_settle(&master, &mut honest);
     assert_streamed_without_loss(&host);
     let refused = master.log_lines_with(&["TLS handshake failed", "peer=127.0.0.1:"]);
+    // /metrics counts every failed handshake (the log is rate-limited, the counter is not).
+    let (_, metrics) = master.get("/metrics", Duration::from_secs(2)).unwrap();
+    let counted: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"sentinel_collector_refusals_total{code="tls"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a tls refusal series in /metrics");
+    assert!(
+        counted >= refused && counted > 0,
+        "{counted} counted vs {refused} logged"
+    );
     println!(
         "hostile-suite: H26 wrong master certificates: handshakes refused by the agents={refused} samples sent to that master=0 real-agent samples accounted={} lost=0",
         u64_field(&host, "last_seq")

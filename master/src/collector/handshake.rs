@@ -50,15 +50,19 @@ pub enum RefusalCode {
     Busy = 3,
     /// Another connection holds this agent id (or a newer one took over).
     Conflict = 4,
+    /// A TLS handshake failed (wrong certificate, not TLS, too slow). Never sent: the peer
+    /// gets a TLS alert instead of a `refused`; counted so /metrics shows it.
+    Tls = 5,
 }
 
 impl RefusalCode {
-    pub const ALL: [RefusalCode; 5] = [
+    pub const ALL: [RefusalCode; 6] = [
         RefusalCode::Invalid,
         RefusalCode::Auth,
         RefusalCode::Version,
         RefusalCode::Busy,
         RefusalCode::Conflict,
+        RefusalCode::Tls,
     ];
 
     /// The code's text on the wire and in the `code` label.
@@ -69,6 +73,7 @@ impl RefusalCode {
             RefusalCode::Version => "version",
             RefusalCode::Busy => "busy",
             RefusalCode::Conflict => "conflict",
+            RefusalCode::Tls => "tls",
         }
     }
 

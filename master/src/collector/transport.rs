@@ -56,12 +56,14 @@ pub async fn accept(
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
         Ok(Ok(stream)) => Some(Box::new(stream)),
         Ok(Err(error)) => {
+            shared.count_tls_failure();
             if shared.log_limit.allow() {
                 tracing::warn!(peer = %peer, reason = %error, "TLS handshake failed");
             }
             None
         }
         Err(_) => {
+            shared.count_tls_failure();
             if shared.log_limit.allow() {
                 tracing::warn!(
                     peer = %peer,
