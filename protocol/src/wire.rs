@@ -212,6 +212,18 @@ pub fn encode_sample(s: &Sample, out: &mut Vec<u8>) -> Result<(), FrameError> {
     encode_body(&WireSample::from(s), out)
 }
 
+/// Appends the body of a `sample` message (`AgentMessage::Sample`) around a sample that
+/// [`encode_sample`] wrote, byte for byte what encoding the message would give, without
+/// decoding and re-encoding the sample: an agent spools its samples encoded and sends most of
+/// them alone in the next frame.
+pub fn sample_message_body(encoded_sample: &[u8], out: &mut Vec<u8>) {
+    // A map of one entry (0xa1) whose key is the 6-byte text "sample" (0x66).
+    out.reserve(8 + encoded_sample.len());
+    out.extend_from_slice(&[0xa1, 0x66]);
+    out.extend_from_slice(b"sample");
+    out.extend_from_slice(encoded_sample);
+}
+
 /// Decodes what [`encode_sample`] wrote.
 pub fn decode_sample(body: &[u8]) -> Result<Sample, FrameError> {
     decode_body::<WireSample>(body).map(Sample::from)
@@ -220,6 +232,27 @@ pub fn decode_sample(body: &[u8]) -> Result<Sample, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sample_message_built_around_an_encoded_sample_is_the_encoded_message() {
+        let s = Sample {
+            seq: 77,
+            cpu_cores_percent: vec![3.5],
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                rx_bytes: 1,
+                tx_bytes: 2,
+            }],
+            ..Sample::default()
+        };
+        let mut encoded = Vec::new();
+        encode_sample(&s, &mut encoded).unwrap();
+        let mut ours = Vec::new();
+        sample_message_body(&encoded, &mut ours);
+        let mut theirs = Vec::new();
+        crate::frame::encode_body(&crate::AgentMessage::Sample(s.clone()), &mut theirs).unwrap();
+        assert_eq!(ours, theirs);
+    }
 
     #[test]
     fn a_sample_survives_the_wire_form_and_is_much_smaller() {
