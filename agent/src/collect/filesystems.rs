@@ -57,6 +57,11 @@ pub fn is_real(fs_type: &str) -> bool {
 /// /proc/mounts and probing every block device.
 const RELIST_EVERY: Duration = Duration::from_secs(60);
 
+/// How old the filesystem figures may get (docs/PROTOCOL.md says so for `fs`): used space
+/// moves slowly, and waking the helper thread for every 1 s sample was 13 % of the agent's CPU
+/// time (perf, docs/BENCHMARKS.md). At a longer interval every sample refreshes.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
 /// A refresh still running after this long is taken for a hung mount: the samples then carry
 /// no filesystems (the collector's failure is logged) until it returns.
 pub const HUNG_AFTER: Duration = Duration::from_secs(5);
@@ -65,17 +70,18 @@ pub const HUNG_AFTER: Duration = Duration::from_secs(5);
 pub type Source = Box<dyn FnMut() -> Vec<Filesystem> + Send>;
 
 /// Filesystem figures from a helper thread. statvfs on a dead NFS or FUSE mount blocks in the
-/// kernel, so it never runs on the agent's only runtime thread: each sample asks the helper for
-/// a refresh and takes the newest complete list without waiting for it. The helper usually
-/// finishes while the rest of the sample is read (it runs on another core), otherwise the
-/// figures are the previous refresh's, one interval old. Handing the whole sample to tokio's
+/// kernel, so it never runs on the agent's only runtime thread: a sample asks the helper for a
+/// refresh when the figures are due ([`REFRESH_EVERY`]) and takes the newest complete list
+/// without waiting for it. The helper usually finishes while the rest of the sample is read (it
+/// runs on another core), otherwise the figures are the previous refresh's. Handing the whole sample to tokio's
 /// blocking pool instead cost two thread switches and two runtime wake-ups per sample
 /// (docs/BENCHMARKS.md, "Agent profile").
 pub struct Filesystems {
     shared: Arc<Shared>,
     /// Unparked for each refresh (a futex wake only when it sleeps); None if it did not start.
     helper: Option<std::thread::Thread>,
-    /// [`HUNG_AFTER`]; shorter in tests.
+    /// [`REFRESH_EVERY`] and [`HUNG_AFTER`]; shorter in tests.
+    refresh_every: Duration,
     hung_after: Duration,
 }
 
@@ -139,18 +145,23 @@ impl Filesystems {
         let fs = Filesystems {
             shared,
             helper,
+            refresh_every: REFRESH_EVERY,
             hung_after: HUNG_AFTER,
         };
         fs.refresh();
         fs
     }
 
-    /// Asks the helper for a refresh unless it is still busy with the last one. Call it at
-    /// the start of a sample: the helper then works while the other collectors read /proc.
+    /// Asks the helper for a refresh if the figures are due (at most [`REFRESH_EVERY`] old)
+    /// and it is not still busy with the last one. Call it at the start of a sample: the
+    /// helper then works while the other collectors read /proc.
     pub fn refresh(&self) {
         {
             let mut state = self.shared.lock();
-            if state.finished != state.requested {
+            let due = state
+                .requested_at
+                .is_none_or(|t| t.elapsed() >= self.refresh_every);
+            if !due || state.finished != state.requested {
                 return;
             }
             state.requested += 1;
@@ -290,6 +301,33 @@ mod tests {
     }
 
     #[test]
+    fn figures_are_refreshed_when_due_not_every_sample() {
+        let calls = Arc::new(Mutex::new(0));
+        let counted = calls.clone();
+        let mut f = Filesystems::with_source(Box::new(move || {
+            *counted.lock().unwrap() += 1;
+            vec![fs("/")]
+        }));
+        f.refresh_every = Duration::from_millis(200);
+        f.wait_first(Duration::from_secs(5));
+        let mut s = Sample::default();
+        for _ in 0..5 {
+            f.refresh();
+            f.collect(&mut s).unwrap();
+            assert_eq!(s.filesystems, vec![fs("/")]);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(*calls.lock().unwrap(), 1, "not due yet");
+        std::thread::sleep(Duration::from_millis(200));
+        f.refresh();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while *calls.lock().unwrap() < 2 {
+            assert!(Instant::now() < deadline, "due refresh never ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
     fn a_hung_statvfs_never_blocks_a_sample_and_is_reported_until_it_returns() {
         // The second refresh hangs until the test releases it.
         let (release, hang) = std::sync::mpsc::channel::<()>();
@@ -301,6 +339,7 @@ mod tests {
             }
             vec![fs(&format!("/call{calls}"))]
         }));
+        f.refresh_every = Duration::ZERO;
         f.hung_after = Duration::from_millis(300);
         f.wait_first(Duration::from_secs(5));
         let take = |f: &mut Filesystems| {
