@@ -10,6 +10,7 @@ mod config;
 mod identity;
 mod ship;
 mod spool;
+mod tick;
 mod tls;
 
 use std::path::Path;
@@ -127,8 +128,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(ship::Agent::new(id, opts, collector).run());
-    // A sample stuck in a hung statvfs must not hold up the exit (dropping the runtime would
-    // wait for it).
+    // A blocking-pool task (the master's name lookup) must not hold up the exit (dropping
+    // the runtime would wait for it). A statvfs hung on the collector's helper thread does
+    // not: that thread is not the runtime's.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     result?;
     Ok(())
@@ -187,6 +189,10 @@ struct OnceOutput<'a> {
     host: &'a sentinel_protocol::HostInfo,
 }
 
+/// How long `--once` waits for the statvfs figures: a hung mount must not hang the command,
+/// which then prints the sample without filesystems.
+const ONCE_FILESYSTEMS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `--once --format json`: one real sample plus who took it, on stdout.
 fn print_once(
     mut collector: collect::Collector,
@@ -195,6 +201,7 @@ fn print_once(
     host: &sentinel_protocol::HostInfo,
 ) -> anyhow::Result<()> {
     std::thread::sleep(collect::PRIMING_DELAY);
+    collector.wait_filesystems(ONCE_FILESYSTEMS_WAIT);
     let mut sample = collector.sample().context("cannot take a sample")?;
     sample.seq = 1;
     sample.ts_ms = ship::unix_ms();

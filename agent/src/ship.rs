@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::backoff::{Backoff, FailureLog};
@@ -234,18 +234,6 @@ async fn write_loop(
     sink.close().await
 }
 
-/// What the blocking sampler hands back: the collector and its reading.
-type Sampled = (Collector, Result<Sample, CollectError>);
-
-async fn wait_sampling(
-    slot: &mut Option<(JoinHandle<Sampled>, u64)>,
-) -> (Result<Sampled, tokio::task::JoinError>, u64) {
-    match slot {
-        Some((task, ts_ms)) => (task.await, *ts_ms),
-        None => std::future::pending().await,
-    }
-}
-
 type Handshake = Pin<Box<dyn Future<Output = Result<Session, ShipError>>>>;
 
 enum State {
@@ -286,17 +274,21 @@ async fn next_event(state: &mut State) -> Event {
 pub struct Agent {
     id: Arc<Identity>,
     opts: Options,
-    /// None while a sample is being taken on the blocking pool (a hung NFS mount can block
-    /// statvfs; it must not block the connection or the goodbye).
-    collector: Option<Collector>,
-    /// The sample being taken, and when its tick fired.
-    sampling: Option<(JoinHandle<Sampled>, u64)>,
+    /// Samples on this thread without blocking: statvfs, which a hung NFS mount can block,
+    /// runs on the collector's helper thread, so neither the connection nor the goodbye waits.
+    collector: Collector,
     spool: Spool,
     /// Highest seq ever handed to a connection: a full spool evicting an older sample
     /// does not count it as dropped (the master may well hold it).
     handed_upto: Seq,
     /// Last produced sequence number (the goodbye reports it).
     seq: Seq,
+    /// The `dropped` count stamped into the newest sample: while the spool's count is the
+    /// same, that sample's spooled bytes can go out as they are (see `next_frame`).
+    newest_dropped: u64,
+    /// Reused for encoding samples: a fresh Vec grew seven times per sample, and shrinking it
+    /// into the spool made musl's allocator map and unmap a page group each time.
+    scratch: Vec<u8>,
     backoff: Backoff,
     /// Rate limit for connection failures: the master being down must not flood the log.
     conn_failures: FailureLog,
@@ -305,8 +297,6 @@ pub struct Agent {
     disconnects: FailureLog,
     /// Rate limit for samples lost to an unusable reading.
     sample_failures: FailureLog,
-    /// Rate limit for ticks skipped because the previous sample is still being taken.
-    slow_samples: FailureLog,
 }
 
 impl Agent {
@@ -316,14 +306,14 @@ impl Agent {
             backoff: Backoff::new(opts.reconnect_max),
             id: Arc::new(id),
             opts,
-            collector: Some(collector),
-            sampling: None,
+            collector,
             handed_upto: Seq(0),
             seq: Seq(0),
+            newest_dropped: 0,
+            scratch: Vec::new(),
             conn_failures: FailureLog::default(),
             disconnects: FailureLog::default(),
             sample_failures: FailureLog::default(),
-            slow_samples: FailureLog::default(),
         }
     }
 
@@ -340,17 +330,16 @@ impl Agent {
         );
         // The priming CPU reading was taken at construction; the first sample needs a gap.
         tokio::time::sleep(crate::collect::PRIMING_DELAY).await;
-        let mut ticker = tokio::time::interval(self.id.interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut ticker = crate::tick::Ticker::new(self.id.interval);
         let mut state = self.connect();
         let reason = loop {
             tokio::select! {
                 _ = sigterm.recv() => break "sigterm",
                 _ = sigint.recv() => break "sigint",
-                _ = ticker.tick() => self.start_sample(),
-                (done, ts_ms) = wait_sampling(&mut self.sampling), if self.sampling.is_some() => {
-                    self.sampling = None;
-                    self.finish_sample(done, ts_ms);
+                _ = ticker.tick() => {
+                    let ts_ms = unix_ms();
+                    let reading = self.collector.sample();
+                    self.produce(reading, ts_ms);
                     if let State::Up(live) = &mut state {
                         if let Err(e) = self.pump(live).and_then(|()| self.check_acks(live)) {
                             state = self.disconnected(e);
@@ -524,43 +513,6 @@ impl Agent {
         }
     }
 
-    /// Starts taking a sample on the blocking pool, unless the previous one is still running.
-    fn start_sample(&mut self) {
-        let Some(mut collector) = self.collector.take() else {
-            if let Some(suppressed) = self.slow_samples.failed() {
-                tracing::warn!(
-                    suppressed,
-                    "Skipped a tick: the previous sample is still being taken (a hung mount?)."
-                );
-            }
-            return;
-        };
-        let ts_ms = unix_ms();
-        let task = tokio::task::spawn_blocking(move || {
-            let result = collector.sample();
-            (collector, result)
-        });
-        self.sampling = Some((task, ts_ms));
-    }
-
-    /// Takes back the collector and spools the sample it took.
-    fn finish_sample(&mut self, done: Result<Sampled, tokio::task::JoinError>, ts_ms: u64) {
-        match done {
-            Ok((collector, result)) => {
-                self.collector = Some(collector);
-                self.slow_samples.succeeded();
-                self.produce(result, ts_ms);
-            }
-            Err(error) => {
-                tracing::error!(%error, "The sampler crashed; starting a new one.");
-                match Collector::new() {
-                    Ok(c) => self.collector = Some(c),
-                    Err(error) => tracing::error!(%error, "Cannot restart collection."),
-                }
-            }
-        }
-    }
-
     /// Stamps one reading and spools it.
     fn produce(&mut self, result: Result<Sample, CollectError>, ts_ms: u64) {
         let mut sample = match result {
@@ -580,13 +532,15 @@ impl Agent {
             tracing::error!(%error, "Skipped a sample that breaks a protocol limit.");
             return;
         }
-        let mut body = Vec::new();
-        if let Err(error) = sentinel_protocol::encode_sample(&sample, &mut body) {
+        self.scratch.clear();
+        if let Err(error) = sentinel_protocol::encode_sample(&sample, &mut self.scratch) {
             tracing::error!(%error, "Skipped a sample that cannot be encoded.");
             return;
         }
         self.seq = Seq(sample.seq);
-        self.spool.push(self.seq, body.into_boxed_slice());
+        self.newest_dropped = sample.dropped;
+        self.spool
+            .push(self.seq, Box::from(self.scratch.as_slice()));
         tracing::debug!(
             seq = sample.seq,
             dropped = sample.dropped,
@@ -644,6 +598,16 @@ impl Agent {
         // carries the run's whole count: the first one after a hole explains all of it, also
         // drops that happened after it was taken (a long outage keeps evicting).
         let dropped = self.spool.dropped();
+        if let [newest] = pending.as_slice() {
+            if newest.seq == self.seq && dropped == self.newest_dropped {
+                // The usual case: one fresh sample whose spooled bytes are already right.
+                let mut body = Vec::new();
+                sentinel_protocol::sample_message_body(&newest.body, &mut body);
+                if body.len() <= sentinel_protocol::limits::MAX_FRAME_BYTES {
+                    return Some((Some(Bytes::from(body)), last));
+                }
+            }
+        }
         let samples: Vec<Sample> = pending
             .iter()
             .filter_map(|e| sentinel_protocol::decode_sample(&e.body).ok())

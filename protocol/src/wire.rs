@@ -212,6 +212,16 @@ pub fn encode_sample(s: &Sample, out: &mut Vec<u8>) -> Result<(), FrameError> {
     encode_body(&WireSample::from(s), out)
 }
 
+/// Appends the body of a `sample` message (`AgentMessage::Sample`) around a sample that
+/// [`encode_sample`] wrote, byte for byte what encoding the message would give, without
+/// decoding and re-encoding the sample: an agent spools its samples encoded and sends most of
+/// them alone in the next frame.
+pub fn sample_message_body(encoded_sample: &[u8], out: &mut Vec<u8>) {
+    out.reserve(SAMPLE_MESSAGE_PREFIX.len() + encoded_sample.len());
+    out.extend_from_slice(SAMPLE_MESSAGE_PREFIX);
+    out.extend_from_slice(encoded_sample);
+}
+
 /// Decodes what [`encode_sample`] wrote.
 pub fn decode_sample(body: &[u8]) -> Result<Sample, FrameError> {
     decode_body::<WireSample>(body).map(Sample::from)
@@ -252,6 +262,27 @@ mod tests {
         };
         encode_body(&crate::AgentMessage::Goodbye(bye), &mut goodbye).unwrap();
         assert_eq!(sample_in_body(&goodbye), None);
+    }
+
+    #[test]
+    fn a_sample_message_built_around_an_encoded_sample_is_the_encoded_message() {
+        let s = Sample {
+            seq: 77,
+            cpu_cores_percent: vec![3.5],
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                rx_bytes: 1,
+                tx_bytes: 2,
+            }],
+            ..Sample::default()
+        };
+        let mut encoded = Vec::new();
+        encode_sample(&s, &mut encoded).unwrap();
+        let mut ours = Vec::new();
+        sample_message_body(&encoded, &mut ours);
+        let mut theirs = Vec::new();
+        crate::frame::encode_body(&crate::AgentMessage::Sample(s.clone()), &mut theirs).unwrap();
+        assert_eq!(ours, theirs);
     }
 
     #[test]

@@ -14,9 +14,15 @@ fn three_agents_are_up_within_3s_with_real_memory_cpu_and_load() {
         .map(|h| Agent::start(&master, h, "1s"))
         .collect();
 
-    let hosts = wait_for(Duration::from_secs(3), "3 hosts up", || {
+    // A host is up from its handshake on; its first sample follows a moment later, so wait
+    // for that too before looking at the figures (polling between the two failed 1 run in 3).
+    let hosts = wait_for(Duration::from_secs(3), "3 hosts up with a sample", || {
         let hosts = master.hosts()?;
-        (hosts.len() == 3 && hosts.iter().all(|h| h["status"] == "up")).then_some(hosts)
+        (hosts.len() == 3
+            && hosts
+                .iter()
+                .all(|h| h["status"] == "up" && h["samples_received"].as_u64() >= Some(1)))
+        .then_some(hosts)
     });
     eprintln!("all 3 hosts up after {:?}", started.elapsed());
 

@@ -37,6 +37,9 @@ pub enum CollectError {
     Parse { what: &'static str },
     #[error("sysinfo cannot read {what}: {reason}")]
     Sysinfo { what: &'static str, reason: String },
+    /// A source that has not answered for a long time (e.g. statvfs on a dead NFS mount).
+    #[error("{what} has not returned for {secs} s (a hung mount?)")]
+    Hung { what: &'static str, secs: u64 },
     /// An all-zero reading: typically a chroot or container without /proc.
     #[error("{what} reads as zero (no /proc?)")]
     Zero { what: &'static str },
@@ -86,6 +89,12 @@ impl Collector {
         })
     }
 
+    /// Waits (at most `timeout`) for the first filesystem figures: `--once` takes a single
+    /// sample, with no earlier refresh to fall back on.
+    pub fn wait_filesystems(&self, timeout: Duration) {
+        self.filesystems.wait_first(timeout);
+    }
+
     /// Facts that do not change while the agent runs.
     pub fn host_info(&mut self) -> HostInfo {
         system::host_info(&mut self.sys)
@@ -95,17 +104,19 @@ impl Collector {
     /// the reading is meaningless (all zero), never for one broken collector.
     pub fn sample(&mut self) -> Result<Sample, CollectError> {
         let mut s = Sample::default();
+        // The helper thread takes the statvfs figures while /proc is read here.
+        self.filesystems.refresh();
         let results = [
             ("cpu", self.cpu.collect(&mut s)),
             ("memory", self.memory.collect(&mut s)),
             ("load", self.load.collect(&mut s)),
-            ("filesystems", self.filesystems.collect(&mut s)),
             ("network", self.network.collect(&mut s)),
             ("disk", self.disk.collect(&mut s)),
             (
                 "system",
                 system::collect(self.boot_time_s, &mut self.processes, &mut s),
             ),
+            ("filesystems", self.filesystems.collect(&mut s)),
         ];
         let mut memory_failed = None;
         for (name, result) in results {

@@ -13,6 +13,12 @@ use super::CollectError;
 /// Start size of the buffer: /proc/stat of a 2-core host is ~1.2 KiB, /proc/meminfo ~1.5 KiB.
 const START_BYTES: usize = 4096;
 
+/// A read that stops this short of a buffer with room to spare has reached the end: a procfs
+/// (seq_file) read fills the caller's buffer up to at least a page unless the file ended, or a
+/// single record did not fit the rest of that page (records here are lines of < 256 bytes).
+/// Trusting it saves the read that would only return 0: one syscall per file per sample.
+const WHOLE_BELOW: usize = 2048;
+
 pub struct ProcFile {
     path: &'static str,
     /// Reopened after any error (e.g. the file vanished with a namespace change).
@@ -64,6 +70,9 @@ impl ProcFile {
                 match file.read_at(&mut self.buf[n..], n as u64)? {
                     0 => return Ok(n),
                     k => n += k,
+                }
+                if n < WHOLE_BELOW && n < self.buf.len() {
+                    return Ok(n);
                 }
             }
             // Full: the file may be longer. Grow and read it again from the start, so the
