@@ -331,7 +331,9 @@ async fn stream_samples(
     let idle = limits::idle_timeout(interval_ms);
     let superseded =
         |_: Superseded| refusal("conflict", "a newer connection of this agent took over");
-    let mut items = Vec::with_capacity(MAX_FRAMES_PER_ACK);
+    // Grows to what the agent sends per read (one at 1 Hz, up to 64 when replaying): an
+    // idle connection must not hold 64 items (15 KB) of capacity.
+    let mut items = Vec::new();
     loop {
         let first = match read_body(conn, idle, "sample").await {
             Ok(Some(body)) => body,
@@ -392,6 +394,9 @@ async fn stream_samples(
                     .ingest(index, conn_id, incoming)
                     .map_err(superseded)?
             };
+            if items.len() <= 2 && items.capacity() > 8 {
+                items.shrink_to(2); // a replay is over: give its capacity back
+            }
             items.clear();
             if !send(conn, &MasterMessage::Ack(Ack { seq: ack })).await {
                 return Ok("write failed");

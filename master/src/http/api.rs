@@ -2,6 +2,7 @@
 //! and /api/v1/hosts/{id} (one host with its latest sample and history).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use hyper::StatusCode;
 use serde::Serialize;
@@ -356,6 +357,33 @@ impl SlotState {
 #[derive(Default)]
 pub struct HostsCache {
     inner: std::sync::Mutex<CacheInner>,
+    /// Response buffers hyper has finished sending, for the next response: a fresh multi-MB
+    /// buffer per request costs musl an mmap, a page fault per 4 KiB and an munmap (measured:
+    /// a quarter of the request's CPU at 5,000 hosts).
+    spare: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+/// A response body that gives its buffer back to [`HostsCache::spare`] once sent.
+struct Recycled {
+    buf: Vec<u8>,
+    spare: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < 2 {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            spare.push(buf);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -375,7 +403,7 @@ struct CachedHost {
 
 impl HostsCache {
     /// The body of GET /api/v1/hosts (docs/CONTRACT.md), the same as [`hosts`] renders.
-    pub fn render(&self, table: &Table, now: u64) -> Vec<u8> {
+    pub fn render(&self, table: &Table, now: u64) -> bytes::Bytes {
         let alive = collector_alive(table, now);
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let c = &mut *c;
@@ -416,7 +444,13 @@ impl HostsCache {
             c.order_valid = true;
         }
         let size: usize = c.hosts.iter().flatten().map(|h| h.json.len() + 1).sum();
-        let mut out = Vec::with_capacity(size + 64);
+        let mut out = self
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        out.reserve(size + 64);
         out.extend_from_slice(format!("{{\"now_ms\":{now},\"hosts\":[").as_bytes());
         for (n, &i) in c.order.iter().enumerate() {
             if let Some(h) = &c.hosts[i] {
@@ -427,7 +461,10 @@ impl HostsCache {
             }
         }
         out.extend_from_slice(b"]}");
-        out
+        bytes::Bytes::from_owner(Recycled {
+            buf: out,
+            spare: self.spare.clone(),
+        })
     }
 }
 
