@@ -68,20 +68,36 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
 
 /// `GET path` over HTTP/1.0 (so the server answers without chunking and closes).
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    let s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let (status, _, body) = http_request(s, addr, path, "")?;
+    Ok((status, body))
+}
+
+/// One HTTP/1.0 `GET path` over `stream` (plain or TLS) with extra header lines (each ending
+/// in CRLF): (status, head, body).
+pub fn http_request(
+    mut stream: impl Read + Write,
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<(u16, String, String)> {
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n"
+    )?;
+    stream.flush()?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {head:?}")))?;
-    Ok((status, body.to_string()))
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
+    Ok((status, head.to_string(), body.to_string()))
 }
 
 pub fn http_json(addr: SocketAddr, path: &str) -> Option<Value> {

@@ -371,30 +371,6 @@ fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
     )
 }
 
-/// One HTTP/1.0 request over `stream`: (status, head, body).
-fn request(
-    mut stream: impl Read + Write,
-    addr: SocketAddr,
-    path: &str,
-    headers: &str,
-) -> std::io::Result<(u16, String, String)> {
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n"
-    )?;
-    stream.flush()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
-    Ok((status, head.to_string(), body.to_string()))
-}
-
 fn tcp(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -410,7 +386,7 @@ fn https(
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let conn =
         rustls::ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
-    request(
+    http_request(
         rustls::StreamOwned::new(conn, tcp(addr)?),
         addr,
         path,
@@ -448,7 +424,7 @@ fn the_dashboard_speaks_https_to_a_client_trusting_the_ca_and_nothing_else() {
     });
     assert_eq!(hosts[0]["hostname"], "behind-https");
     // Plain HTTP to the HTTPS port gets no HTTP answer.
-    let plain = request(tcp(master.http).unwrap(), master.http, "/api/v1/hosts", "");
+    let plain = http_request(tcp(master.http).unwrap(), master.http, "/api/v1/hosts", "");
     assert!(plain.is_err(), "plain HTTP must fail: {plain:?}");
     // A client trusting another CA refuses the server.
     let other = client_config(&Ca::new("other").pem);
@@ -490,7 +466,7 @@ fn basic_auth_guards_everything_but_healthz_and_credentials_never_reach_the_log(
             ("wrong user", &wrong_user),
         ] {
             let (status, head, _) =
-                request(tcp(master.http).unwrap(), master.http, path, headers).unwrap();
+                http_request(tcp(master.http).unwrap(), master.http, path, headers).unwrap();
             assert_eq!(status, 401, "{path} with {who}");
             assert!(
                 head.contains("www-authenticate: Basic realm=\"sentinel\""),
@@ -501,11 +477,12 @@ fn basic_auth_guards_everything_but_healthz_and_credentials_never_reach_the_log(
         }
     }
     for path in ["/", "/api/v1/hosts", "/metrics", "/app.js"] {
-        let (status, _, _) = request(tcp(master.http).unwrap(), master.http, path, &right).unwrap();
+        let (status, _, _) =
+            http_request(tcp(master.http).unwrap(), master.http, path, &right).unwrap();
         assert_eq!(status, 200, "{path} with the right credentials");
     }
     let (status, _, body) =
-        request(tcp(master.http).unwrap(), master.http, "/healthz", "").unwrap();
+        http_request(tcp(master.http).unwrap(), master.http, "/healthz", "").unwrap();
     assert_eq!(status, 200, "/healthz stays open for health checks: {body}");
     let log = master.log_text();
     for secret in [PASSWORD, "Tr0ub4dor", &right_token, &wrong_token] {
