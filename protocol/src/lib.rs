@@ -14,7 +14,9 @@ pub mod wire;
 pub use auth::{proof, verify_proof, Nonce, Proof};
 pub use frame::{decode_body, encode_frame, split_frame, FrameError};
 pub use message::*;
-pub use wire::{decode_sample, encode_sample, sample_in_body, sample_message_body};
+pub use wire::{
+    decode_filesystems, decode_sample, encode_sample, sample_in_body, sample_message_body,
+};
 
 /// The protocol version this crate speaks. A peer announcing another version is refused with a
 /// reason; bump it for any change an old peer would misread.

@@ -227,6 +227,27 @@ pub fn decode_sample(body: &[u8]) -> Result<Sample, FrameError> {
     decode_body::<WireSample>(body).map(Sample::from)
 }
 
+/// Only the filesystems of a sample [`encode_sample`] wrote: the other fields are skipped, not
+/// built (no strings, no vectors), which is what a reader that wants one field pays for.
+pub fn decode_filesystems(body: &[u8]) -> Result<Vec<Filesystem>, FrameError> {
+    #[derive(Deserialize)]
+    struct FilesystemsOnly {
+        #[serde(rename = "fs")]
+        filesystems: Vec<WireFilesystem>,
+    }
+    decode_body::<FilesystemsOnly>(body).map(|w| {
+        w.filesystems
+            .into_iter()
+            .map(|f| Filesystem {
+                mount: f.mount,
+                fs_type: f.fs_type,
+                total_bytes: f.total_bytes,
+                available_bytes: f.available_bytes,
+            })
+            .collect()
+    })
+}
+
 /// The CBOR that starts the body of a `sample` message: a map of one entry keyed "sample".
 const SAMPLE_MESSAGE_PREFIX: &[u8] = b"\xa1\x66sample";
 
@@ -246,6 +267,12 @@ mod tests {
         let s = Sample {
             seq: 3,
             cpu_cores_percent: vec![1.5],
+            filesystems: vec![Filesystem {
+                mount: "/".into(),
+                fs_type: "ext4".into(),
+                total_bytes: 10 << 30,
+                available_bytes: 4 << 30,
+            }],
             ..Sample::default()
         };
         let mut body = Vec::new();
@@ -255,6 +282,7 @@ mod tests {
         encode_sample(&s, &mut alone).unwrap();
         assert_eq!(inner, &alone[..]);
         assert_eq!(decode_sample(inner).unwrap(), s);
+        assert_eq!(decode_filesystems(inner).unwrap(), s.filesystems);
         let mut goodbye = Vec::new();
         let bye = crate::Goodbye {
             last_seq: 3,

@@ -1,9 +1,11 @@
 //! The JSON API: /healthz, /api/v1/hosts (the fleet, with what the fleet view needs per host)
 //! and /api/v1/hosts/{id} (one host with its latest sample and history).
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
+use bytes::Bytes;
+use bytes_utils::SegmentedBuf;
 use hyper::StatusCode;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -85,6 +87,14 @@ fn stored_sample(bytes: &[u8]) -> Option<sentinel_protocol::Sample> {
     sentinel_protocol::decode_sample(bytes)
         .or_else(|_| sentinel_protocol::decode_body(bytes))
         .ok()
+}
+
+/// The filesystems of the sample in a slot's buffer (see [`stored_sample`]), without building
+/// the rest of the sample.
+fn stored_filesystems(bytes: &[u8]) -> Option<Vec<sentinel_protocol::Filesystem>> {
+    sentinel_protocol::decode_filesystems(bytes)
+        .ok()
+        .or_else(|| stored_sample(bytes).map(|s| s.filesystems))
 }
 
 pub fn status_of(rec: &Record, now: u64) -> Status {
@@ -195,9 +205,9 @@ impl FleetExtras {
         let fs_fullest = recent
             .sample
             .as_deref()
-            .and_then(stored_sample)
-            .and_then(|s| {
-                s.filesystems
+            .and_then(stored_filesystems)
+            .and_then(|filesystems| {
+                filesystems
                     .into_iter()
                     .filter(|f| f.total_bytes > 0)
                     .map(|f| {
@@ -249,7 +259,14 @@ struct FleetHost {
 }
 
 /// The fleet host of slot `i`, rendered as JSON, or `None` for an unused or unreadable slot.
-fn fleet_host_json(table: &Table, i: usize, now: u64, alive: bool) -> Option<(Record, Vec<u8>)> {
+/// `prefix` goes before the object in the same buffer.
+fn fleet_host_json(
+    table: &Table,
+    i: usize,
+    now: u64,
+    alive: bool,
+    prefix: &[u8],
+) -> Option<(Record, Vec<u8>)> {
     let recent = table.read_history(i, 0, SPARK_POINTS, true)?;
     if recent.record.in_use != 1 {
         return None;
@@ -258,13 +275,15 @@ fn fleet_host_json(table: &Table, i: usize, now: u64, alive: bool) -> Option<(Re
         host: Host::new(&recent.record, now, alive),
         extras: FleetExtras::new(&recent),
     };
-    let json = serde_json::to_vec(&host).ok()?;
+    let mut json = Vec::with_capacity(1536);
+    json.extend_from_slice(prefix);
+    serde_json::to_writer(&mut json, &host).ok()?;
     Some((recent.record, json))
 }
 
 /// HOST plus the fleet-view fields for slot `i`, or `None` for an unused or unreadable slot.
 pub fn fleet_host(table: &Table, i: usize, now: u64, alive: bool) -> Option<(Record, Value)> {
-    let (rec, json) = fleet_host_json(table, i, now, alive)?;
+    let (rec, json) = fleet_host_json(table, i, now, alive, b"")?;
     Some((rec, serde_json::from_slice(&json).ok()?))
 }
 
@@ -351,39 +370,14 @@ impl SlotState {
 }
 
 /// GET /api/v1/hosts with each host's JSON kept between requests: a request renders only the
-/// hosts whose slot changed (or whose status moved on) since the last one, and joins the rest
+/// hosts whose slot changed (or whose status moved on) since the last one, and sends the rest
 /// from memory. With 5,000 hosts this is the difference between rendering 5,000 objects and
-/// rendering the few hundred that changed. Memory: one rendered HOST per slot in use.
+/// rendering the hundred that changed. The body is the cached objects themselves, in order,
+/// which hyper writes with writev: joining 5,000 hosts into one buffer was a quarter of the
+/// request's CPU (docs/BENCHMARKS.md). Memory: one rendered HOST per slot in use.
 #[derive(Default)]
 pub struct HostsCache {
     inner: std::sync::Mutex<CacheInner>,
-    /// Response buffers hyper has finished sending, for the next response: a fresh multi-MB
-    /// buffer per request costs musl an mmap, a page fault per 4 KiB and an munmap (measured:
-    /// a quarter of the request's CPU at 5,000 hosts).
-    spare: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-}
-
-/// A response body that gives its buffer back to [`HostsCache::spare`] once sent.
-struct Recycled {
-    buf: Vec<u8>,
-    spare: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-}
-
-impl AsRef<[u8]> for Recycled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Recycled {
-    fn drop(&mut self) {
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.len() < 2 {
-            let mut buf = std::mem::take(&mut self.buf);
-            buf.clear();
-            spare.push(buf);
-        }
-    }
 }
 
 #[derive(Default)]
@@ -398,12 +392,15 @@ struct CacheInner {
 struct CachedHost {
     state: SlotState,
     key: (String, String),
-    json: Vec<u8>,
+    /// `,` and the host's JSON object: the separator travels with the host, so the body is
+    /// one part per host (the first host's part starts after the comma).
+    json: Bytes,
 }
 
 impl HostsCache {
-    /// The body of GET /api/v1/hosts (docs/CONTRACT.md), the same as [`hosts`] renders.
-    pub fn render(&self, table: &Table, now: u64) -> bytes::Bytes {
+    /// The body of GET /api/v1/hosts (docs/CONTRACT.md), the same as [`hosts`] renders, as
+    /// the parts to send one after another.
+    pub fn render(&self, table: &Table, now: u64) -> SegmentedBuf<Bytes> {
         let alive = collector_alive(table, now);
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let c = &mut *c;
@@ -424,10 +421,10 @@ impl HostsCache {
             {
                 continue;
             }
-            let fresh = fleet_host_json(table, i, now, alive).map(|(rec, json)| CachedHost {
+            let fresh = fleet_host_json(table, i, now, alive, b",").map(|(rec, json)| CachedHost {
                 state: SlotState::of(&rec, version, now),
                 key: (rec.hostname.get(), rec.agent_id()),
-                json,
+                json: Bytes::from(json),
             });
             if cached.as_ref().map(|h| &h.key) != fresh.as_ref().map(|h| &h.key) {
                 c.order_valid = false;
@@ -443,28 +440,18 @@ impl HostsCache {
             });
             c.order_valid = true;
         }
-        let size: usize = c.hosts.iter().flatten().map(|h| h.json.len() + 1).sum();
-        let mut out = self
-            .spare
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default();
-        out.reserve(size + 64);
-        out.extend_from_slice(format!("{{\"now_ms\":{now},\"hosts\":[").as_bytes());
-        for (n, &i) in c.order.iter().enumerate() {
-            if let Some(h) = &c.hosts[i] {
-                if n > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(&h.json);
-            }
+        let mut parts = VecDeque::with_capacity(c.order.len() + 2);
+        parts.push_back(Bytes::from(format!("{{\"now_ms\":{now},\"hosts\":[")));
+        let hosts = c.order.iter().filter_map(|&i| c.hosts[i].as_ref());
+        for (n, h) in hosts.enumerate() {
+            parts.push_back(if n == 0 {
+                h.json.slice(1..)
+            } else {
+                h.json.clone()
+            });
         }
-        out.extend_from_slice(b"]}");
-        bytes::Bytes::from_owner(Recycled {
-            buf: out,
-            spare: self.spare.clone(),
-        })
+        parts.push_back(Bytes::from_static(b"]}"));
+        SegmentedBuf::from(parts)
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytes_utils::SegmentedBuf;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -177,13 +178,21 @@ where
         .await;
 }
 
-type Body = UnsyncBoxBody<Bytes, Infallible>;
+/// Response data: one buffer, or several sent one after another with writev (GET
+/// /api/v1/hosts sends its cached host objects so instead of joining them into one).
+type Data = SegmentedBuf<Bytes>;
+type Body = UnsyncBoxBody<Data, Infallible>;
+
+/// A [`Resp`] as a [`Body`] response (its length stays known: Content-Length, not chunked).
+fn boxed(r: Resp) -> Response<Body> {
+    r.map(|b| b.boxed_unsync())
+}
 
 /// The live event stream needs the running feed; everything else is [`route`].
 fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
     if let Some(basic) = &state.basic_auth {
         if auth::protects(req.uri().path()) && !basic.allows(req.headers().get(AUTHORIZATION)) {
-            return unauthorized().map(|b| b.boxed_unsync());
+            return boxed(unauthorized());
         }
     }
     if req.uri().path() == "/api/v1/events" && req.method() == Method::GET {
@@ -193,18 +202,25 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
     }
     let now = now_ms();
     if req.uri().path() == "/api/v1/hosts" && req.method() == Method::GET {
-        let body = state.hosts.render(state.table, now);
-        return respond(StatusCode::OK, "application/json", body).map(|b| b.boxed_unsync());
+        let mut r = Response::new(Full::new(state.hosts.render(state.table, now)));
+        set_common_headers(&mut r, "application/json");
+        return boxed(r);
     }
     let extra = state
         .forwarder
         .as_ref()
         .map(|f| f.metrics_text())
         .unwrap_or_default();
-    route_with(state.table, req.method(), req.uri().path(), now, &extra).map(|b| b.boxed_unsync())
+    boxed(route_with(
+        state.table,
+        req.method(),
+        req.uri().path(),
+        now,
+        &extra,
+    ))
 }
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<Full<Data>>;
 
 fn set_common_headers<B>(r: &mut Response<B>, content_type: &'static str) {
     let h = r.headers_mut();
@@ -220,7 +236,7 @@ fn set_common_headers<B>(r: &mut Response<B>, content_type: &'static str) {
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(Full::new(Data::from_iter([body.into()])));
     *r.status_mut() = status;
     set_common_headers(&mut r, content_type);
     r
@@ -296,6 +312,7 @@ mod tests {
     use super::assets::{APP_JS, INDEX_HTML};
     use super::*;
     use crate::table::{account, Record, TestTable};
+    use bytes::Buf;
     use http_body_util::BodyExt;
     use sentinel_protocol::{Hello, HostInfo, Sample};
     use std::sync::atomic::Ordering;
@@ -406,7 +423,9 @@ mod tests {
         let t = fleet();
         let cache = api::HostsCache::default();
         let same = |now: u64| {
-            let cached: Value = serde_json::from_slice(&cache.render(&t.table, now)).unwrap();
+            let mut body = cache.render(&t.table, now);
+            let cached: Value =
+                serde_json::from_slice(&body.copy_to_bytes(body.remaining())).unwrap();
             assert_eq!(cached, api::hosts(&t.table, now));
             cached
         };

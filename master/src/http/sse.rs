@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
 use super::api::{collector_alive, fleet_row, fleet_rows, SlotState};
-use super::{Body, State};
+use super::{Body, Data, State};
 use crate::segment::now_ms;
 use crate::table::Table;
 
@@ -163,7 +163,7 @@ pub fn stream(state: &State) -> Body {
     });
     let frames = head
         .chain(rest)
-        .map(|b| Ok::<_, Infallible>(Frame::data(b)));
+        .map(|b| Ok::<_, Infallible>(Frame::data(Data::from_iter([b]))));
     StreamBody::new(frames).boxed_unsync()
 }
 
@@ -171,6 +171,7 @@ pub fn stream(state: &State) -> Body {
 mod tests {
     use super::*;
     use crate::table::{account, Record, TestTable};
+    use bytes::Buf;
     use http_body_util::BodyExt;
     use sentinel_protocol::{Hello, HostInfo, Sample};
     use std::sync::atomic::Ordering;
@@ -231,7 +232,8 @@ mod tests {
                 .expect("an event within 2 s")
                 .unwrap()
                 .unwrap();
-            String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
+            let mut data = frame.into_data().unwrap();
+            String::from_utf8(data.copy_to_bytes(data.remaining()).to_vec()).unwrap()
         }
         let first = next(&mut body).await;
         assert!(
