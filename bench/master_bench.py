@@ -183,9 +183,12 @@ def read_side(runs, seconds):
         master = Master(capacity=5200)
         # 5,000 agents at 500 ms: 10,000 samples/s of ingest in the background.
         bg = subprocess.Popen([LOADGEN, "run", "--master", f"127.0.0.1:{master.listen}", "--agents", "5000",
-                               "--interval", "500ms", "--duration", f"{seconds + 50}s", "--token-file", master.token,
+                               "--interval", "500ms", "--duration", f"{seconds + 80}s", "--token-file", master.token,
                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         wait_for("5,000 hosts in the table", 60, lambda: len(http_json(master.http, "/api/v1/hosts")["hosts"]) >= 5000)
+        # Steady state: every host's sparklines full (60 points, 30 s at 500 ms), so the body
+        # is as large as a fleet's that has been up a minute.
+        wait_for("full sparklines", 60, lambda: min(len(h["spark"]["cpu"]) for h in http_json(master.http, "/api/v1/hosts")["hosts"]) >= 60)
         h = record("read-hosts", loadgen("probe", "--http", f"127.0.0.1:{master.http}", "--path", "/api/v1/hosts", "--requests", 100))
         m = record("read-metrics", loadgen("probe", "--http", f"127.0.0.1:{master.http}", "--path", "/metrics", "--requests", 30))
         f = record("freshness", loadgen("freshness", "--master", f"127.0.0.1:{master.listen}", "--http", f"127.0.0.1:{master.http}",

@@ -41,7 +41,15 @@ fuzz_target!(|body: &[u8]| {
     check::<Sample>(body, |s| {
         let _ = s.validate();
     });
+    // The master's field reader agrees with the full decoder wherever both accept the body.
+    let filesystems = decode_filesystems(body);
     if let Ok(s) = decode_sample(body) {
+        if let Ok(fs) = &filesystems {
+            assert_eq!(
+                fs, &s.filesystems,
+                "decode_filesystems disagrees with decode_sample"
+            );
+        }
         let _ = s.validate();
         let mut once = Vec::new();
         encode_sample(&s, &mut once).expect("a decoded sample encodes");

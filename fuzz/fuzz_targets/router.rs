@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
+use bytes::Buf;
 use hyper::body::Body as _;
 use hyper::Method;
 use libfuzzer_sys::fuzz_target;
@@ -106,8 +107,11 @@ fuzz_target!(|data: &[u8]| {
     let mut bytes = Vec::new();
     let mut cx = Context::from_waker(Waker::noop());
     while let Poll::Ready(Some(Ok(frame))) = std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
-        if let Ok(data) = frame.into_data() {
-            bytes.extend_from_slice(&data);
+        if let Ok(mut data) = frame.into_data() {
+            while data.has_remaining() {
+                bytes.extend_from_slice(data.chunk());
+                data.advance(data.chunk().len());
+            }
         }
     }
     if json {

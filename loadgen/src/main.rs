@@ -37,6 +37,9 @@ enum Cmd {
         path: String,
         #[arg(long, default_value_t = 200)]
         requests: usize,
+        /// Start a request this often (like a dashboard polling) instead of back to back.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Option<Duration>,
         #[arg(long)]
         json: bool,
     },
@@ -563,11 +566,21 @@ fn latency_report(mut ms: Vec<f64>, extra: serde_json::Value, json: bool) -> Res
     Ok(())
 }
 
-async fn probe(http: SocketAddr, path: String, requests: usize, json: bool) -> Result<()> {
+async fn probe(
+    http: SocketAddr,
+    path: String,
+    requests: usize,
+    every: Option<Duration>,
+    json: bool,
+) -> Result<()> {
     let mut ms = Vec::with_capacity(requests);
     let mut bytes = 0;
     let mut raw = Vec::new();
+    let mut tick = every.map(tokio::time::interval);
     for _ in 0..requests {
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
+        }
         // From connect to the last byte of the body, as curl's time_total.
         let t = Instant::now();
         let (status, body_start) = http_get_into(http, &path, &mut raw).await?;
@@ -579,7 +592,7 @@ async fn probe(http: SocketAddr, path: String, requests: usize, json: bool) -> R
     }
     latency_report(
         ms,
-        serde_json::json!({ "path": path, "body_bytes": bytes }),
+        serde_json::json!({ "path": path, "body_bytes": bytes, "every_ms": every.map(|d| d.as_millis()) }),
         json,
     )
 }
@@ -779,8 +792,9 @@ fn main() -> Result<()> {
             http,
             path,
             requests,
+            every,
             json,
-        } => rt.block_on(probe(http, path, requests, json)),
+        } => rt.block_on(probe(http, path, requests, every, json)),
         Cmd::Freshness {
             master,
             http,

@@ -2,7 +2,7 @@
 //! and /api/v1/hosts/{id} (one host with its latest sample and history).
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use bytes_utils::SegmentedBuf;
@@ -75,10 +75,24 @@ fn to_map<T: Serialize>(v: &T) -> Map<String, Value> {
     }
 }
 
-/// A ratio or percentage rounded to 0.1 for sparklines (keeps 5,000 hosts' JSON small);
-/// `None` (null) if not finite.
+/// A ratio rounded to 0.1 (in `fs_fullest`); `None` (null) if not finite.
 fn tenth(v: f64) -> Option<f64> {
     v.is_finite().then(|| (v * 10.0).round() / 10.0)
+}
+
+/// A sparkline point: a percentage as a whole number, `None` (null) if not finite. A sparkline
+/// is tens of pixels high, so tenths would not show, and whole numbers keep the fleet's JSON a
+/// third smaller (5,000 hosts x 120 points).
+fn whole(v: f64) -> Option<i32> {
+    // Half away from zero, as f64::round, which is a libm call in the static build (a tenth of
+    // rendering a host).
+    v.is_finite().then(|| {
+        if v >= 0.0 {
+            (v + 0.5) as i32
+        } else {
+            -((0.5 - v) as i32)
+        }
+    })
 }
 
 /// The sample in a slot's buffer: its wire form (table layout 2), or the long-key form a
@@ -194,8 +208,8 @@ struct FsFullest {
 struct Spark {
     /// Points stored over the host's life up to the newest here.
     n: u64,
-    cpu: Vec<Option<f64>>,
-    mem: Vec<Option<f64>>,
+    cpu: Vec<Option<i32>>,
+    mem: Vec<Option<i32>>,
 }
 
 impl FleetExtras {
@@ -232,12 +246,12 @@ impl FleetExtras {
                 cpu: recent
                     .points
                     .iter()
-                    .map(|p| tenth(f64::from(p.cpu_percent)))
+                    .map(|p| whole(f64::from(p.cpu_percent)))
                     .collect(),
                 mem: recent
                     .points
                     .iter()
-                    .map(|p| tenth(p.mem_used_bytes as f64 * 100.0 / total))
+                    .map(|p| whole(p.mem_used_bytes as f64 * 100.0 / total))
                     .collect(),
             },
         }
@@ -371,14 +385,30 @@ impl SlotState {
 
 /// GET /api/v1/hosts with each host's JSON kept between requests: a request renders only the
 /// hosts whose slot changed (or whose status moved on) since the last one, and sends the rest
-/// from memory. With 5,000 hosts this is the difference between rendering 5,000 objects and
-/// rendering the hundred that changed. The body is the cached objects themselves, in order,
-/// which hyper writes with writev: joining 5,000 hosts into one buffer was a quarter of the
-/// request's CPU (docs/BENCHMARKS.md). Memory: one rendered HOST per slot in use.
+/// from memory. The body is the cached objects themselves, in order, which hyper writes with
+/// writev: joining 5,000 hosts into one buffer was a quarter of the request's CPU.
+///
+/// A client that polls every few seconds would still find most hosts changed (5,000 hosts at
+/// 2 Hz change 10,000 times a second) and wait for all of them to render. So while anyone has
+/// asked in the last [`KEEP_WARM_MS`], [`HostsCache::warm`] renders the changed hosts every
+/// [`WARM_EVERY`] in the background, and a request renders only what changed since (docs/
+/// BENCHMARKS.md has both the back-to-back and the polling figures). Memory: one rendered HOST
+/// per slot in use.
 #[derive(Default)]
 pub struct HostsCache {
     inner: std::sync::Mutex<CacheInner>,
+    /// Unix ms of the latest request.
+    last_request_ms: AtomicU64,
 }
+
+/// How long after the latest GET /api/v1/hosts the cache is kept warm: a poller's interval,
+/// with room. An idle master renders nothing.
+pub const KEEP_WARM_MS: u64 = 60_000;
+/// How often the warmer renders the hosts that changed.
+pub const WARM_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+/// Slots the warmer renders per turn of the lock, so that a request waits for at most this
+/// many hosts' rendering before it takes over.
+const WARM_BATCH: usize = 128;
 
 #[derive(Default)]
 struct CacheInner {
@@ -397,23 +427,35 @@ struct CachedHost {
     json: Bytes,
 }
 
-impl HostsCache {
-    /// The body of GET /api/v1/hosts (docs/CONTRACT.md), the same as [`hosts`] renders, as
-    /// the parts to send one after another.
-    pub fn render(&self, table: &Table, now: u64) -> SegmentedBuf<Bytes> {
+impl CacheInner {
+    /// Follows the table's slot count and the collector's liveness (which every host's
+    /// `connected` depends on).
+    fn follow(&mut self, table: &Table, now: u64) -> bool {
         let alive = collector_alive(table, now);
-        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let c = &mut *c;
-        if c.alive != alive {
-            c.hosts.clear(); // every host's `connected` changes
-            c.alive = alive;
+        if self.alive != alive {
+            self.hosts.clear();
+            self.alive = alive;
         }
         let count = table.host_count();
-        if c.hosts.len() != count {
-            c.hosts.resize_with(count, || None);
-            c.order_valid = false;
+        if self.hosts.len() != count {
+            self.hosts.resize_with(count, || None);
+            self.order_valid = false;
         }
-        for (i, cached) in c.hosts.iter_mut().enumerate() {
+        alive
+    }
+
+    /// Renders again the hosts in `slots` whose slot changed or whose status moved on.
+    /// Returns how many it rendered.
+    fn refresh(
+        &mut self,
+        table: &Table,
+        now: u64,
+        alive: bool,
+        slots: std::ops::Range<usize>,
+    ) -> usize {
+        let mut rendered = 0;
+        let end = slots.end.min(self.hosts.len());
+        for (i, cached) in self.hosts[..end].iter_mut().enumerate().skip(slots.start) {
             let version = table.slot_version(i);
             if cached
                 .as_ref()
@@ -421,16 +463,30 @@ impl HostsCache {
             {
                 continue;
             }
+            rendered += 1;
             let fresh = fleet_host_json(table, i, now, alive, b",").map(|(rec, json)| CachedHost {
                 state: SlotState::of(&rec, version, now),
                 key: (rec.hostname.get(), rec.agent_id()),
                 json: Bytes::from(json),
             });
             if cached.as_ref().map(|h| &h.key) != fresh.as_ref().map(|h| &h.key) {
-                c.order_valid = false;
+                self.order_valid = false;
             }
             *cached = fresh;
         }
+        rendered
+    }
+}
+
+impl HostsCache {
+    /// The body of GET /api/v1/hosts (docs/CONTRACT.md), the same as [`hosts`] renders, as
+    /// the parts to send one after another.
+    pub fn render(&self, table: &Table, now: u64) -> SegmentedBuf<Bytes> {
+        self.last_request_ms.fetch_max(now, Ordering::Relaxed);
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let c = &mut *c;
+        let alive = c.follow(table, now);
+        c.refresh(table, now, alive, 0..usize::MAX);
         if !c.order_valid {
             let hosts = &c.hosts;
             c.order = (0..hosts.len()).filter(|&i| hosts[i].is_some()).collect();
@@ -452,6 +508,25 @@ impl HostsCache {
         }
         parts.push_back(Bytes::from_static(b"]}"));
         SegmentedBuf::from(parts)
+    }
+
+    /// Renders the hosts that changed, if a request came in the last [`KEEP_WARM_MS`];
+    /// returns how many it rendered. The http process calls it every [`WARM_EVERY`].
+    pub fn warm(&self, table: &Table, now: u64) -> usize {
+        if now.saturating_sub(self.last_request_ms.load(Ordering::Relaxed)) > KEEP_WARM_MS {
+            return 0;
+        }
+        let mut rendered = 0;
+        let mut start = 0;
+        loop {
+            let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let alive = c.follow(table, now);
+            if start >= c.hosts.len() {
+                return rendered;
+            }
+            rendered += c.refresh(table, now, alive, start..start + WARM_BATCH);
+            start += WARM_BATCH;
+        }
     }
 }
 

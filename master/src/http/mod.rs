@@ -107,6 +107,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             hosts: api::HostsCache::default(),
             basic_auth: config.basic_auth.clone(),
         });
+        tokio::spawn(warm_hosts(state.clone()));
         let serve = serve(listener, state, tls);
         tokio::select! {
             () = serve => {}
@@ -119,6 +120,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Keeps GET /api/v1/hosts' cache warm while it is being polled ([`api::HostsCache::warm`]).
+async fn warm_hosts(state: Arc<State>) {
+    let mut tick = tokio::time::interval(api::WARM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let state = state.clone();
+        // Rendering a few hundred hosts is CPU work: off the runtime's workers.
+        let warmed = tokio::task::spawn_blocking(move || state.hosts.warm(state.table, now_ms()));
+        if warmed.await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn serve(
@@ -414,7 +430,7 @@ mod tests {
             hosts[0].as_object().unwrap().len(),
             fields.split_whitespace().count() + extras.split_whitespace().count()
         );
-        assert_eq!(hosts[0]["spark"]["cpu"], json!([12.3]));
+        assert_eq!(hosts[0]["spark"]["cpu"], json!([12]));
         assert_eq!(hosts[0]["spark"]["n"], 1);
     }
 
@@ -464,6 +480,36 @@ mod tests {
             .unwrap()
             .iter()
             .all(|h| h["connected"] == false));
+    }
+
+    #[test]
+    fn the_warmer_renders_changed_hosts_only_while_the_hosts_are_polled() {
+        let t = fleet();
+        let cache = api::HostsCache::default();
+        // Never asked for: nothing is rendered in the background.
+        assert_eq!(cache.warm(&t.table, NOW), 0);
+        let body = |now: u64| {
+            let mut b = cache.render(&t.table, now);
+            serde_json::from_slice::<Value>(&b.copy_to_bytes(b.remaining())).unwrap()
+        };
+        body(NOW);
+        assert_eq!(cache.warm(&t.table, NOW), 0, "nothing changed");
+        // Two new samples: the warmer renders exactly those two hosts, and the next request
+        // (which renders what is still stale) matches an uncached render.
+        add_host(&t.table, 0, A, "zeta", NOW + 500);
+        add_host(&t.table, 1, B, "beta", NOW + 500);
+        assert_eq!(cache.warm(&t.table, NOW + 500), 2);
+        assert_eq!(cache.warm(&t.table, NOW + 500), 0);
+        assert_eq!(body(NOW + 500), api::hosts(&t.table, NOW + 500));
+        // A host that appears is rendered too.
+        add_host(&t.table, 2, &"c".repeat(32), "mid", NOW + 600);
+        assert_eq!(cache.warm(&t.table, NOW + 600), 1);
+        assert_eq!(body(NOW + 600), api::hosts(&t.table, NOW + 600));
+        // Once nobody has asked for KEEP_WARM_MS, changes wait for the next request.
+        let later = NOW + 600 + api::KEEP_WARM_MS + 1;
+        add_host(&t.table, 0, A, "zeta", later);
+        assert_eq!(cache.warm(&t.table, later), 0);
+        assert_eq!(body(later), api::hosts(&t.table, later));
     }
 
     #[test]

@@ -263,7 +263,7 @@ mod tests {
             let ev = next(&mut body).await;
             if ev.starts_with("event: hosts\n") && ev.contains(r#""cpu_percent":3.0"#) {
                 assert!(
-                    ev.contains(r#""spark_add":{"cpu":[3.0],"mem":[0.0],"n":3}"#),
+                    ev.contains(r#""spark_add":{"cpu":[3],"mem":[0],"n":3}"#),
                     "{ev}"
                 );
                 break;
