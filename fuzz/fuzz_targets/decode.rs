@@ -45,8 +45,9 @@ fuzz_target!(|body: &[u8]| {
     let filesystems = decode_filesystems(body);
     if let Ok(s) = decode_sample(body) {
         if let Ok(fs) = &filesystems {
+            let fs: Vec<_> = fs.iter().map(FilesystemRef::to_filesystem).collect();
             assert_eq!(
-                fs, &s.filesystems,
+                fs, s.filesystems,
                 "decode_filesystems disagrees with decode_sample"
             );
         }

@@ -329,7 +329,7 @@ impl Table {
         with_sample: bool,
     ) -> Option<Recent> {
         let points = u64::from(self.history_points);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(self.history_points as usize));
         let mut first = 0;
         let mut sample = Vec::new();
         let record = self.read_consistent(i, |src| {

@@ -16,6 +16,7 @@ pub use frame::{decode_body, encode_frame, split_frame, FrameError};
 pub use message::*;
 pub use wire::{
     decode_filesystems, decode_sample, encode_sample, sample_in_body, sample_message_body,
+    FilesystemRef,
 };
 
 /// The protocol version this crate speaks. A peer announcing another version is refused with a

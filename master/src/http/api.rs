@@ -1,6 +1,7 @@
 //! The JSON API: /healthz, /api/v1/hosts (the fleet, with what the fleet view needs per host)
 //! and /api/v1/hosts/{id} (one host with its latest sample and history).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -103,12 +104,33 @@ fn stored_sample(bytes: &[u8]) -> Option<sentinel_protocol::Sample> {
         .ok()
 }
 
-/// The filesystems of the sample in a slot's buffer (see [`stored_sample`]), without building
-/// the rest of the sample.
-fn stored_filesystems(bytes: &[u8]) -> Option<Vec<sentinel_protocol::Filesystem>> {
-    sentinel_protocol::decode_filesystems(bytes)
-        .ok()
-        .or_else(|| stored_sample(bytes).map(|s| s.filesystems))
+/// The fullest filesystem of the sample in a slot's buffer (see [`stored_sample`]), read
+/// without building the rest of the sample.
+fn stored_fs_fullest(bytes: &[u8]) -> Option<FsFullest> {
+    fn fullest<'a>(filesystems: impl Iterator<Item = (&'a str, u64, u64)>) -> Option<FsFullest> {
+        filesystems
+            .filter(|f| f.1 > 0)
+            .map(|f| (f.1.saturating_sub(f.2) as f64 / f.1 as f64, f))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(ratio, (mount, total_bytes, available_bytes))| FsFullest {
+                mount: mount.to_owned(),
+                used_ratio: tenth(ratio * 1000.0).map(|v| v / 1000.0),
+                total_bytes,
+                available_bytes,
+            })
+    }
+    match sentinel_protocol::decode_filesystems(bytes) {
+        Ok(list) => fullest(
+            list.iter()
+                .map(|f| (f.mount, f.total_bytes, f.available_bytes)),
+        ),
+        Err(_) => fullest(
+            stored_sample(bytes)?
+                .filesystems
+                .iter()
+                .map(|f| (f.mount.as_str(), f.total_bytes, f.available_bytes)),
+        ),
+    }
 }
 
 pub fn status_of(rec: &Record, now: u64) -> Status {
@@ -118,21 +140,22 @@ pub fn status_of(rec: &Record, now: u64) -> Status {
 /// The HOST object of docs/CONTRACT.md. Floats serialize in their shortest form and as null
 /// when not finite.
 #[derive(Serialize)]
-pub struct Host {
-    id: String,
-    hostname: String,
-    address: String,
+pub struct Host<'a> {
+    /// ASCII hex, so always borrowed.
+    id: Cow<'a, str>,
+    hostname: Cow<'a, str>,
+    address: Cow<'a, str>,
     status: &'static str,
     connected: bool,
     first_seen_ms: u64,
     last_seen_ms: u64,
     interval_ms: u32,
     clock_offset_ms: i64,
-    agent_version: String,
-    os: String,
-    kernel: String,
-    arch: String,
-    cpu_model: String,
+    agent_version: Cow<'a, str>,
+    os: Cow<'a, str>,
+    kernel: Cow<'a, str>,
+    arch: Cow<'a, str>,
+    cpu_model: Cow<'a, str>,
     cpu_count: u32,
     run_id: u64,
     last_seq: u64,
@@ -148,23 +171,23 @@ pub struct Host {
     summary: Summary,
 }
 
-impl Host {
-    pub fn new(rec: &Record, now: u64, collector_alive: bool) -> Host {
+impl<'a> Host<'a> {
+    pub fn new(rec: &'a Record, now: u64, collector_alive: bool) -> Host<'a> {
         Host {
-            id: rec.agent_id(),
-            hostname: rec.hostname.get(),
-            address: rec.address.get(),
+            id: String::from_utf8_lossy(&rec.agent_id),
+            hostname: rec.hostname.as_str(),
+            address: rec.address.as_str(),
             status: status_of(rec, now).as_str(),
             connected: rec.connected == 1 && collector_alive,
             first_seen_ms: rec.first_seen_ms,
             last_seen_ms: rec.last_seen_ms,
             interval_ms: rec.interval_ms,
             clock_offset_ms: rec.clock_offset_ms,
-            agent_version: rec.agent_version.get(),
-            os: rec.os.get(),
-            kernel: rec.kernel.get(),
-            arch: rec.arch.get(),
-            cpu_model: rec.cpu_model.get(),
+            agent_version: rec.agent_version.as_str(),
+            os: rec.os.as_str(),
+            kernel: rec.kernel.as_str(),
+            arch: rec.arch.as_str(),
+            cpu_model: rec.cpu_model.as_str(),
             cpu_count: rec.cpu_count,
             run_id: rec.run_id,
             last_seq: rec.last_seq,
@@ -216,26 +239,7 @@ impl FleetExtras {
     pub fn new(recent: &Recent) -> FleetExtras {
         let rec = &recent.record;
         let last = recent.points.last();
-        let fs_fullest = recent
-            .sample
-            .as_deref()
-            .and_then(stored_filesystems)
-            .and_then(|filesystems| {
-                filesystems
-                    .into_iter()
-                    .filter(|f| f.total_bytes > 0)
-                    .map(|f| {
-                        let used = f.total_bytes.saturating_sub(f.available_bytes);
-                        (used as f64 / f.total_bytes as f64, f)
-                    })
-                    .max_by(|a, b| a.0.total_cmp(&b.0))
-            })
-            .map(|(ratio, f)| FsFullest {
-                mount: f.mount,
-                used_ratio: tenth(ratio * 1000.0).map(|v| v / 1000.0),
-                total_bytes: f.total_bytes,
-                available_bytes: f.available_bytes,
-            });
+        let fs_fullest = recent.sample.as_deref().and_then(stored_fs_fullest);
         let total = rec.summary.mem_total_bytes.max(1) as f64;
         FleetExtras {
             net_rx_bytes_per_s: last.map(|p| p.net_rx_bytes_per_s),
@@ -265,9 +269,9 @@ pub fn fleet_extras(recent: &Recent, host: &mut Map<String, Value>) {
 
 /// One host of /api/v1/hosts: HOST plus the fleet-view fields.
 #[derive(Serialize)]
-struct FleetHost {
+struct FleetHost<'a> {
     #[serde(flatten)]
-    host: Host,
+    host: Host<'a>,
     #[serde(flatten)]
     extras: FleetExtras,
 }
@@ -453,7 +457,7 @@ impl CacheInner {
         alive: bool,
         slots: std::ops::Range<usize>,
     ) -> usize {
-        let mut rendered = 0;
+        let (mut rendered, mut reorder) = (0, false);
         let end = slots.end.min(self.hosts.len());
         for (i, cached) in self.hosts[..end].iter_mut().enumerate().skip(slots.start) {
             let version = table.slot_version(i);
@@ -463,16 +467,32 @@ impl CacheInner {
             {
                 continue;
             }
+            let old = cached.take();
+            let Some((rec, json)) = fleet_host_json(table, i, now, alive, b",") else {
+                reorder |= old.is_some();
+                continue;
+            };
             rendered += 1;
-            let fresh = fleet_host_json(table, i, now, alive, b",").map(|(rec, json)| CachedHost {
+            // The sort key, kept unless the host was renamed (or the slot is new).
+            let key = match old {
+                Some(h)
+                    if h.key.0 == rec.hostname.as_str() && h.key.1.as_bytes() == rec.agent_id =>
+                {
+                    h.key
+                }
+                _ => {
+                    reorder = true;
+                    (rec.hostname.get(), rec.agent_id())
+                }
+            };
+            *cached = Some(CachedHost {
                 state: SlotState::of(&rec, version, now),
-                key: (rec.hostname.get(), rec.agent_id()),
+                key,
                 json: Bytes::from(json),
             });
-            if cached.as_ref().map(|h| &h.key) != fresh.as_ref().map(|h| &h.key) {
-                self.order_valid = false;
-            }
-            *cached = fresh;
+        }
+        if reorder {
+            self.order_valid = false;
         }
         rendered
     }

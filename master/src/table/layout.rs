@@ -137,8 +137,13 @@ impl<const N: usize> Text<N> {
 
     /// The stored text; bytes that are not UTF-8 become U+FFFD.
     pub fn get(&self) -> String {
+        self.as_str().into_owned()
+    }
+
+    /// The stored text, borrowed unless bytes that are not UTF-8 had to become U+FFFD.
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
         let len = (self.len as usize).min(N);
-        String::from_utf8_lossy(&self.bytes[..len]).into_owned()
+        String::from_utf8_lossy(&self.bytes[..len])
     }
 }
 
