@@ -98,6 +98,18 @@ fn frames(c: &mut Criterion) {
         },
     );
     g.finish();
+    // What the master's fleet view reads per host: a stored sample's filesystems.
+    let mut stored = Vec::new();
+    encode_sample(&sample(42), &mut stored).unwrap();
+    let mut g = c.benchmark_group("stored sample");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("decode_sample (all fields)", |b| {
+        b.iter(|| decode_sample(std::hint::black_box(&stored)).unwrap())
+    });
+    g.bench_function("decode_filesystems (fs only)", |b| {
+        b.iter(|| decode_filesystems(std::hint::black_box(&stored)).unwrap())
+    });
+    g.finish();
 }
 
 criterion_group!(benches, frames);

@@ -492,8 +492,25 @@ mem_matches() {
     done
     return $ok
 }
+# The agent cannot reach POSIX shared memory (InaccessiblePaths=/dev/shm in its unit): on a
+# host that also runs the master, the master's table is there, and both run as `sentinel`.
+# A marker file in the host's /dev/shm is visible through PID 1's root and not through the
+# agent's (its mount namespace).
+agent_no_shm() {
+    local h=${AGENTS[0]} pid ok=0
+    pid=$(mainpid "$h" sentinel-agent)
+    on "$h" sh -c 'echo e2e > /dev/shm/e2e-marker' || return 1
+    if ! on "$h" test -e /proc/1/root/dev/shm/e2e-marker; then
+        echo "    control failed: the marker is not visible through PID 1"; ok=1
+    elif on "$h" test -e "/proc/$pid/root/dev/shm/e2e-marker"; then
+        echo "    the agent (PID $pid) sees the host's /dev/shm"; ok=1
+    fi
+    on "$h" rm -f /dev/shm/e2e-marker
+    return $ok
+}
 check_first_run() {
     check "first run: sentinel-master and 3x sentinel-agent active" all_active
+    check "first run: the agent's /dev/shm is not the host's (InaccessiblePaths)" agent_no_shm
     check "first run: /api/v1/hosts lists exactly the 3 agents by hostname, all up" all_up 30
     check "first run: mem_total_bytes == MemTotal of each container" mem_matches
     check "first run: dashboard / served (200 text/html)" dashboard
