@@ -403,6 +403,8 @@ pub struct HostsCache {
     inner: std::sync::Mutex<CacheInner>,
     /// Unix ms of the latest request.
     last_request_ms: AtomicU64,
+    /// Signalled by every request: the warmer sleeps on it while nobody polls.
+    pub requested: tokio::sync::Notify,
 }
 
 /// How long after the latest GET /api/v1/hosts the cache is kept warm: a poller's interval,
@@ -503,6 +505,7 @@ impl HostsCache {
     /// the parts to send one after another.
     pub fn render(&self, table: &Table, now: u64) -> SegmentedBuf<Bytes> {
         self.last_request_ms.fetch_max(now, Ordering::Relaxed);
+        self.requested.notify_one();
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let c = &mut *c;
         let alive = c.follow(table, now);
@@ -530,10 +533,15 @@ impl HostsCache {
         SegmentedBuf::from(parts)
     }
 
+    /// True if a request came in the last [`KEEP_WARM_MS`].
+    pub fn polled(&self, now: u64) -> bool {
+        now.saturating_sub(self.last_request_ms.load(Ordering::Relaxed)) <= KEEP_WARM_MS
+    }
+
     /// Renders the hosts that changed, if a request came in the last [`KEEP_WARM_MS`];
     /// returns how many it rendered. The http process calls it every [`WARM_EVERY`].
     pub fn warm(&self, table: &Table, now: u64) -> usize {
-        if now.saturating_sub(self.last_request_ms.load(Ordering::Relaxed)) > KEEP_WARM_MS {
+        if !self.polled(now) {
             return 0;
         }
         let mut rendered = 0;

@@ -127,6 +127,11 @@ async fn warm_hosts(state: Arc<State>) {
     let mut tick = tokio::time::interval(api::WARM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if !state.hosts.polled(now_ms()) {
+            // Nobody polls: no wake-ups until the next request.
+            state.hosts.requested.notified().await;
+            tick.reset();
+        }
         tick.tick().await;
         let state = state.clone();
         // Rendering a few hundred hosts is CPU work: off the runtime's workers.
