@@ -82,11 +82,11 @@ fn tenth(v: f64) -> Option<f64> {
 }
 
 /// A sparkline point: a percentage as a whole number, `None` (null) if not finite. A sparkline
-/// is tens of pixels high, so tenths would not show, and whole numbers keep the fleet's JSON a
-/// third smaller (5,000 hosts x 120 points).
+/// is tens of pixels high, so tenths would not show, and whole numbers keep the fleet's JSON
+/// smaller (8.4 -> 7.2 MB at 5,000 hosts with full sparklines).
 fn whole(v: f64) -> Option<i32> {
-    // Half away from zero, as f64::round, which is a libm call in the static build (a tenth of
-    // rendering a host).
+    // Half away from zero, as f64::round, which is a libm call in the static build (120 per
+    // host rendered).
     v.is_finite().then(|| {
         if v >= 0.0 {
             (v + 0.5) as i32
