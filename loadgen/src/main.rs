@@ -167,12 +167,14 @@ fn sample(i: u64, seq: u64, rng: &mut fastrand::Rng) -> Sample {
                 fs_type: "ext4".into(),
                 total_bytes: 100 << 30,
                 available_bytes: 40 << 30,
+                free_bytes: None,
             },
             Filesystem {
                 mount: "/var".into(),
                 fs_type: "xfs".into(),
                 total_bytes: 500 << 30,
                 available_bytes: 90 << 30,
+                free_bytes: None,
             },
         ],
         interfaces: vec![Interface {

@@ -25,6 +25,7 @@ fn sample(seq: u64) -> Sample {
             fs_type: "ext4".into(),
             total_bytes: 100 << 30,
             available_bytes: 41 << 30,
+            free_bytes: None,
         }],
         interfaces: vec![Interface {
             name: "eth0".into(),

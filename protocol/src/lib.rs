@@ -9,11 +9,13 @@ pub mod auth;
 pub mod frame;
 pub mod limits;
 pub mod message;
+pub mod text;
 pub mod wire;
 
 pub use auth::{proof, verify_proof, Nonce, Proof};
 pub use frame::{decode_body, encode_frame, split_frame, FrameError};
 pub use message::*;
+pub use text::{escape, is_valid_hostname, Escaped};
 pub use wire::{
     decode_filesystems, decode_sample, encode_sample, sample_in_body, sample_message_body,
     FilesystemRef,

@@ -37,6 +37,7 @@ fn sample(seq: u64) -> Sample {
             fs_type: "ext4".into(),
             total_bytes: 64_424_509_440,
             available_bytes: 32_212_254_720,
+            free_bytes: None,
         }],
         interfaces: vec![Interface {
             name: "eth0".into(),

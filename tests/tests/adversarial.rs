@@ -368,6 +368,7 @@ fn malformed_frames_and_values_are_refused_naming_the_peer_while_an_agent_stream
             fs_type: "t".repeat(limits::MAX_TEXT_BYTES),
             total_bytes: u64::MAX,
             available_bytes: u64::MAX,
+            free_bytes: None,
         })
         .collect();
     s.interfaces = (0..limits::MAX_INTERFACES)

@@ -271,6 +271,7 @@ fn list(disks: &Disks) -> Vec<Filesystem> {
             ),
             total_bytes: d.total_space(),
             available_bytes: d.available_space().min(d.total_space()),
+            free_bytes: None,
         })
         .collect()
 }
@@ -297,6 +298,7 @@ mod tests {
             fs_type: "nfs4".into(),
             total_bytes: 100,
             available_bytes: 50,
+            free_bytes: None,
         }
     }
 
