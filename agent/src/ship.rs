@@ -15,8 +15,8 @@ use futures_util::{SinkExt, StreamExt};
 use sentinel_protocol::frame::{codec, FrameError, PREFIX_BYTES};
 use sentinel_protocol::limits::{idle_timeout, HANDSHAKE_TIMEOUT, MAX_BATCH_SAMPLES};
 use sentinel_protocol::{
-    decode_body, encode_frame, AgentMessage, Batch, Goodbye, Hello, HostInfo, MasterMessage, Nonce,
-    Sample, PROTOCOL_VERSION,
+    decode_body, encode_frame, escape, AgentMessage, Batch, Goodbye, Hello, HostInfo,
+    MasterMessage, Nonce, Sample, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::signal::unix::{signal, SignalKind};
@@ -474,15 +474,15 @@ impl Agent {
                     .to_string();
             match &error {
                 ShipError::Refused { code, reason } => tracing::error!(
-                    master = %self.opts.master, code = %code, reason = %reason, suppressed, retry_in = %retry_in,
+                    master = %self.opts.master, code = %escape(code), reason = %escape(reason), suppressed, retry_in = %retry_in,
                     "The master refused this agent."
                 ),
                 ShipError::Tls(_) => tracing::error!(
-                    master = %self.opts.master, error = %error, suppressed, retry_in = %retry_in,
+                    master = %self.opts.master, error = %escape(&error), suppressed, retry_in = %retry_in,
                     "TLS with the master failed (a wrong or unexpected certificate?); nothing is sent to it and samples are spooled meanwhile."
                 ),
                 _ => tracing::warn!(
-                    master = %self.opts.master, error = %error, suppressed, retry_in = %retry_in,
+                    master = %self.opts.master, error = %escape(&error), suppressed, retry_in = %retry_in,
                     "Cannot reach the master; samples are spooled meanwhile."
                 ),
             }
@@ -500,11 +500,11 @@ impl Agent {
         let delay = self.backoff.next_delay();
         match self.disconnects.failed() {
             Some(suppressed) => tracing::warn!(
-                master = %self.opts.master, error = %error, unacked = self.spool.len(), suppressed,
+                master = %self.opts.master, error = %escape(&error), unacked = self.spool.len(), suppressed,
                 "Lost the connection to the master; will reconnect."
             ),
             None => tracing::debug!(
-                master = %self.opts.master, error = %error, unacked = self.spool.len(),
+                master = %self.opts.master, error = %escape(&error), unacked = self.spool.len(),
                 "Lost the connection to the master again; will reconnect."
             ),
         }

@@ -247,7 +247,7 @@ function hostRow(h, now) {
     const ratio = Number(h.fs_fullest.used_ratio) * 100;
     fs.appendChild(bar(ratio));
     const t = el("span", "v", pct(ratio));
-    t.title = h.fs_fullest.mount + ": " + bytes(h.fs_fullest.total_bytes - h.fs_fullest.available_bytes) +
+    t.title = h.fs_fullest.mount + ": " + bytes(h.fs_fullest.used_bytes) +
       " of " + bytes(h.fs_fullest.total_bytes);
     fs.appendChild(t);
   } else {
@@ -635,8 +635,9 @@ function renderHost(h) {
   });
   document.getElementById("host-cores").replaceChildren(...cores);
   const fsRows = (s.filesystems || []).map((f) => {
-    const used = f.total_bytes - f.available_bytes;
-    const p = f.total_bytes > 0 ? (100 * used) / f.total_bytes : NaN;
+    // Used and its percentage as df shows them, computed by the master (docs/CONTRACT.md).
+    const used = f.used_bytes;
+    const p = isNum(f.used_ratio) ? 100 * f.used_ratio : NaN;
     const tr = el("tr");
     tr.appendChild(el("td", "", f.mount));
     tr.appendChild(el("td", "", f.fs_type));

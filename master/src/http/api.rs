@@ -76,11 +76,6 @@ fn to_map<T: Serialize>(v: &T) -> Map<String, Value> {
     }
 }
 
-/// A ratio rounded to 0.1 (in `fs_fullest`); `None` (null) if not finite.
-fn tenth(v: f64) -> Option<f64> {
-    v.is_finite().then(|| (v * 10.0).round() / 10.0)
-}
-
 /// A sparkline point: a percentage as a whole number, `None` (null) if not finite. A sparkline
 /// is tens of pixels high, so tenths would not show, and whole numbers keep the fleet's JSON
 /// smaller (8.4 -> 7.2 MB at 5,000 hosts with full sparklines).
@@ -104,32 +99,46 @@ fn stored_sample(bytes: &[u8]) -> Option<sentinel_protocol::Sample> {
         .ok()
 }
 
+/// A ratio rounded to 3 decimals (`fs_fullest.used_ratio`, a filesystem's `used_ratio`);
+/// `None` (null) if not finite. An integer divided by 1000 is the double nearest to the
+/// 3-decimal number, so it serializes with at most 3 decimals.
+fn thousandth(v: f64) -> Option<f64> {
+    v.is_finite().then(|| (v * 1000.0).round() / 1000.0)
+}
+
 /// The fullest filesystem of the sample in a slot's buffer (see [`stored_sample`]), read
-/// without building the rest of the sample.
+/// without building the rest of the sample. Used and its ratio as df computes them
+/// (`sentinel_protocol::used_ratio`).
 fn stored_fs_fullest(bytes: &[u8]) -> Option<FsFullest> {
-    fn fullest<'a>(filesystems: impl Iterator<Item = (&'a str, u64, u64)>) -> Option<FsFullest> {
+    type Figures<'a> = (&'a str, u64, u64, Option<u64>);
+    fn fullest<'a>(filesystems: impl Iterator<Item = Figures<'a>>) -> Option<FsFullest> {
         filesystems
             .filter(|f| f.1 > 0)
-            .map(|f| (f.1.saturating_sub(f.2) as f64 / f.1 as f64, f))
+            .map(|f| (sentinel_protocol::used_ratio(f.1, f.2, f.3), f))
             .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(ratio, (mount, total_bytes, available_bytes))| FsFullest {
-                mount: mount.to_owned(),
-                used_ratio: tenth(ratio * 1000.0).map(|v| v / 1000.0),
-                total_bytes,
-                available_bytes,
-            })
+            .map(
+                |(ratio, (mount, total_bytes, available_bytes, free))| FsFullest {
+                    mount: mount.to_owned(),
+                    used_ratio: thousandth(ratio),
+                    total_bytes,
+                    available_bytes,
+                    used_bytes: sentinel_protocol::used_bytes(total_bytes, available_bytes, free),
+                },
+            )
     }
     match sentinel_protocol::decode_filesystems(bytes) {
         Ok(list) => fullest(
             list.iter()
-                .map(|f| (f.mount, f.total_bytes, f.available_bytes)),
+                .map(|f| (f.mount, f.total_bytes, f.available_bytes, f.free_bytes)),
         ),
-        Err(_) => fullest(
-            stored_sample(bytes)?
-                .filesystems
-                .iter()
-                .map(|f| (f.mount.as_str(), f.total_bytes, f.available_bytes)),
-        ),
+        Err(_) => fullest(stored_sample(bytes)?.filesystems.iter().map(|f| {
+            (
+                f.mount.as_str(),
+                f.total_bytes,
+                f.available_bytes,
+                f.free_bytes,
+            )
+        })),
     }
 }
 
@@ -225,6 +234,8 @@ struct FsFullest {
     used_ratio: Option<f64>,
     total_bytes: u64,
     available_bytes: u64,
+    /// `total - free` as df shows it (`total - available` from a 0.1.0 agent).
+    used_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -585,8 +596,18 @@ pub fn host_detail(table: &Table, id: &str, now: u64) -> Resp {
     let sample = detail
         .sample
         .and_then(|b| stored_sample(&b))
-        .and_then(|s| serde_json::to_string(&s).ok())
-        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|s| {
+            let text = serde_json::to_string(&s).ok()?;
+            let mut v = serde_json::from_str::<Value>(&text).ok()?;
+            // Used as df shows it, computed here once for the API and the dashboard.
+            if let Some(list) = v["filesystems"].as_array_mut() {
+                for (j, f) in list.iter_mut().zip(&s.filesystems) {
+                    j["used_bytes"] = f.used_bytes().into();
+                    j["used_ratio"] = json!(thousandth(f.used_ratio()));
+                }
+            }
+            Some(v)
+        })
         .unwrap_or(Value::Null);
     host.insert("sample".into(), sample);
     let points: Vec<Value> = detail
