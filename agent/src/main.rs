@@ -147,7 +147,17 @@ fn hostname(settings: &Settings) -> anyhow::Result<String> {
     if name.is_empty() {
         return Err(anyhow!("the system hostname is empty; set --hostname"));
     }
-    Ok(collect::truncate_text(name, MAX_HOSTNAME_BYTES))
+    let name = collect::truncate_text(name, MAX_HOSTNAME_BYTES);
+    // The master refuses any other hostname (docs/PROTOCOL.md section 2): fail at start,
+    // naming it, rather than be refused at every connection.
+    if let Some((at, c)) = sentinel_protocol::text::first_bad_hostname_char(&name) {
+        return Err(anyhow!(
+            "the hostname {} has U+{:04X} at byte {at}, outside the characters the master accepts (A-Z a-z 0-9 - . _); set --hostname",
+            sentinel_protocol::escape(&name),
+            u32::from(c)
+        ));
+    }
+    Ok(name)
 }
 
 fn agent_id(state_dir: &Path, hostname: &str) -> anyhow::Result<identity::AgentId> {

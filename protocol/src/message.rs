@@ -217,8 +217,8 @@ pub enum Invalid {
     BadProof { expected: usize, got: usize },
     #[error("hostname is empty")]
     EmptyHostname,
-    #[error("hostname {} has characters outside A-Z a-z 0-9 - . _", crate::escape(.0))]
-    BadHostname(String),
+    #[error("hostname has U+{code:04X} at byte {at}, outside the allowed A-Z a-z 0-9 - . _")]
+    BadHostname { at: usize, code: u32 },
     #[error("field {field} ({value}) is above {bound} ({bound_value})")]
     Contradicts {
         field: &'static str,
@@ -304,8 +304,13 @@ impl Hello {
             return Err(Invalid::EmptyHostname);
         }
         text("hostname", &self.hostname, MAX_HOSTNAME_BYTES)?;
-        if !crate::is_valid_hostname(&self.hostname) {
-            return Err(Invalid::BadHostname(self.hostname.clone()));
+        if let Some((at, c)) = crate::text::first_bad_hostname_char(&self.hostname) {
+            // The character's code, not the name: the reason goes back to the agent and
+            // into the master's log, and must not carry the hostile text itself.
+            return Err(Invalid::BadHostname {
+                at,
+                code: u32::from(c),
+            });
         }
         if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&self.interval_ms) {
             return Err(Invalid::BadInterval(self.interval_ms));
@@ -581,12 +586,22 @@ mod tests {
             proof: vec![0; crate::auth::PROOF_BYTES],
         };
         assert_eq!(hello("web-1.example_x").validate(), Ok(()));
-        let bad = hello("a\nb\u{202e}").validate().unwrap_err();
-        assert!(matches!(bad, Invalid::BadHostname(_)));
+        let bad = hello("ab\u{202e}c").validate().unwrap_err();
+        assert_eq!(
+            bad,
+            Invalid::BadHostname {
+                at: 2,
+                code: 0x202e
+            }
+        );
         let text = bad.to_string();
         assert!(
-            text.contains("hostname") && text.contains("a\\nb\\u{202e}"),
+            text.contains("hostname") && text.contains("U+202E at byte 2"),
             "{text}"
+        );
+        assert_eq!(
+            hello("a\nb").validate(),
+            Err(Invalid::BadHostname { at: 1, code: 10 })
         );
     }
 }

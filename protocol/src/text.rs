@@ -49,9 +49,13 @@ impl<T: fmt::Display> fmt::Debug for Escaped<T> {
 /// bidi overrides and look-alike letters (one host displayed as another) do not.
 pub fn is_valid_hostname(name: &str) -> bool {
     (1..=crate::limits::MAX_HOSTNAME_BYTES).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        && first_bad_hostname_char(name).is_none()
+}
+
+/// The first character of `name` outside the hostname character set, with its byte offset.
+pub fn first_bad_hostname_char(name: &str) -> Option<(usize, char)> {
+    name.char_indices()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
 }
 
 #[cfg(test)]
