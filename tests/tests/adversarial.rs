@@ -560,11 +560,20 @@ fn sequence_numbers_going_backwards_are_duplicates_never_counted_twice() {
     for seq in [3, 1, 5] {
         assert_eq!(ack_of(&mut p, &AgentMessage::Sample(test_sample(seq))), 5);
     }
-    // A batch that goes backwards inside itself.
+    // A batch that goes backwards inside itself is refused whole (PROTOCOL.md: strictly
+    // ascending), nothing of it stored; the same samples one frame each are acked at the
+    // high-water mark.
     let batch = Batch {
         samples: vec![test_sample(7), test_sample(6), test_sample(2)],
     };
-    assert_eq!(ack_of(&mut p, &AgentMessage::Batch(batch)), 7);
+    p.send(&AgentMessage::Batch(batch));
+    let refused = p.refusal().expect("refused");
+    assert_eq!(refused.code, "invalid", "{refused:?}");
+    assert!(refused.reason.contains("ascending"), "{refused:?}");
+    let mut p = welcomed(&master, id, "backwards", 1);
+    for seq in [7, 6, 2] {
+        assert_eq!(ack_of(&mut p, &AgentMessage::Sample(test_sample(seq))), 7);
+    }
     let h = master.host("backwards").unwrap();
     assert_eq!(
         (
@@ -575,7 +584,7 @@ fn sequence_numbers_going_backwards_are_duplicates_never_counted_twice() {
         (7, 6, 5),
         "{h}"
     );
-    // The gap left by the batch (6 arrived after 7) is counted once as missing, never healed
+    // The gap left (6 arrived after 7) is counted once as missing, never healed
     // by the late sample: received + missing == last_seq.
     assert_eq!(u64_field(&h, "samples_missing"), 1, "{h}");
     // The extremes of u64 (an agent that jumps to the end, in two runs) and of its clock:

@@ -118,9 +118,14 @@ fn hostile_text_in_free_fields_appears_escaped_in_the_master_log() {
         last_seq: 1,
         reason: "bye\n2026-01-01T00:00:00Z  INFO forged goodbye line\0".into(),
     }));
+    wait_for(Duration::from_secs(5), "status stopped", || {
+        master
+            .host("hostile-facts")
+            .filter(|h| h["status"] == "stopped")
+    });
     let log = wait_for(Duration::from_secs(5), "the goodbye logged", || {
         let log = master.log_text();
-        log.contains("agent said goodbye").then_some(log)
+        log.contains("agent disconnected").then_some(log)
     });
     eprintln!("{log}");
     for escaped in [
