@@ -82,7 +82,12 @@ fn ack_of(p: &mut Peer, msg: &AgentMessage) -> u64 {
 /// After a good handshake, `msg` must be refused `invalid` and logged with `word`.
 fn refuse_after_handshake(master: &Master, case: &str, msg: &[u8], word: &str) {
     let id = format!("{:032x}", fastrand::u128(..));
-    let mut p = welcomed(master, &id, case, 1);
+    // The case as a hostname within the allowed characters (PROTOCOL.md section 4).
+    let hostname: String = case
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let mut p = welcomed(master, &id, &hostname, 1);
     p.send_body(msg);
     let r = p.refusal();
     assert_eq!(
