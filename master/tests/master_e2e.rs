@@ -247,12 +247,13 @@ impl Agent {
             version,
             agent_id: AGENT_ID.into(),
             run_id,
-            hostname: "<b>web-1</b>".into(),
+            // Markup in a free-text field (hostnames are limited to A-Z a-z 0-9 - . _).
+            hostname: "web-1".into(),
             interval_ms: 1000,
             clock_ms: 1_700_000_000_000,
             agent_version: "test".into(),
             host: HostInfo {
-                os: "Linux".into(),
+                os: "<b>Linux</b>".into(),
                 kernel: "6.1".into(),
                 arch: "x86_64".into(),
                 cpu_model: "cpu".into(),
@@ -343,7 +344,8 @@ fn master_stores_samples_serves_them_survives_a_collector_kill_and_shuts_down_cl
     assert_eq!(code, 200);
     let h = &hosts["hosts"][0];
     assert_eq!(h["id"], AGENT_ID);
-    assert_eq!(h["hostname"], "<b>web-1</b>");
+    assert_eq!(h["hostname"], "web-1");
+    assert_eq!(h["os"], "<b>Linux</b>");
     assert_eq!(h["status"], "up");
     assert_eq!(h["connected"], true);
     assert_eq!(
