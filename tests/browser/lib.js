@@ -167,6 +167,22 @@ function startAgent(master, dir, hostname, i, interval = "500ms") {
   ], "agent " + i, path.join(dir, "agent-" + i + ".log"));
 }
 
+// One simulated host (sentinel-loadgen, the real protocol) named load-<idBase, 5 digits>
+// whose agent_version, os, kernel, cpu_model and first mount point are `text`: hostnames
+// are limited to A-Z a-z 0-9 - . _, so hostile text reaches the dashboard through these.
+function startHostileHost(master, dir, idBase, text, interval = "500ms") {
+  return start(BIN("sentinel-loadgen"), [
+    "run",
+    "--master", "127.0.0.1:" + master.agentPort,
+    "--agents", "1",
+    "--interval", interval,
+    "--duration", "600s",
+    "--token-file", path.join(master.dir, "token"),
+    "--id-base", String(idBase),
+    "--host-text", text,
+  ], "loadgen " + idBase, path.join(dir, "loadgen-" + idBase + ".log"));
+}
+
 async function cleanup(master) {
   for (const c of [...children]) {
     try { await stop(c, "SIGTERM", 5000); } catch (_) { /* gone */ }
@@ -195,5 +211,5 @@ async function closeBrowser(context) {
 
 module.exports = {
   ROOT, ARTIFACTS, TOKEN, BIN, log, freePort, tempDir, start, stop, alive, waitFor, getJson,
-  Master, startAgent, cleanup, launchBrowser, closeBrowser, children,
+  Master, startAgent, startHostileHost, cleanup, launchBrowser, closeBrowser, children,
 };
