@@ -29,14 +29,14 @@ pub fn sample(seq: u64) -> Sample {
                 fs_type: "ext4".into(),
                 total_bytes: 100 << 30,
                 available_bytes: 41_234_567_890,
-                free_bytes: None,
+                free_bytes: Some(46_234_567_890),
             },
             Filesystem {
                 mount: "/var/lib".into(),
                 fs_type: "xfs".into(),
                 total_bytes: 500 << 30,
                 available_bytes: 91_234_567_890,
-                free_bytes: None,
+                free_bytes: Some(91_234_567_890),
             },
         ],
         interfaces: vec![

@@ -33,7 +33,8 @@ pub const MIN_INTERVAL_MS: u32 = 100;
 /// Longest interval an agent may declare: beyond it, liveness (3 and 10 intervals) is too coarse.
 pub const MAX_INTERVAL_MS: u32 = 300_000;
 
-/// Longest hostname: a fully qualified DNS name is at most 253 bytes.
+/// Longest hostname: a fully qualified DNS name is at most 253 bytes (and only the characters
+/// of `text::is_valid_hostname` are allowed).
 pub const MAX_HOSTNAME_BYTES: usize = 253;
 
 /// Longest other text field (agent version, OS, kernel, CPU model, mount point, interface name).
