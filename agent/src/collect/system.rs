@@ -30,7 +30,7 @@ impl Uptime {
 /// missing, malformed or zero.
 fn parse_uptime_ms(text: &str) -> Option<u64> {
     let secs: f64 = text.split_ascii_whitespace().next()?.parse().ok()?;
-    (secs.is_finite() && secs > 0.0).then(|| (secs * 1000.0) as u64)
+    (secs.is_finite() && secs > 0.0).then_some((secs * 1000.0) as u64)
 }
 
 /// How old the reported process count may be (docs/PROTOCOL.md says so for `procs`).
