@@ -28,7 +28,7 @@ fn agent(m: &AgentMessage) {
         AgentMessage::Hello(h) => h.validate(),
         AgentMessage::Sample(s) => s.validate(),
         AgentMessage::Batch(b) => b.validate(),
-        AgentMessage::Goodbye(_) => Ok(()),
+        AgentMessage::Goodbye(g) => g.validate(),
     };
 }
 
