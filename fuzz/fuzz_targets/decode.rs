@@ -61,7 +61,9 @@ fuzz_target!(|body: &[u8]| {
     check::<Batch>(body, |b| {
         let _ = b.validate();
     });
-    check::<Goodbye>(body, |_| ());
+    check::<Goodbye>(body, |g| {
+        let _ = g.validate();
+    });
     check::<Challenge>(body, |_| ());
     check::<Welcome>(body, |_| ());
     check::<Refused>(body, |_| ());

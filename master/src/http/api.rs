@@ -629,3 +629,52 @@ pub fn host_detail(table: &Table, id: &str, now: u64) -> Resp {
     host.insert("history".into(), json!({ "points": points }));
     json_response(StatusCode::OK, &Value::Object(host))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentinel_protocol::{encode_sample, Filesystem, Sample};
+
+    fn fs(mount: &str, total: u64, available: u64, free: Option<u64>) -> Filesystem {
+        Filesystem {
+            mount: mount.into(),
+            fs_type: "ext4".into(),
+            total_bytes: total,
+            available_bytes: available,
+            free_bytes: free,
+        }
+    }
+
+    #[test]
+    fn fs_fullest_is_used_as_df_computes_it_with_3_decimals() {
+        // "/": 1000 total, 780 free, 80 available (700 reserved): df 220 used, 220/300 = 73.3 %.
+        // "/data": no free (0.1.0 agent): 500 of 1000 used, 50 %.
+        let s = Sample {
+            seq: 1,
+            filesystems: vec![fs("/data", 1000, 500, None), fs("/", 1000, 80, Some(780))],
+            ..Sample::default()
+        };
+        let mut wire = Vec::new();
+        encode_sample(&s, &mut wire).unwrap();
+        let f = stored_fs_fullest(&wire).unwrap();
+        assert_eq!((f.mount.as_str(), f.used_bytes), ("/", 220));
+        assert_eq!(f.used_ratio, Some(0.733));
+        assert_eq!(serde_json::to_string(&f.used_ratio).unwrap(), "0.733");
+        // Total - available would have said 92 %.
+        let old = Sample {
+            filesystems: vec![fs("/data", 1000, 500, None)],
+            ..s
+        };
+        let mut wire = Vec::new();
+        encode_sample(&old, &mut wire).unwrap();
+        let f = stored_fs_fullest(&wire).unwrap();
+        assert_eq!((f.used_bytes, f.used_ratio), (500, Some(0.5)));
+        for v in [0.123_456_7, 2.0 / 3.0, 0.1 + 0.2, 0.999_95] {
+            let text = serde_json::to_string(&thousandth(v)).unwrap();
+            assert!(
+                text.split_once('.').is_none_or(|(_, d)| d.len() <= 3),
+                "{v}: {text}"
+            );
+        }
+    }
+}
