@@ -492,3 +492,53 @@ fn agent_uptime_follows_the_boot_clock_after_a_wall_clock_step() {
         "boot_time_s + uptime_s = {boot}, clock {clock_s}: {s}"
     );
 }
+
+#[test]
+fn a_hostile_refusal_reason_appears_escaped_in_the_agent_log() {
+    use std::io::{Read, Write};
+    // A fake master: challenge, read the hello, refuse with a reason that tries to forge lines.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), TOKEN).unwrap();
+    let agent = Agent::start_to(addr, token.path(), "refused-agent", "1s");
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut frame = Vec::new();
+    encode_frame(
+        &MasterMessage::Challenge(Challenge {
+            version: PROTOCOL_VERSION,
+            nonce: vec![7; 32],
+        }),
+        &mut frame,
+    )
+    .unwrap();
+    conn.write_all(&frame).unwrap();
+    let mut prefix = [0u8; 4];
+    conn.read_exact(&mut prefix).unwrap();
+    let mut hello = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    conn.read_exact(&mut hello).unwrap();
+    frame.clear();
+    encode_frame(
+        &MasterMessage::Refused(Refused {
+            code: "auth\u{1b}[2J".into(),
+            reason: "no\n2026-01-01T00:00:00Z ERROR forged agent line\r\u{202e}".into(),
+        }),
+        &mut frame,
+    )
+    .unwrap();
+    conn.write_all(&frame).unwrap();
+    drop(conn);
+    let log = wait_for(Duration::from_secs(10), "the agent's refusal line", || {
+        let log = agent.log_text();
+        log.contains("The master refused this agent.")
+            .then_some(log)
+    });
+    eprintln!("{log}");
+    assert!(
+        log.contains("reason=no\\n2026-01-01T00:00:00Z ERROR forged agent line\\r\\u{202e}"),
+        "{log}"
+    );
+    assert!(log.contains("code=auth\\u{1b}[2J"), "{log}");
+    assert_no_forged_lines(&log, "forged", &["The master refused this agent."]);
+}
