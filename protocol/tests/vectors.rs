@@ -42,6 +42,7 @@ fn sample(seq: u64) -> Sample {
             name: "eth0".into(),
             rx_bytes: 1_000_000,
             tx_bytes: 250_000,
+            is_virtual: None,
         }],
         disk_read_bytes: 4096,
         disk_write_bytes: 8192,
