@@ -116,7 +116,7 @@ fn master_vectors() -> Vec<(&'static str, MasterMessage)> {
             "refused",
             MasterMessage::Refused(Refused {
                 code: "version".into(),
-                reason: "protocol version 2 is not supported; this master speaks 1".into(),
+                reason: sentinel_protocol::version_refusal_reason(2),
             }),
         ),
     ]
