@@ -183,7 +183,15 @@ mod depth_tests {
             &mut batch,
         )
         .unwrap();
-        assert_eq!(depth_needed(&one), 4, "sample: message map, sample, fs list, fs entry");
-        assert_eq!(depth_needed(&batch), 6, "batch: message map, batch, samples, sample, fs list, fs entry");
+        assert_eq!(
+            depth_needed(&one),
+            4,
+            "sample: message map, sample, fs list, fs entry"
+        );
+        assert_eq!(
+            depth_needed(&batch),
+            6,
+            "batch: message map, batch, samples, sample, fs list, fs entry"
+        );
     }
 }
