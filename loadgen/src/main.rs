@@ -185,6 +185,7 @@ fn sample(i: u64, seq: u64, rng: &mut fastrand::Rng) -> Sample {
             name: "eth0".into(),
             rx_bytes: t * 12_000 + i,
             tx_bytes: t * 3_000,
+            is_virtual: None,
         }],
         disk_read_bytes: t * 4096,
         disk_write_bytes: t * 16_384,

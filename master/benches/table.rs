@@ -31,6 +31,7 @@ fn sample(seq: u64) -> Sample {
             name: "eth0".into(),
             rx_bytes: seq * 1000,
             tx_bytes: seq * 100,
+            is_virtual: None,
         }],
         ..Sample::default()
     }

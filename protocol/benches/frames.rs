@@ -44,11 +44,13 @@ pub fn sample(seq: u64) -> Sample {
                 name: "eth0".into(),
                 rx_bytes: 123_456_789_012,
                 tx_bytes: 23_456_789_012,
+                is_virtual: None,
             },
             Interface {
                 name: "eth1".into(),
                 rx_bytes: 3_456_789_012,
                 tx_bytes: 456_789_012,
+                is_virtual: None,
             },
         ],
         disk_read_bytes: 45_678_901_234,

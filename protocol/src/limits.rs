@@ -48,7 +48,8 @@ pub const MAX_FILESYSTEMS: usize = 64;
 /// See [`MAX_FILESYSTEMS`].
 pub const MAX_INTERFACES: usize = 64;
 
-/// CBOR nesting depth accepted by the decoder. Real messages nest 4 deep; the bound keeps a
+/// CBOR nesting depth accepted by the decoder. Real messages nest at most 6 deep (a batch:
+/// `frame::depth_tests`); the bound keeps a
 /// hostile deeply-nested item from exhausting the stack.
 pub const MAX_CBOR_DEPTH: usize = 16;
 

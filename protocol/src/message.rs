@@ -188,6 +188,13 @@ pub struct Interface {
     pub name: String,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// The agent's classification: `Some(false)` for a physical device (the kernel shows a
+    /// `device` link for it in sysfs), `Some(true)` for a virtual one (veth, bridge, bond,
+    /// tun/tap, ifb, dummy, ...). `None` from agents before 0.2, which did not say. The
+    /// master's host totals count physical interfaces only when a host has any, so traffic
+    /// that crosses a bridge or a veth pair on its way out is not counted twice.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "virtual")]
+    pub is_virtual: Option<bool>,
 }
 
 /// Why a well-formed message is still unacceptable.

@@ -86,6 +86,9 @@ struct WireInterface {
     rx_bytes: u64,
     #[serde(rename = "tx")]
     tx_bytes: u64,
+    /// Optional (0.2): true for a virtual interface, false for a physical one.
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    is_virtual: Option<bool>,
 }
 
 impl From<&Sample> for WireSample {
@@ -126,6 +129,7 @@ impl From<&Sample> for WireSample {
                     name: i.name.clone(),
                     rx_bytes: i.rx_bytes,
                     tx_bytes: i.tx_bytes,
+                    is_virtual: i.is_virtual,
                 })
                 .collect(),
             disk_read_bytes: s.disk_read_bytes,
@@ -175,6 +179,7 @@ impl From<WireSample> for Sample {
                     name: i.name,
                     rx_bytes: i.rx_bytes,
                     tx_bytes: i.tx_bytes,
+                    is_virtual: i.is_virtual,
                 })
                 .collect(),
             disk_read_bytes: w.disk_read_bytes,
@@ -388,6 +393,7 @@ mod tests {
                 name: "eth0".into(),
                 rx_bytes: 1,
                 tx_bytes: 2,
+                is_virtual: None,
             }],
             ..Sample::default()
         };
@@ -416,6 +422,7 @@ mod tests {
                 name: "eth0".into(),
                 rx_bytes: 1,
                 tx_bytes: 2,
+                is_virtual: None,
             }],
             ..Sample::default()
         };

@@ -43,6 +43,7 @@ fn sample(seq: u64) -> Sample {
             name: "eth0".into(),
             rx_bytes: 1_000_000,
             tx_bytes: 250_000,
+            is_virtual: None,
         }],
         disk_read_bytes: 4096,
         disk_write_bytes: 8192,
@@ -116,7 +117,7 @@ fn master_vectors() -> Vec<(&'static str, MasterMessage)> {
             "refused",
             MasterMessage::Refused(Refused {
                 code: "version".into(),
-                reason: "protocol version 2 is not supported; this master speaks 1".into(),
+                reason: sentinel_protocol::version_refusal_reason(2),
             }),
         ),
     ]

@@ -381,6 +381,7 @@ fn malformed_frames_and_values_are_refused_naming_the_peer_while_an_agent_stream
             name: format!("{i:0>256}"),
             rx_bytes: u64::MAX,
             tx_bytes: u64::MAX,
+            is_virtual: None,
         })
         .collect();
     assert_eq!(ack_of(&mut p, &AgentMessage::Sample(s.clone())), 1);

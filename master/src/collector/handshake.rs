@@ -106,10 +106,7 @@ pub fn check_hello(msg: AgentMessage, token: &[u8], nonce: &auth::Nonce) -> Resu
     if hello.version != PROTOCOL_VERSION {
         return Err(refusal(
             "version",
-            format!(
-                "protocol version {} is not supported; this master supports version {PROTOCOL_VERSION}",
-                hello.version
-            ),
+            sentinel_protocol::version_refusal_reason(hello.version),
         ));
     }
     hello

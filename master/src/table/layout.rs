@@ -191,6 +191,22 @@ pub struct RateBase {
 }
 const _: () = assert!(std::mem::size_of::<RateBase>() == 48);
 
+/// A host's network counters as /metrics exports them: cumulative, and never going backwards
+/// when an interface disappears, the set of counted interfaces changes, or the host reboots
+/// (Prometheus would read a decrease as a counter reset). `account::advance_net_totals` keeps
+/// them; docs/CONTRACT.md says what they count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NetTotals {
+    /// Bytes received on the counted interfaces since the host first reported (see above).
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// FNV-1a of the counted interfaces' names at the previous stored sample: a changed set
+    /// (rename, appeared, disappeared) adds nothing for that one interval instead of a jump.
+    pub names_hash: u64,
+}
+const _: () = assert!(std::mem::size_of::<NetTotals>() == 24);
+
 /// One point of a host's history ring.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
