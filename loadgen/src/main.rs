@@ -231,6 +231,8 @@ async fn connect(
             cpu_count: 4,
         },
         proof: proof(token, &nonce, &agent_id).to_vec(),
+        key: None,
+        key_proof: None,
     };
     conn.send(encode(&AgentMessage::Hello(hello))?).await?;
     match read_master(&mut conn).await? {

@@ -68,6 +68,8 @@ fn agent_vectors() -> Vec<(&'static str, AgentMessage)> {
             cpu_count: 2,
         },
         proof: proof(TOKEN, &nonce(), AGENT_ID).to_vec(),
+        key: None,
+        key_proof: None,
     };
     let small = |seq| Sample {
         cpu_cores_percent: vec![],

@@ -867,6 +867,8 @@ pub fn test_hello(agent_id: &str, hostname: &str, run_id: u64) -> sentinel_proto
         agent_version: "test".into(),
         host: sentinel_protocol::HostInfo::default(),
         proof: vec![0; 32],
+        key: None,
+        key_proof: None,
     }
 }
 

@@ -166,9 +166,30 @@ pub struct Host<'a> {
     duplicates: u64,
     reconnects: u64,
     samples_before_start: u64,
+    /// "pinned", "unpinned" or "cloned" ([`identity_of`]).
+    identity: &'static str,
+    /// SHA-256 of the pinned public key (hex); null when unpinned.
+    key_sha256: Option<String>,
+    /// While `identity` is "cloned": the other machine's address and when it last proved
+    /// this host's key (unix ms); null otherwise.
+    cloned_address: Option<Cow<'a, str>>,
+    cloned_ms: Option<u64>,
     /// The latest sample's values.
     #[serde(flatten)]
     summary: Summary,
+}
+
+/// A host's identity as the API and the dashboard show it: "cloned" while a second machine
+/// proved the pinned key within the last `CLONED_SHOWN_MS`, else "pinned" or "unpinned".
+pub fn identity_of(rec: &Record, now: u64) -> &'static str {
+    use crate::collector::store::CLONED_SHOWN_MS;
+    match rec.pinned_key() {
+        None => "unpinned",
+        Some(_) if rec.cloned_ms != 0 && now.saturating_sub(rec.cloned_ms) < CLONED_SHOWN_MS => {
+            "cloned"
+        }
+        Some(_) => "pinned",
+    }
 }
 
 impl<'a> Host<'a> {
@@ -198,6 +219,13 @@ impl<'a> Host<'a> {
             duplicates: rec.duplicates,
             reconnects: rec.reconnects,
             samples_before_start: rec.samples_before_start,
+            identity: identity_of(rec, now),
+            key_sha256: rec
+                .pinned_key()
+                .map(|k| crate::collector::store::key_fingerprint(k)),
+            cloned_address: (identity_of(rec, now) == "cloned")
+                .then(|| rec.cloned_address.as_str()),
+            cloned_ms: (identity_of(rec, now) == "cloned").then_some(rec.cloned_ms),
             summary: rec.summary,
         }
     }
