@@ -112,9 +112,10 @@ fn a_token_holder_with_another_key_or_none_cannot_touch_a_connected_host() {
     );
     let log = agent.log_text();
     assert!(
-        !log.contains("refused") && !log.contains("Disconnected"),
+        !log.contains("refused") && !log.contains("Lost the connection"),
         "the real agent saw nothing: {log}"
     );
+    assert_eq!(log.matches("Connected to the master.").count(), 1, "{log}");
 }
 
 #[test]
