@@ -260,7 +260,10 @@ fn documented_key_proof_verifies_and_a_0_1_0_decoder_ignores_the_keys() {
     let mut frame = Vec::new();
     encode_frame(&agent_vectors()[1].1, &mut frame).unwrap();
     let OldMessage::Hello(old) = decode_body::<OldMessage>(&frame[4..]).unwrap();
-    assert_eq!((old.run_id, old.proof.as_slice()), (42, hello.proof.as_slice()));
+    assert_eq!(
+        (old.run_id, old.proof.as_slice()),
+        (42, hello.proof.as_slice())
+    );
     if std::env::var_os("SENTINEL_PRINT_VECTORS").is_none() {
         assert_eq!(
             documented_hex("key_proof"),

@@ -53,7 +53,10 @@ const IDENTITY_FIELDS: [&str; 14] = [
 
 fn assert_undisturbed(before: &Value, after: &Value) {
     for f in IDENTITY_FIELDS {
-        assert_eq!(before[f], after[f], "field {f} moved: before {before}, after {after}");
+        assert_eq!(
+            before[f], after[f],
+            "field {f} moved: before {before}, after {after}"
+        );
     }
     assert_sequence_complete(after);
     assert_eq!(u64_field(after, "duplicates"), 0, "{after}");
@@ -84,7 +87,12 @@ fn a_token_holder_with_another_key_or_none_cannot_touch_a_connected_host() {
 
     // What the open API shows is all a forger needs besides the token: same id, run and
     // hostname, with another key, with none, and with another run.
-    let cases: [(u64, Option<u8>); 4] = [(run, Some(7)), (run, None), (run + 1, Some(7)), (run + 1, None)];
+    let cases: [(u64, Option<u8>); 4] = [
+        (run, Some(7)),
+        (run, None),
+        (run + 1, Some(7)),
+        (run + 1, None),
+    ];
     for (forged_run, key) in cases {
         let mut p = Peer::connect(master.listen);
         let hello = test_hello(&id, "web-1", forged_run);
@@ -95,7 +103,10 @@ fn a_token_holder_with_another_key_or_none_cannot_touch_a_connected_host() {
         expect_refused(answer, "identity", &p.name());
         // A sample far ahead after the refusal goes nowhere: the master closed.
         p.send(&AgentMessage::Sample(test_sample(u64::MAX / 2)));
-        assert!(p.read().is_none(), "the master closed the forger's connection");
+        assert!(
+            p.read().is_none(),
+            "the master closed the forger's connection"
+        );
     }
 
     // The real agent keeps streaming on its connection; nothing the table holds moved.
@@ -146,7 +157,10 @@ fn a_hello_without_a_key_is_unpinned_unless_require_agent_keys() {
     // A keyed agent is welcomed there and pinned.
     let _agent = Agent::start(&strict, "new-agent", INTERVAL);
     streaming(&strict, "new-agent", 2);
-    assert!(strict.host("old-agent").is_none(), "the refused hello made no host");
+    assert!(
+        strict.host("old-agent").is_none(),
+        "the refused hello made no host"
+    );
 }
 
 #[test]
@@ -182,8 +196,13 @@ fn the_pin_survives_a_collector_kill_and_a_master_restart() {
 
     master.terminate();
     master.respawn();
-    let restored = master.host("web-1").expect("the host restored from the snapshot");
-    assert_eq!(restored["key_sha256"], key, "the pin survived the master restart");
+    let restored = master
+        .host("web-1")
+        .expect("the host restored from the snapshot");
+    assert_eq!(
+        restored["key_sha256"], key,
+        "the pin survived the master restart"
+    );
     forge(&master);
     let host = streaming(&master, "web-1", u64_field(&host, "last_seq") + 1);
     assert_eq!(host["key_sha256"], key);
@@ -209,7 +228,13 @@ fn a_cloned_identity_is_reported_and_the_accounting_does_not_flip_flop() {
             .host("web-1")
             .filter(|h| u64_field(h, "last_seq") >= seq + 15)
     });
-    for f in ["run_id", "address", "reconnects", "first_seen_ms", "key_sha256"] {
+    for f in [
+        "run_id",
+        "address",
+        "reconnects",
+        "first_seen_ms",
+        "key_sha256",
+    ] {
         assert_eq!(before[f], after[f], "field {f} flipped: {after}");
     }
     assert_eq!(after["identity"], "cloned");
@@ -232,12 +257,17 @@ fn a_restarted_agent_with_its_key_is_welcomed_as_a_new_run() {
     let _again = Agent::start_with_state_of(&master, "web-1", INTERVAL, &first);
     let after = wait_for(WAIT, "the restarted agent's new run", || {
         master.host("web-1").filter(|h| {
-            h["connected"] == true && h["run_id"] != before["run_id"] && u64_field(h, "last_seq") >= 3
+            h["connected"] == true
+                && h["run_id"] != before["run_id"]
+                && u64_field(h, "last_seq") >= 3
         })
     });
     assert_eq!(after["identity"], "pinned", "{after}");
     assert_eq!(after["key_sha256"], before["key_sha256"]);
     assert_eq!(after["id"], before["id"]);
-    assert_eq!(u64_field(&after, "reconnects"), u64_field(&before, "reconnects") + 1);
+    assert_eq!(
+        u64_field(&after, "reconnects"),
+        u64_field(&before, "reconnects") + 1
+    );
     assert_eq!(refusals(&master, "identity"), 0);
 }
