@@ -13,6 +13,7 @@
 pub mod account;
 pub mod image;
 pub mod layout;
+pub mod older;
 
 use std::ptr;
 use std::sync::atomic::{fence, AtomicU64, Ordering};

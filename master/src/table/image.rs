@@ -50,7 +50,7 @@ pub const IMAGE_FORMAT: u32 = 2;
 /// of `Record`, and all-zero is "nothing yet" for each of them. So a record of an older layout
 /// (`record_size` bytes, between [`RECORD_BYTES_V1`] and this binary's) is read by copying its
 /// bytes and zeroing the rest. A record of the current layout must have exactly this size.
-fn record_from(bytes: &[u8]) -> Record {
+pub(super) fn record_from(bytes: &[u8]) -> Record {
     let mut rec = Record::zeroed();
     let n = bytes.len().min(std::mem::size_of::<Record>());
     // SAFETY: Record is plain old data valid for any bit pattern; n is within both.
@@ -62,7 +62,7 @@ const ENDIAN_MARK: u32 = 0x0102_0304;
 pub const IMAGE_HEADER_BYTES: usize = 72;
 /// A host whose slot a live writer kept changing is re-read this often before the image is
 /// given up (the previous snapshot file stays): a write takes microseconds.
-const HOST_READ_ATTEMPTS: u32 = 100;
+pub(super) const HOST_READ_ATTEMPTS: u32 = 100;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ImageError {
@@ -165,27 +165,49 @@ impl Table {
     /// A consistent image of every host, taken with the seqlock reader (never locks).
     pub fn image(&self, created_ms: u64) -> Result<Vec<u8>, ImageError> {
         let hosts = self.host_count();
-        let mut body = Vec::new();
-        let counters = self.header().counters.values();
-        put32(&mut body, counters.len() as u32);
-        put32(&mut body, 0);
-        for v in counters {
-            put64(&mut body, v);
-        }
+        let mut body = start_body(&self.header().counters.values());
         for i in 0..hosts {
             let detail = (0..HOST_READ_ATTEMPTS)
                 .find_map(|_| self.read_detail(i))
                 .ok_or(ImageError::Busy(i))?;
             let sample = detail.sample.unwrap_or_default();
-            body.extend_from_slice(pod_bytes(&detail.record));
-            put32(&mut body, sample.len() as u32);
-            put32(&mut body, detail.history.len() as u32);
-            body.extend_from_slice(&sample);
-            body.resize(body.len().div_ceil(8) * 8, 0);
-            for p in &detail.history {
-                body.extend_from_slice(pod_bytes(p));
-            }
+            put_host(&mut body, &detail.record, &sample, &detail.history);
         }
+        Ok(finish(body, hosts, self.history_points, created_ms))
+    }
+}
+
+/// Appends one host entry (the format above) to an image body.
+pub(super) fn put_host(
+    body: &mut Vec<u8>,
+    record: &Record,
+    sample: &[u8],
+    history: &[HistoryPoint],
+) {
+    body.extend_from_slice(pod_bytes(record));
+    put32(body, sample.len() as u32);
+    put32(body, history.len() as u32);
+    body.extend_from_slice(sample);
+    body.resize(body.len().div_ceil(8) * 8, 0);
+    for p in history {
+        body.extend_from_slice(pod_bytes(p));
+    }
+}
+
+/// The body of an image starting with the collector's counters.
+pub(super) fn start_body(counters: &[u64; COLLECTOR_COUNTER_WORDS]) -> Vec<u8> {
+    let mut body = Vec::new();
+    put32(&mut body, counters.len() as u32);
+    put32(&mut body, 0);
+    for &v in counters {
+        put64(&mut body, v);
+    }
+    body
+}
+
+/// Header + `body` (this binary's layout and format).
+pub(super) fn finish(body: Vec<u8>, hosts: usize, history_points: u32, created_ms: u64) -> Vec<u8> {
+    {
         let mut out = Vec::with_capacity(IMAGE_HEADER_BYTES + body.len());
         out.extend_from_slice(&IMAGE_MAGIC);
         put32(&mut out, IMAGE_FORMAT);
@@ -194,7 +216,7 @@ impl Table {
         put32(&mut out, std::mem::size_of::<Record>() as u32);
         put32(&mut out, std::mem::size_of::<HistoryPoint>() as u32);
         put32(&mut out, SAMPLE_BYTES as u32);
-        put32(&mut out, self.history_points);
+        put32(&mut out, history_points);
         put32(&mut out, 0);
         put64(&mut out, hosts as u64);
         put64(&mut out, created_ms);
@@ -202,9 +224,11 @@ impl Table {
         put64(&mut out, fnv1a(&body));
         debug_assert_eq!(out.len(), IMAGE_HEADER_BYTES);
         out.extend_from_slice(&body);
-        Ok(out)
+        out
     }
+}
 
+impl Table {
     /// Restores `image` into this table, which must be fresh (no host yet) and opened by no
     /// other process. Everything is checked before the first byte is written. Hosts beyond
     /// the capacity are left out (returned as the second number); a host's history keeps its
