@@ -29,9 +29,9 @@ pub struct Superseded;
 pub const CLONE_LIVE_INTERVALS: u64 = 3;
 /// Floor of that liveness window, so short intervals do not turn a brief pause into a takeover.
 pub const CLONE_LIVE_MIN_MS: u64 = 3_000;
-/// A second refused hello proving the pinned key within this time of the first confirms a
-/// clone (one alone can be a restarted agent racing the master's notice of its old
-/// connection's end).
+/// A later refused hello proving the pinned key within this time of the first confirms a
+/// clone if the connected one sent a frame in between (one alone can be a restarted agent
+/// racing the master's notice of its old connection's end).
 pub const CLONE_WINDOW_MS: u64 = 60_000;
 /// The API and dashboard show a host `cloned` for this long after the last confirmed clone
 /// hello: a clone that keeps retrying (at most every reconnect_max) keeps it shown.
@@ -241,9 +241,15 @@ impl Store {
             return Ok(()); // a restart or a reconnect: the newcomer takes over as before
         }
         let other = rec.address.get();
-        let confirmed = rec.clone_suspect_ms != 0
+        // Confirmed only once the connected one sent a frame after the first refused hello:
+        // a half-open connection the agent itself already gave up (it reconnects before the
+        // master noticed) sends nothing more, so a reconnecting agent is never called a clone.
+        let fresh = rec.clone_suspect_ms != 0
             && now.saturating_sub(rec.clone_suspect_ms) <= CLONE_WINDOW_MS;
-        rec.clone_suspect_ms = now;
+        let confirmed = fresh && rec.last_seen_ms > rec.clone_suspect_ms;
+        if !fresh {
+            rec.clone_suspect_ms = now;
+        }
         if confirmed {
             rec.cloned_ms = now;
             rec.cloned_address.set(peer);
@@ -416,10 +422,26 @@ mod tests {
             "one refusal only suspects"
         );
         assert_ne!(rec.clone_suspect_ms, 0);
+        // Without a frame of the connected one in between, a retry proves nothing (it may be
+        // the same agent reconnecting over a connection the master still holds).
+        s.check_identity(&hello(3, Some(1)), "10.0.0.2:3", false)
+            .unwrap_err();
+        assert_eq!(s.writer.record(slot).cloned_ms, 0);
+        std::thread::sleep(std::time::Duration::from_millis(2)); // a later master ms
+        let sample = Sample {
+            seq: 1,
+            ..Sample::default()
+        };
+        let incoming = Incoming {
+            sample: &sample,
+            wire: None,
+            replayed: false,
+        };
+        s.ingest(slot, 1, [incoming]).unwrap();
         s.check_identity(&hello(3, Some(1)), "10.0.0.2:3", false)
             .unwrap_err();
         let rec = s.writer.record(slot);
-        assert_ne!(rec.cloned_ms, 0, "the second confirms");
+        assert_ne!(rec.cloned_ms, 0, "a retry while the first streams confirms");
         assert_eq!(rec.cloned_address.get(), "10.0.0.2:3");
         assert_eq!(
             (rec.run_id, rec.handshakes, rec.address.get()),

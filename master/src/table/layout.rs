@@ -280,8 +280,8 @@ pub struct Record {
     /// Master time when `key` was pinned (unix ms), 0 = not pinned.
     pub key_pinned_ms: u64,
     /// Master time of the first hello that proved the pinned key while another connection of
-    /// this host was live (a cloned VM suspected); 0 = none pending. A second one within
-    /// `collector::store::CLONE_WINDOW_MS` confirms the clone.
+    /// this host was live (a cloned VM suspected); 0 = none pending. A later one within
+    /// `collector::store::CLONE_WINDOW_MS`, after the live one sent a frame, confirms it.
     pub clone_suspect_ms: u64,
     /// Master time of the last confirmed clone: a second peer proved the pinned key while the
     /// connected one was live (unix ms), 0 = never.
