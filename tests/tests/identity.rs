@@ -271,3 +271,54 @@ fn a_restarted_agent_with_its_key_is_welcomed_as_a_new_run() {
     );
     assert_eq!(refusals(&master, "identity"), 0);
 }
+
+/// Points the harness at another build's binaries while `f` runs (tests run one at a time).
+fn with_bin_dir<T>(dir: &std::ffi::OsStr, f: impl FnOnce() -> T) -> T {
+    let before = std::env::var_os("SENTINEL_BIN_DIR");
+    std::env::set_var("SENTINEL_BIN_DIR", dir);
+    let out = f();
+    match before {
+        Some(b) => std::env::set_var("SENTINEL_BIN_DIR", b),
+        None => std::env::remove_var("SENTINEL_BIN_DIR"),
+    }
+    out
+}
+
+/// Needs a 0.1.0 build (commit 280edf3): `SENTINEL_0_1_0_BIN_DIR=<its target/debug>`; without
+/// it the test says so and passes (the mixed-version CI job sets it).
+#[test]
+fn a_stale_0_1_0_segment_restores_its_hosts_unpinned_and_they_pin_on_reconnect() {
+    let Some(old) = std::env::var_os("SENTINEL_0_1_0_BIN_DIR") else {
+        eprintln!("skipped: SENTINEL_0_1_0_BIN_DIR (a 0.1.0 build's binaries) is not set");
+        return;
+    };
+    let mut master = with_bin_dir(&old, Master::start);
+    // A new agent streams to the 0.1.0 master: it ignores the keys.
+    let _agent = Agent::start(&master, "web-1", INTERVAL);
+    let before = wait_for(WAIT, "the agent on the 0.1.0 master", || {
+        master
+            .host("web-1")
+            .filter(|h| u64_field(h, "last_seq") >= 5)
+    });
+    assert!(before.get("identity").is_none(), "a 0.1.0 master: {before}");
+    with_bin_dir(&old, || master.kill_supervisor());
+    assert!(master.segment_path().exists(), "the stale 0.1.0 segment stays");
+    master.respawn();
+    let log = master.log_text();
+    assert!(
+        log.contains("took an image of the stale table") && log.contains("layout=2"),
+        "the new master imaged the 0.1.0 segment: {log}"
+    );
+    let after = wait_for(WAIT, "the restored host pinned by its agent", || {
+        master.host("web-1").filter(|h| {
+            h["identity"] == "pinned"
+                && h["connected"] == true
+                && u64_field(h, "last_seq") > u64_field(&before, "last_seq")
+        })
+    });
+    for f in ["id", "first_seen_ms", "run_id"] {
+        assert_eq!(before[f], after[f], "field {f}: {after}");
+    }
+    assert!(u64_field(&after, "samples_received") > u64_field(&before, "samples_received"));
+    assert_accounted(&after);
+}
