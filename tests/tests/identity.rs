@@ -302,7 +302,10 @@ fn a_stale_0_1_0_segment_restores_its_hosts_unpinned_and_they_pin_on_reconnect()
     });
     assert!(before.get("identity").is_none(), "a 0.1.0 master: {before}");
     with_bin_dir(&old, || master.kill_supervisor());
-    assert!(master.segment_path().exists(), "the stale 0.1.0 segment stays");
+    assert!(
+        master.segment_path().exists(),
+        "the stale 0.1.0 segment stays"
+    );
     master.respawn();
     let log = master.log_text();
     assert!(

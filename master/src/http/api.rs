@@ -167,7 +167,7 @@ pub struct Host<'a> {
     reconnects: u64,
     samples_before_start: u64,
     /// "pinned", "unpinned" or "cloned" ([`identity_of`]).
-    identity: &'static str,
+    identity: Identity,
     /// SHA-256 of the pinned public key (hex); null when unpinned.
     key_sha256: Option<String>,
     /// While `identity` is "cloned": the other machine's address and when it last proved
@@ -179,16 +179,27 @@ pub struct Host<'a> {
     summary: Summary,
 }
 
-/// A host's identity as the API and the dashboard show it: "cloned" while a second machine
-/// proved the pinned key within the last `CLONED_SHOWN_MS`, else "pinned" or "unpinned".
-pub fn identity_of(rec: &Record, now: u64) -> &'static str {
+/// A host's identity as the API and the dashboard show it (docs/PROTOCOL.md section 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Identity {
+    /// A key is pinned to the agent id.
+    Pinned,
+    /// No key is pinned: the agent sends none, or its key was forgotten.
+    Unpinned,
+    /// A key is pinned and a second machine proved it while the connected one was live,
+    /// within the last `CLONED_SHOWN_MS`.
+    Cloned,
+}
+
+pub fn identity_of(rec: &Record, now: u64) -> Identity {
     use crate::collector::store::CLONED_SHOWN_MS;
     match rec.pinned_key() {
-        None => "unpinned",
+        None => Identity::Unpinned,
         Some(_) if rec.cloned_ms != 0 && now.saturating_sub(rec.cloned_ms) < CLONED_SHOWN_MS => {
-            "cloned"
+            Identity::Cloned
         }
-        Some(_) => "pinned",
+        Some(_) => Identity::Pinned,
     }
 }
 
@@ -223,9 +234,9 @@ impl<'a> Host<'a> {
             key_sha256: rec
                 .pinned_key()
                 .map(|k| crate::collector::store::key_fingerprint(k)),
-            cloned_address: (identity_of(rec, now) == "cloned")
+            cloned_address: (identity_of(rec, now) == Identity::Cloned)
                 .then(|| rec.cloned_address.as_str()),
-            cloned_ms: (identity_of(rec, now) == "cloned").then_some(rec.cloned_ms),
+            cloned_ms: (identity_of(rec, now) == Identity::Cloned).then_some(rec.cloned_ms),
             summary: rec.summary,
         }
     }
