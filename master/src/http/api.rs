@@ -368,6 +368,8 @@ pub fn fleet_row(table: &Table, i: usize, now: u64, alive: bool) -> Option<(Reco
         "mem_total_bytes": s.mem_total_bytes,
         "mem_used_bytes": s.mem_used_bytes,
         "uptime_s": s.uptime_s,
+        "identity": identity_of(rec, now),
+        "cloned_address": (identity_of(rec, now) == Identity::Cloned).then(|| rec.cloned_address.get()),
     }) {
         Value::Object(m) => m,
         _ => Map::new(),
