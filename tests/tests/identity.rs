@@ -287,7 +287,7 @@ fn with_bin_dir<T>(dir: &std::ffi::OsStr, f: impl FnOnce() -> T) -> T {
 /// Needs a 0.1.0 build (commit 280edf3): `SENTINEL_0_1_0_BIN_DIR=<its target/debug>`; without
 /// it the test says so and passes (the mixed-version CI job sets it).
 #[test]
-fn a_stale_0_1_0_segment_restores_its_hosts_unpinned_and_they_pin_on_reconnect() {
+fn a_stale_0_1_0_segment_keeps_its_hosts_and_0_1_0_agents_stream_unpinned() {
     let Some(old) = std::env::var_os("SENTINEL_0_1_0_BIN_DIR") else {
         eprintln!("skipped: SENTINEL_0_1_0_BIN_DIR (a 0.1.0 build's binaries) is not set");
         return;
@@ -324,4 +324,13 @@ fn a_stale_0_1_0_segment_restores_its_hosts_unpinned_and_they_pin_on_reconnect()
     }
     assert!(u64_field(&after, "samples_received") > u64_field(&before, "samples_received"));
     assert_accounted(&after);
+    // A 0.1.0 agent (no key) streams to the new master as an unpinned host.
+    let _old_agent = with_bin_dir(&old, || Agent::start(&master, "old-1", INTERVAL));
+    let old_host = wait_for(WAIT, "the 0.1.0 agent's host", || {
+        master
+            .host("old-1")
+            .filter(|h| u64_field(h, "last_seq") >= 5)
+    });
+    assert_eq!(old_host["identity"], "unpinned", "{old_host}");
+    assert_sequence_complete(&old_host);
 }
