@@ -548,6 +548,31 @@ mod tests {
     }
 
     #[test]
+    fn require_agent_keys_comes_from_the_file_or_the_flag_and_is_off_by_default() {
+        let dir = std::env::temp_dir().join(format!("sentinel-cfg-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |text: &str, flag: bool| {
+            let path = dir.join("m.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Cli {
+                config: Some(path),
+                require_agent_keys: flag,
+                ..Cli::default()
+            })
+            .map(|c| c.require_agent_keys)
+        };
+        assert!(!load("", false).unwrap());
+        assert!(load("require_agent_keys = true\n", false).unwrap());
+        assert!(load("require_agent_keys = false\n", true).unwrap());
+        let err = format!(
+            "{:#}",
+            load("require_agent_keys = \"yes\"\n", false).unwrap_err()
+        );
+        assert!(err.contains("require_agent_keys"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn flags_override_file_and_defaults_fill_the_rest() {
         let file = parse_file(
             Path::new("m.toml"),
