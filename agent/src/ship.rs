@@ -57,6 +57,9 @@ pub struct Identity {
     /// Random per process start: the master tells runs apart by it.
     pub run_id: u64,
     pub interval: Duration,
+    /// The key pair whose public key the master pins to `agent_id`; `None` when it could not
+    /// be persisted (the hello then carries no key, like a 0.1.0 agent's).
+    pub key: Option<std::sync::Arc<ring::signature::Ed25519KeyPair>>,
 }
 
 /// What the event loop needs besides the identity.
@@ -167,6 +170,13 @@ async fn handshake(
         .as_slice()
         .try_into()
         .map_err(|_| ShipError::BadNonce(challenge.nonce.len()))?;
+    let (key, key_proof) = match &id.key {
+        Some(pair) => {
+            let (key, sig) = crate::identity::key_proof(pair, &nonce, id.run_id, &id.agent_id);
+            (Some(key), Some(sig))
+        }
+        None => (None, None),
+    };
     let hello = Hello {
         version: PROTOCOL_VERSION,
         agent_id: id.agent_id.clone(),
@@ -177,6 +187,8 @@ async fn handshake(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         host: id.host.clone(),
         proof: sentinel_protocol::proof(&id.token, &nonce, &id.agent_id).to_vec(),
+        key,
+        key_proof,
     };
     conn.send(encode(&AgentMessage::Hello(hello))?).await?;
     match read_msg(&mut conn).await? {

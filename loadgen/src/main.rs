@@ -238,6 +238,8 @@ async fn connect(
             cpu_count: 4,
         },
         proof: proof(token, &nonce, &agent_id).to_vec(),
+        key: None,
+        key_proof: None,
     };
     let mut hello = hello;
     if let Some(text) = &args.host_text {

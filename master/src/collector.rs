@@ -3,7 +3,7 @@
 
 pub mod handshake;
 mod session;
-mod store;
+pub mod store;
 mod transport;
 
 use std::sync::atomic::Ordering;
@@ -27,6 +27,8 @@ pub struct Shared {
     pub store: std::sync::Mutex<Store>,
     /// The fleet token; empty if none is configured.
     pub token: Vec<u8>,
+    /// `require_agent_keys`: a hello without a key is refused `identity`.
+    pub require_agent_keys: bool,
     /// Caps concurrent agent connections (`max_connections`).
     pub slots: Arc<Semaphore>,
     /// Global limit on WARN lines about misbehaving peers, so a flood cannot flood the log.
@@ -80,6 +82,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         store: std::sync::Mutex::new(store),
         token,
+        require_agent_keys: config.require_agent_keys,
         slots: Arc::new(Semaphore::new(config.max_connections)),
         log_limit: session::LogLimit::default(),
         next_conn: std::sync::atomic::AtomicU64::new(1),

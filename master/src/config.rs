@@ -54,6 +54,9 @@ pub struct Cli {
     /// How often the table is snapshotted; "0s" = only at shutdown [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub snapshot_interval: Option<std::time::Duration>,
+    /// Refuse agents whose hello carries no key (0.1.0 agents) with code `identity` [default: off]
+    #[arg(long)]
+    pub require_agent_keys: bool,
     /// Internal: the process role, set by the supervisor when it starts its children.
     #[arg(long, hide = true, value_enum)]
     pub role: Option<Role>,
@@ -85,6 +88,10 @@ pub struct FileConfig {
     pub snapshot_interval: Option<String>,
     /// Optional: push every stored sample to a Prometheus remote-write endpoint.
     pub remote_write: Option<RemoteWriteFile>,
+    /// Refuse agents that do not prove an Ed25519 key in their hello (0.1.0 agents, or an
+    /// agent that cannot write its state directory) with code `identity` [default: false].
+    /// Off, such agents stream and their hosts show `identity: "unpinned"`.
+    pub require_agent_keys: Option<bool>,
     /// TLS on the agent listener: the certificate chain (PEM, server certificate first).
     /// With `tls_key_file`, agents must connect with TLS; plaintext ones are refused.
     pub tls_cert_file: Option<PathBuf>,
@@ -239,6 +246,8 @@ pub struct Config {
     pub http_tls: Option<TlsFiles>,
     /// Basic auth on the HTTP listener (`http_basic_auth_user`/`http_basic_auth_sha256`).
     pub basic_auth: Option<BasicAuth>,
+    /// `require_agent_keys`: a hello without a key is refused `identity`.
+    pub require_agent_keys: bool,
 }
 
 pub fn default_listen() -> String {
@@ -340,6 +349,7 @@ impl Config {
                 file.http_tls_key_file,
             )
             .with_context(|| format!("invalid config file {source}"))?,
+            require_agent_keys: cli.require_agent_keys || file.require_agent_keys.unwrap_or(false),
             basic_auth: match (file.http_basic_auth_user, file.http_basic_auth_sha256) {
                 (None, None) => None,
                 (Some(user), Some(hash)) => Some(
@@ -532,8 +542,34 @@ mod tests {
             max_connections: c.max_connections,
             state_dir: c.state_dir.clone(),
             snapshot_interval: c.snapshot_interval,
+            require_agent_keys: c.require_agent_keys,
             role: c.role,
         }
+    }
+
+    #[test]
+    fn require_agent_keys_comes_from_the_file_or_the_flag_and_is_off_by_default() {
+        let dir = std::env::temp_dir().join(format!("sentinel-cfg-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |text: &str, flag: bool| {
+            let path = dir.join("m.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Cli {
+                config: Some(path),
+                require_agent_keys: flag,
+                ..Cli::default()
+            })
+            .map(|c| c.require_agent_keys)
+        };
+        assert!(!load("", false).unwrap());
+        assert!(load("require_agent_keys = true\n", false).unwrap());
+        assert!(load("require_agent_keys = false\n", true).unwrap());
+        let err = format!(
+            "{:#}",
+            load("require_agent_keys = \"yes\"\n", false).unwrap_err()
+        );
+        assert!(err.contains("require_agent_keys"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

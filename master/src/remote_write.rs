@@ -582,6 +582,8 @@ mod tests {
             agent_version: "1".into(),
             host: HostInfo::default(),
             proof: vec![0; 32],
+            key: None,
+            key_proof: None,
         };
         let mut rec = if t.host_count() == 0 {
             let mut r = Record::zeroed();

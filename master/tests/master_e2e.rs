@@ -260,6 +260,8 @@ impl Agent {
                 cpu_count: 4,
             },
             proof: auth::proof(token.as_bytes(), &nonce, AGENT_ID).to_vec(),
+            key: None,
+            key_proof: None,
         };
         self.send(&AgentMessage::Hello(hello));
         self.recv().expect("an answer to hello")

@@ -48,6 +48,13 @@ pub const MAX_FILESYSTEMS: usize = 64;
 /// See [`MAX_FILESYSTEMS`].
 pub const MAX_INTERFACES: usize = 64;
 
+/// Length of the `key` in a hello: an Ed25519 public key is exactly 32 bytes (RFC 8032); any
+/// other length is refused before the signature is looked at.
+pub const AGENT_KEY_BYTES: usize = 32;
+
+/// Length of the `key_proof` in a hello: an Ed25519 signature is exactly 64 bytes (RFC 8032).
+pub const KEY_PROOF_BYTES: usize = 64;
+
 /// CBOR nesting depth accepted by the decoder. Real messages nest at most 6 deep (a batch:
 /// `frame::depth_tests`); the bound keeps a
 /// hostile deeply-nested item from exhausting the stack.

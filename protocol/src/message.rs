@@ -61,6 +61,14 @@ pub struct Hello {
     /// HMAC-SHA256(token, "sentinel-auth-v1" || nonce || agent_id).
     #[serde(with = "serde_bytes")]
     pub proof: Vec<u8>,
+    /// The agent's Ed25519 public key (32 bytes); absent from a 0.1.0 agent. Optional key
+    /// (PROTOCOL.md 1.2): a master that does not know it ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub key: Option<Vec<u8>>,
+    /// Ed25519 signature (64 bytes) with that key over [`crate::auth::key_message`]; present
+    /// exactly when `key` is.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub key_proof: Option<Vec<u8>>,
 }
 
 /// Facts about the host that do not change while the agent runs.
@@ -222,6 +230,12 @@ pub enum Invalid {
     BadInterval(u32),
     #[error("proof must be {expected} bytes, got {got}")]
     BadProof { expected: usize, got: usize },
+    #[error("key must be {expected} bytes, got {got}")]
+    BadKey { expected: usize, got: usize },
+    #[error("key_proof must be {expected} bytes, got {got}")]
+    BadKeyProof { expected: usize, got: usize },
+    #[error("key and key_proof must be sent together")]
+    KeyWithoutProof,
     #[error("hostname is empty")]
     EmptyHostname,
     #[error("hostname has U+{code:04X} at byte {at}, outside the allowed A-Z a-z 0-9 - . _")]
@@ -332,6 +346,24 @@ impl Hello {
                 expected: crate::auth::PROOF_BYTES,
                 got: self.proof.len(),
             });
+        }
+        match (&self.key, &self.key_proof) {
+            (None, None) => {}
+            (Some(key), Some(sig)) => {
+                if key.len() != AGENT_KEY_BYTES {
+                    return Err(Invalid::BadKey {
+                        expected: AGENT_KEY_BYTES,
+                        got: key.len(),
+                    });
+                }
+                if sig.len() != KEY_PROOF_BYTES {
+                    return Err(Invalid::BadKeyProof {
+                        expected: KEY_PROOF_BYTES,
+                        got: sig.len(),
+                    });
+                }
+            }
+            _ => return Err(Invalid::KeyWithoutProof),
         }
         Ok(())
     }
@@ -591,6 +623,8 @@ mod tests {
             agent_version: "t".into(),
             host: HostInfo::default(),
             proof: vec![0; crate::auth::PROOF_BYTES],
+            key: None,
+            key_proof: None,
         };
         assert_eq!(hello("web-1.example_x").validate(), Ok(()));
         let bad = hello("ab\u{202e}c").validate().unwrap_err();

@@ -506,6 +506,45 @@ impl Agent {
         opts: &AgentOpts,
     ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
+        Self::spawn_in(master, token_file, hostname, interval, opts, dir)
+    }
+
+    /// An agent whose state directory starts as a copy of `from`'s (its `agent-id` and
+    /// `agent-key`): a cloned machine, or the same host after a restart.
+    pub fn start_with_state_of(
+        master: &Master,
+        hostname: &str,
+        interval: &str,
+        from: &Agent,
+    ) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["agent-id", "agent-key"] {
+            fs::copy(from.state_dir().join(name), dir.path().join(name))
+                .unwrap_or_else(|e| panic!("copy {name}: {e}"));
+        }
+        Self::spawn_in(
+            master.listen,
+            &master.token_file,
+            hostname,
+            interval,
+            &AgentOpts::default(),
+            dir,
+        )
+    }
+
+    /// The agent's `--state-dir` (agent-id, agent-key, spool).
+    pub fn state_dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    fn spawn_in(
+        master: SocketAddr,
+        token_file: &Path,
+        hostname: &str,
+        interval: &str,
+        opts: &AgentOpts,
+        dir: tempfile::TempDir,
+    ) -> Agent {
         let log = dir.path().join("agent.log");
         let config = dir.path().join("agent.toml");
         fs::write(&config, &opts.config).unwrap();
@@ -853,6 +892,36 @@ impl Peer {
         self.send(&sentinel_protocol::AgentMessage::Hello(hello));
         self.read()
     }
+
+    /// [`Peer::handshake`] with an Ed25519 `key` (PROTOCOL.md section 3): the hello carries its
+    /// public key and a key proof over this connection's nonce, `hello.run_id` and agent id.
+    pub fn handshake_with_key(
+        &mut self,
+        hello: &sentinel_protocol::Hello,
+        token: &str,
+        key: &ring::signature::Ed25519KeyPair,
+    ) -> Option<sentinel_protocol::MasterMessage> {
+        use ring::signature::KeyPair;
+        let nonce = self.challenge();
+        let mut hello = hello.clone();
+        hello.proof = sentinel_protocol::proof(token.as_bytes(), &nonce, &hello.agent_id).to_vec();
+        let msg = sentinel_protocol::auth::key_message(&nonce, hello.run_id, &hello.agent_id);
+        hello.key = Some(key.public_key().as_ref().to_vec());
+        hello.key_proof = Some(key.sign(&msg).as_ref().to_vec());
+        self.send(&sentinel_protocol::AgentMessage::Hello(hello));
+        self.read()
+    }
+}
+
+/// The key pair an agent keeps in `<state_dir>/agent-key`.
+pub fn agent_key(state_dir: &Path) -> ring::signature::Ed25519KeyPair {
+    let doc = fs::read(state_dir.join("agent-key")).expect("agent-key");
+    ring::signature::Ed25519KeyPair::from_pkcs8(&doc).expect("a PKCS#8 Ed25519 key")
+}
+
+/// A key pair that is no agent's (a forger's), from a fixed seed.
+pub fn forged_key(seed: u8) -> ring::signature::Ed25519KeyPair {
+    ring::signature::Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("seed")
 }
 
 /// A hello that passes every check (the proof is filled in by [`Peer::handshake`]).
@@ -867,6 +936,8 @@ pub fn test_hello(agent_id: &str, hostname: &str, run_id: u64) -> sentinel_proto
         agent_version: "test".into(),
         host: sentinel_protocol::HostInfo::default(),
         proof: vec![0; 32],
+        key: None,
+        key_proof: None,
     }
 }
 

@@ -247,6 +247,9 @@ async fn handshake(
     let address = peer.to_string();
     let result = {
         let mut store = lock(shared);
+        // Before anything about the host changes (PROTOCOL.md section 3): a wrong or missing
+        // key leaves the connected agent undisturbed.
+        store.check_identity(&hello, &address, shared.require_agent_keys)?;
         if let Some((hostname, run_id)) = store.is_connected_elsewhere(&hello.agent_id) {
             if hostname != hello.hostname && run_id != hello.run_id {
                 return Err(refusal(

@@ -213,6 +213,12 @@ function hostRow(h, now) {
   a.href = "/hosts/" + encodeURIComponent(h.id);
   a.title = h.hostname + " (" + h.id + ")";
   name.appendChild(a);
+  if (h.identity === "cloned") {
+    // Two machines prove this host's key: say so on the row, with the other one's address.
+    const c = el("span", "identity-cloned", " cloned");
+    c.title = "another machine (" + h.cloned_address + ") proves this host's key";
+    name.appendChild(c);
+  }
   tr.appendChild(name);
 
   const st = el("td", "status");
@@ -592,6 +598,14 @@ function interfaceRates(sample) {
   return detail.rates;
 }
 
+function identityText(h) {
+  if (h.identity === "cloned") {
+    return "cloned: " + h.cloned_address + " also proves this key (" + ago(serverNow() - h.cloned_ms) + ")";
+  }
+  if (h.identity === "pinned") return "pinned, key sha256 " + String(h.key_sha256).slice(0, 16) + "…";
+  return "unpinned (the agent sends no key)";
+}
+
 function renderHost(h) {
   const now = serverNow();
   document.title = h.hostname + " – Sentinel";
@@ -602,6 +616,7 @@ function renderHost(h) {
     el("span", "seen", " · last seen " + ago(now - h.last_seen_ms)));
   facts(document.getElementById("host-facts"), [
     ["Agent id", h.id],
+    ["Identity", identityText(h)],
     ["Address", h.address],
     ["Agent version", h.agent_version],
     ["OS", h.os + " " + h.kernel + " (" + h.arch + ")"],

@@ -175,9 +175,41 @@ pub struct Host<'a> {
     duplicates: u64,
     reconnects: u64,
     samples_before_start: u64,
+    /// "pinned", "unpinned" or "cloned" ([`identity_of`]).
+    identity: Identity,
+    /// SHA-256 of the pinned public key (hex); null when unpinned.
+    key_sha256: Option<String>,
+    /// While `identity` is "cloned": the other machine's address and when it last proved
+    /// this host's key (unix ms); null otherwise.
+    cloned_address: Option<Cow<'a, str>>,
+    cloned_ms: Option<u64>,
     /// The latest sample's values.
     #[serde(flatten)]
     summary: Summary,
+}
+
+/// A host's identity as the API and the dashboard show it (docs/PROTOCOL.md section 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Identity {
+    /// A key is pinned to the agent id.
+    Pinned,
+    /// No key is pinned: the agent sends none, or its key was forgotten.
+    Unpinned,
+    /// A key is pinned and a second machine proved it while the connected one was live,
+    /// within the last `CLONED_SHOWN_MS`.
+    Cloned,
+}
+
+pub fn identity_of(rec: &Record, now: u64) -> Identity {
+    use crate::collector::store::CLONED_SHOWN_MS;
+    match rec.pinned_key() {
+        None => Identity::Unpinned,
+        Some(_) if rec.cloned_ms != 0 && now.saturating_sub(rec.cloned_ms) < CLONED_SHOWN_MS => {
+            Identity::Cloned
+        }
+        Some(_) => Identity::Pinned,
+    }
 }
 
 impl<'a> Host<'a> {
@@ -207,6 +239,13 @@ impl<'a> Host<'a> {
             duplicates: rec.duplicates,
             reconnects: rec.reconnects,
             samples_before_start: rec.samples_before_start,
+            identity: identity_of(rec, now),
+            key_sha256: rec
+                .pinned_key()
+                .map(|k| crate::collector::store::key_fingerprint(k)),
+            cloned_address: (identity_of(rec, now) == Identity::Cloned)
+                .then(|| rec.cloned_address.as_str()),
+            cloned_ms: (identity_of(rec, now) == Identity::Cloned).then_some(rec.cloned_ms),
             summary: rec.summary,
         }
     }
@@ -340,6 +379,8 @@ pub fn fleet_row(table: &Table, i: usize, now: u64, alive: bool) -> Option<(Reco
         "mem_total_bytes": s.mem_total_bytes,
         "mem_used_bytes": s.mem_used_bytes,
         "uptime_s": s.uptime_s,
+        "identity": identity_of(rec, now),
+        "cloned_address": (identity_of(rec, now) == Identity::Cloned).then(|| rec.cloned_address.get()),
     }) {
         Value::Object(m) => m,
         _ => Map::new(),

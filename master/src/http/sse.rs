@@ -189,6 +189,8 @@ mod tests {
                 agent_version: "1".into(),
                 host: HostInfo::default(),
                 proof: vec![0; 32],
+                key: None,
+                key_proof: None,
             };
             let mut r = Record::zeroed();
             account::handshake(&mut r, &hello, "x", now_ms());

@@ -232,6 +232,8 @@ mod tests {
             agent_version: "0.1.0".into(),
             host: HostInfo::default(),
             proof: vec![0; 32],
+            key: None,
+            key_proof: None,
         }
     }
 
