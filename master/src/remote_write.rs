@@ -302,6 +302,17 @@ fn scan(
         };
         let rec = &recent.record;
         if rec.in_use != 1 {
+            // A free slot (removed or expired host): the next host in it starts from point 0.
+            *cursor = Cursor::default();
+            continue;
+        }
+        if cursor
+            .host
+            .as_ref()
+            .is_some_and(|(_, k)| k.id != rec.agent_id())
+        {
+            // The slot went to another host between two scans: start over at its point 0.
+            *cursor = Cursor::default();
             continue;
         }
         if recent.first > cursor.next {

@@ -53,16 +53,21 @@ pub enum RefusalCode {
     /// A TLS handshake failed (wrong certificate, not TLS, too slow). Never sent: the peer
     /// gets a TLS alert instead of a `refused`; counted so /metrics shows it.
     Tls = 5,
+    // 6 is `identity` (per-agent keys, issue 12 part 1).
+    /// Too many new host identities from this peer address in the last minute
+    /// (`new_hosts_per_minute`); known hosts are never refused this way.
+    Throttled = 7,
 }
 
 impl RefusalCode {
-    pub const ALL: [RefusalCode; 6] = [
+    pub const ALL: [RefusalCode; 7] = [
         RefusalCode::Invalid,
         RefusalCode::Auth,
         RefusalCode::Version,
         RefusalCode::Busy,
         RefusalCode::Conflict,
         RefusalCode::Tls,
+        RefusalCode::Throttled,
     ];
 
     /// The code's text on the wire and in the `code` label.
@@ -74,6 +79,7 @@ impl RefusalCode {
             RefusalCode::Busy => "busy",
             RefusalCode::Conflict => "conflict",
             RefusalCode::Tls => "tls",
+            RefusalCode::Throttled => "throttled",
         }
     }
 
@@ -179,8 +185,11 @@ mod tests {
     #[test]
     fn every_refusal_code_has_its_own_counter_and_round_trips_its_text() {
         let mut seen = std::collections::HashSet::new();
-        for (i, c) in RefusalCode::ALL.into_iter().enumerate() {
-            assert_eq!(c.index(), i, "ALL is in counter order");
+        let mut last = None;
+        for c in RefusalCode::ALL {
+            assert!(last < Some(c.index()), "ALL is in counter order");
+            assert!(c.index() < crate::table::layout::REFUSAL_CODES);
+            last = Some(c.index());
             assert_eq!(RefusalCode::of(c.as_str()), Some(c));
             assert!(seen.insert(c.as_str()));
         }

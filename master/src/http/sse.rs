@@ -4,7 +4,8 @@
 //! slot's seqlock counter (no copy) and each host's derived status with what it saw last, and
 //! broadcasts the changed hosts as one `hosts` event. Every client gets a `snapshot` event
 //! (every host's fleet row: the HOST fields the fleet view shows, plus its extras) when it
-//! connects, then the shared `hosts` events and a `tick` with the master's clock every second. A client that falls behind the broadcast is
+//! connects, then the shared `hosts` events, `removed` events (`{"now_ms", "ids"}`: hosts
+//! whose slot was freed) and a `tick` with the master's clock every second. A client that falls behind the broadcast is
 //! disconnected; its EventSource reconnects and starts again from a fresh snapshot.
 
 use std::convert::Infallible;
@@ -56,6 +57,9 @@ fn event(name: &str, data: &Value) -> Bytes {
 /// What the watcher remembers per slot to notice a change.
 #[derive(Clone, Copy, PartialEq)]
 struct Seen {
+    /// The host's agent id: a slot that is freed or taken by another host sends a `removed`
+    /// event with it.
+    id: [u8; 32],
     state: SlotState,
     /// History points stored when the host was last sent: the next event carries only the
     /// sparkline points after it (`spark_add`), not the whole minute again.
@@ -107,23 +111,35 @@ async fn watch_table(
         let count = table.host_count();
         seen.resize(count, None);
         let mut changed = Vec::new();
+        let mut removed = Vec::new();
         for (i, slot) in seen.iter_mut().enumerate() {
             let version = table.slot_version(i);
             let known = *slot;
             if !all && known.is_some_and(|s| s.state.unchanged(version, now)) {
                 continue;
             }
-            let Some((rec, mut host)) = fleet_row(table, i, now, alive) else {
+            let row = fleet_row(table, i, now, alive);
+            let id_now = row.as_ref().map(|(rec, _)| rec.agent_id);
+            if let Some(s) = known.filter(|s| Some(s.id) != id_now) {
+                // Removed, expired, or the slot went to another host.
+                removed.push(String::from_utf8_lossy(&s.id).into_owned());
+                *slot = None;
+            }
+            let Some((rec, mut host)) = row else {
                 continue;
             };
-            if let Some(s) = known {
+            if let Some(s) = slot.as_ref() {
                 spark_delta(&mut host, s.spark_n);
             }
             *slot = Some(Seen {
+                id: rec.agent_id,
                 state: SlotState::of(&rec, version, now),
                 spark_n: rec.history_count,
             });
             changed.push(host);
+        }
+        if !removed.is_empty() {
+            let _ = tx.send(event("removed", &json!({"now_ms": now, "ids": removed})));
         }
         if !changed.is_empty() {
             let _ = tx.send(event("hosts", &json!({"now_ms": now, "hosts": changed})));
@@ -223,7 +239,8 @@ mod tests {
             forwarder: None,
             stopping: stop_rx,
             hosts: Default::default(),
-            basic_auth: None,
+            access: Default::default(),
+            control: crate::control::Client::start(None, table),
         };
         let mut body = stream(&state);
         async fn next(body: &mut Body) -> String {

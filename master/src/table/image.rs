@@ -147,7 +147,9 @@ struct HostEntry {
 }
 
 impl Table {
-    /// A consistent image of every host, taken with the seqlock reader (never locks).
+    /// A consistent image of every host, taken with the seqlock reader (never locks). Free
+    /// slots (removed or expired hosts) are left out: a restore never brings them back, and
+    /// packs the remaining hosts into the first slots.
     pub fn image(&self, created_ms: u64) -> Result<Vec<u8>, ImageError> {
         let hosts = self.host_count();
         let mut body = Vec::new();
@@ -157,10 +159,15 @@ impl Table {
         for v in counters {
             put64(&mut body, v);
         }
+        let mut written = 0u64;
         for i in 0..hosts {
             let detail = (0..HOST_READ_ATTEMPTS)
                 .find_map(|_| self.read_detail(i))
                 .ok_or(ImageError::Busy(i))?;
+            if detail.record.in_use != 1 {
+                continue;
+            }
+            written += 1;
             let sample = detail.sample.unwrap_or_default();
             body.extend_from_slice(pod_bytes(&detail.record));
             put32(&mut body, sample.len() as u32);
@@ -181,7 +188,7 @@ impl Table {
         put32(&mut out, SAMPLE_BYTES as u32);
         put32(&mut out, self.history_points);
         put32(&mut out, 0);
-        put64(&mut out, hosts as u64);
+        put64(&mut out, written);
         put64(&mut out, created_ms);
         put64(&mut out, body.len() as u64);
         put64(&mut out, fnv1a(&body));
