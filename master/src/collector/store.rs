@@ -285,6 +285,29 @@ mod tests {
     use sentinel_protocol::{Filesystem, Interface};
 
     #[test]
+    fn only_silent_down_or_stopped_hosts_expire() {
+        let mut rec = crate::table::Record::zeroed();
+        rec.in_use = 1;
+        rec.interval_ms = 1000;
+        rec.last_seen_ms = 1_000_000;
+        let week = 7 * 24 * 3600 * 1000;
+        let later = rec.last_seen_ms + week + 1;
+        assert!(expired(&rec, false, later, week));
+        assert!(!expired(&rec, true, later, week), "connected");
+        assert!(!expired(&rec, false, later - 2, week), "not long enough");
+        assert!(!expired(&rec, false, later, 0), "0 = never");
+        // Shorter than 10 intervals: still stale, not down, so it stays.
+        assert!(!expired(&rec, false, rec.last_seen_ms + 5000, 2000));
+        rec.goodbye = 1;
+        assert!(
+            expired(&rec, false, rec.last_seen_ms + 2001, 2000),
+            "stopped counts"
+        );
+        rec.in_use = 0;
+        assert!(!expired(&rec, false, later, week), "a free slot");
+    }
+
+    #[test]
     fn oversized_sample_is_stored_with_truncated_lists() {
         let long = "x".repeat(250);
         let s = Sample {
