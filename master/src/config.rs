@@ -721,6 +721,70 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_and_operator_keys_are_checked_at_load() {
+        let dir = std::env::temp_dir().join(format!("sentinel-cfg5-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |text: &str| {
+            let path = dir.join("life.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Cli {
+                config: Some(path),
+                ..Cli::default()
+            })
+            .map_err(|e| format!("{e:#}"))
+        };
+        let c = load("").unwrap();
+        assert_eq!(c.host_expiry, default_host_expiry());
+        assert_eq!(c.new_hosts_per_minute, 60);
+        assert!(c.operator.is_none() && c.api_token.is_none());
+        let c = load("host_expiry = \"0\"\nnew_hosts_per_minute = 0\n").unwrap();
+        assert_eq!(
+            (c.host_expiry, c.new_hosts_per_minute),
+            (std::time::Duration::ZERO, 0)
+        );
+        assert_eq!(
+            load("host_expiry = \"12h\"\n").unwrap().host_expiry,
+            std::time::Duration::from_secs(43200)
+        );
+        let token = dir.join("api-token");
+        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+        let c = load(&format!(
+            "api_token_file = {:?}\n",
+            token.display().to_string()
+        ))
+        .unwrap();
+        assert!(c.api_token.is_some());
+        let hash = "c4bbcb1fbec99d65bf59d85c8cb62ee2db963f0fe106f483d9afa73bd4e39a8a";
+        assert_eq!(
+            load(&format!(
+                "http_operator_user = \"admin\"\nhttp_operator_sha256 = \"{hash}\"\n"
+            ))
+            .unwrap()
+            .operator
+            .unwrap()
+            .user,
+            "admin"
+        );
+        std::fs::write(&token, "short\n").unwrap();
+        for (text, want) in [
+            ("host_expiry = \"soon\"\n".to_string(), "key `host_expiry`"),
+            ("http_operator_user = \"admin\"\n".to_string(), "http_operator_sha256"),
+            (
+                "http_operator_user = \"admin\"\nhttp_operator_sha256 = \"nothex\"\n".to_string(),
+                "key `http_operator_sha256`",
+            ),
+            (
+                format!("http_operator_user = \"ops\"\nhttp_operator_sha256 = \"{hash}\"\nhttp_basic_auth_user = \"ops\"\nhttp_basic_auth_sha256 = \"{hash}\"\n"),
+                "different user names",
+            ),
+            (format!("api_token_file = {:?}\n", token.display().to_string()), "key `api_token_file`"),
+        ] {
+            let err = load(&text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn tls_and_basic_auth_keys_come_in_pairs_and_are_checked_at_load() {
         let dir = std::env::temp_dir().join(format!("sentinel-cfg4-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -41,6 +41,7 @@ pub async fn handle(
 ) -> Resp {
     let who = state.access.identify(headers.get(AUTHORIZATION));
     match path {
+        "/api/v1/session" if !state.access.may_read(&who) => unauthorized(),
         "/api/v1/session" => json_response(
             StatusCode::OK,
             &json!({
