@@ -18,7 +18,7 @@ use hyper::body::Frame;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
-use super::api::{collector_alive, fleet_row, fleet_rows, SlotState};
+use super::api::{collector_alive, fleet_row, SlotState};
 use super::{Body, Data, State};
 use crate::segment::now_ms;
 use crate::table::Table;
@@ -37,15 +37,54 @@ const RETRY_MS: u64 = 1000;
 /// The shared feed of rendered events.
 pub struct Feed {
     tx: broadcast::Sender<Bytes>,
+    /// Hosts a new client's snapshot held, by slot: the watcher takes them as its baseline
+    /// for slots it has not looked at yet, so a host removed before the watcher's next look
+    /// is still announced to that client (`removed`).
+    announced: Announced,
 }
+
+type Announced = std::sync::Arc<std::sync::Mutex<Vec<(usize, Seen)>>>;
 
 impl Feed {
     pub fn start(table: &'static Table, stopping: watch::Receiver<bool>) -> Feed {
         let (tx, _) = broadcast::channel(BACKLOG);
-        tokio::spawn(watch_table(table, tx.clone(), stopping));
-        Feed { tx }
+        let announced = Announced::default();
+        tokio::spawn(watch_table(table, tx.clone(), announced.clone(), stopping));
+        Feed { tx, announced }
     }
 }
+
+/// The `snapshot` event's data (every host's fleet row), recording in `announced` what it
+/// held (bounded: one entry per slot per snapshot, drained every watcher tick).
+fn snapshot(table: &Table, now: u64, announced: &Announced) -> Value {
+    let alive = collector_alive(table, now);
+    let mut held = Vec::new();
+    let hosts: Vec<Value> = (0..table.host_count())
+        .filter_map(|i| {
+            let version = table.slot_version(i);
+            let (rec, row) = fleet_row(table, i, now, alive)?;
+            held.push((
+                i,
+                Seen {
+                    id: rec.agent_id,
+                    state: SlotState::of(&rec, version, now),
+                    spark_n: rec.history_count,
+                },
+            ));
+            Some(row)
+        })
+        .collect();
+    if let Ok(mut a) = announced.lock() {
+        if a.len() < MAX_ANNOUNCED {
+            a.extend(held);
+        }
+    }
+    json!({"now_ms": now, "hosts": hosts})
+}
+
+/// Bound on snapshot entries waiting for the watcher (a burst of new clients between two
+/// ticks); beyond it a snapshot is not recorded, and only the race it closes reopens.
+const MAX_ANNOUNCED: usize = 1 << 16;
 
 fn event(name: &str, data: &Value) -> Bytes {
     let mut s = format!("event: {name}\ndata: ");
@@ -88,6 +127,7 @@ fn spark_delta(row: &mut Value, sent: u64) {
 async fn watch_table(
     table: &'static Table,
     tx: broadcast::Sender<Bytes>,
+    announced: Announced,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut seen: Vec<Option<Seen>> = Vec::new();
@@ -101,7 +141,9 @@ async fn watch_table(
             _ = stopping.changed() => return,
         }
         if tx.receiver_count() == 0 {
-            seen.clear(); // nobody listens: the next listener starts from a snapshot anyway
+            // Nobody listens: no work. `seen` is kept, so that a host removed while nobody
+            // listened is still announced (`removed`) to the next listener, whose snapshot
+            // may predate the watcher's next look.
             continue;
         }
         let now = now_ms();
@@ -110,6 +152,15 @@ async fn watch_table(
         last_alive = alive;
         let count = table.host_count();
         seen.resize(count, None);
+        let held = announced
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default();
+        for (i, s) in held {
+            if let Some(slot @ None) = seen.get_mut(i) {
+                *slot = Some(s);
+            }
+        }
         let mut changed = Vec::new();
         let mut removed = Vec::new();
         for (i, slot) in seen.iter_mut().enumerate() {
@@ -157,10 +208,11 @@ pub fn stream(state: &State) -> Body {
     let rx = state.events.tx.subscribe(); // before the snapshot: no change falls in between
     let table = state.table;
     let stopping = state.stopping.clone();
+    let announced = state.events.announced.clone();
     let first = async move {
         let now = now_ms();
         let mut head = format!("retry: {RETRY_MS}\n\n").into_bytes();
-        head.extend_from_slice(&event("snapshot", &fleet_rows(table, now)));
+        head.extend_from_slice(&event("snapshot", &snapshot(table, now, &announced)));
         Bytes::from(head)
     };
     let head = futures_util::stream::once(first);
