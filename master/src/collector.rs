@@ -169,8 +169,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Carries out one control request (control.rs). Runs on the runtime thread: each arm is one
-/// short critical section of the store. New requests (ForgetKey, silences, maintenance) are
-/// one arm each.
+/// short critical section of the store. New requests are one arm each: the key reset of
+/// part 1 (`Request::ForgetKey { agent_id }`, calling the table's `forget_key`) goes next to
+/// `RemoveHost`, then alert silences and maintenance.
 fn control_handler(shared: &Shared, request: Request) -> Reply {
     match request {
         Request::RemoveHost { agent_id } => {

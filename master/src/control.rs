@@ -10,7 +10,7 @@
 //! Why it cannot wedge either side:
 //! - No lock is shared: the kernel queues datagrams; a process that dies holding nothing
 //!   leaves nothing held.
-//! - Every send is non-blocking. A full queue (the peer is dead or slow) is an error at once
+//! - No send waits more than 100 ms. A full queue (the peer is dead or slow) is an error
 //!   ([`ControlError::Full`]) on the http side, and a dropped reply on the collector side.
 //! - The requester waits at most [`REQUEST_TIMEOUT`]; a collector that is not running is
 //!   reported at once ([`ControlError::CollectorDown`], from the table header's pid).
@@ -43,6 +43,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Part of [`REQUEST_TIMEOUT`] kept back from the deadline the collector sees: a request the
 /// collector executes is executed well before the requester gives up on it.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(300);
+/// Longest a send waits for room in the peer's queue (a datagram send on a socketpair only
+/// waits when the peer's receive queue is full, i.e. the peer is dead or stuck): then the
+/// request fails [`ControlError::Full`], or the reply is dropped. An await with a timeout
+/// rather than `try_send`, because tokio's `try_send` also fails before the reactor has first
+/// seen the socket writable.
+const SEND_TIMEOUT: Duration = Duration::from_millis(100);
 /// Largest datagram either side sends or accepts. Requests and replies are a few hundred
 /// bytes (an agent id, a hostname); anything longer is not ours and is dropped.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
@@ -205,10 +211,10 @@ impl Client {
             deadline_ms: deadline,
             body: request,
         });
-        match sock.try_send(&bytes) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(ControlError::Full),
-            Err(e) => return Err(ControlError::Io(e)),
+        match tokio::time::timeout(SEND_TIMEOUT, sock.send(&bytes)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(ControlError::Io(e)),
+            Err(_) => return Err(ControlError::Full),
         }
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(reply)) => Ok(reply),
@@ -324,8 +330,12 @@ pub async fn serve(sock: tokio::net::UnixDatagram, handle: impl Fn(Request) -> R
         let Some(reply) = answer(&buf[..n], monotonic_ms(), &handle) else {
             continue;
         };
-        if let Err(e) = sock.try_send(&reply) {
-            tracing::warn!(error = %e, "dropped a control reply the http process cannot take now");
+        match tokio::time::timeout(SEND_TIMEOUT, sock.send(&reply)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "dropped a control reply that could not be sent")
+            }
+            Err(_) => tracing::warn!("dropped a control reply: the http process's queue is full"),
         }
     }
 }
@@ -370,6 +380,72 @@ mod tests {
         let env: Envelope<Reply> = serde_json::from_slice(&reply).unwrap();
         assert_eq!(env.id, 3);
         assert!(matches!(env.body, Reply::Failed { .. }));
+    }
+
+    fn tokio_pair() -> (tokio::net::UnixDatagram, tokio::net::UnixDatagram) {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (
+            tokio::net::UnixDatagram::from_std(a).unwrap(),
+            tokio::net::UnixDatagram::from_std(b).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_gets_its_reply_and_a_missing_collector_an_error_not_a_hang() {
+        let t: &'static crate::table::TestTable =
+            Box::leak(Box::new(crate::table::TestTable::new(1, 1)));
+        let header = t.table.header();
+        let (server, client_end) = tokio_pair();
+        tokio::spawn(serve(server, |r| match r {
+            Request::RemoveHost { agent_id } => Reply::Removed {
+                hostname: agent_id,
+                was_connected: false,
+            },
+        }));
+        let client = Client::start(Some(client_end), &t.table);
+        header.collector_pid.store(0, Ordering::Release);
+        let r = client
+            .call(Request::RemoveHost {
+                agent_id: "a".into(),
+            })
+            .await;
+        assert!(matches!(r, Err(ControlError::CollectorDown)), "{r:?}");
+        header.collector_pid.store(1, Ordering::Release);
+        let r = client
+            .call(Request::RemoveHost {
+                agent_id: "a".into(),
+            })
+            .await;
+        assert_eq!(
+            r.unwrap(),
+            Reply::Removed {
+                hostname: "a".into(),
+                was_connected: false
+            }
+        );
+        assert!(client.pending.lock().unwrap().is_empty());
+        // Nobody serves this channel: a timeout, and nothing left pending.
+        let (_silent, end) = tokio_pair();
+        let client = Client::start(Some(end), &t.table);
+        let started = std::time::Instant::now();
+        let r = client
+            .call(Request::RemoveHost {
+                agent_id: "a".into(),
+            })
+            .await;
+        assert!(matches!(r, Err(ControlError::Timeout)), "{r:?}");
+        assert!(started.elapsed() < REQUEST_TIMEOUT + Duration::from_millis(500));
+        assert!(client.pending.lock().unwrap().is_empty());
+        let none = Client::start(None, &t.table);
+        assert!(matches!(
+            none.call(Request::RemoveHost {
+                agent_id: "a".into()
+            })
+            .await,
+            Err(ControlError::Unavailable)
+        ));
     }
 
     #[test]
