@@ -130,6 +130,10 @@ fn removing_a_host_frees_its_slot_and_it_stays_gone_across_a_restart() {
     let (_, answer) = host_from(&m, IpAddr::V4(Ipv4Addr::LOCALHOST), &id(5), "host-5");
     assert_eq!(refused_code(&answer), "busy");
     assert_eq!(metric(&m, "sentinel_master_table_full_total "), Some(1));
+    assert_eq!(
+        m.log_lines_with(&["the host table is full", &id(5), "refused_total=1"]),
+        1
+    );
     drop(peers.remove(0));
     let mut again = Peer::connect(m.listen);
     let welcome = again.handshake(&test_hello(&id(1), "host-1", 2), TOKEN);
