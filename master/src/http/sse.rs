@@ -170,7 +170,16 @@ async fn watch_table(
                 continue;
             }
             let row = fleet_row(table, i, now, alive);
-            let id_now = row.as_ref().map(|(rec, _)| rec.agent_id);
+            let id_now = match &row {
+                Some((rec, _)) => Some(rec.agent_id),
+                // Free, or (rarely) not readable now: only a free slot or another host in it
+                // is a removal.
+                None => match table.read_record(i) {
+                    Some(r) if r.in_use == 1 => Some(r.agent_id),
+                    Some(_) => None,
+                    None => known.map(|s| s.id),
+                },
+            };
             if let Some(s) = known.filter(|s| Some(s.id) != id_now) {
                 // Removed, expired, or the slot went to another host.
                 removed.push(String::from_utf8_lossy(&s.id).into_owned());
