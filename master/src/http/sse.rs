@@ -347,6 +347,18 @@ mod tests {
                 break;
             }
         }
+        // A freed slot (host removed or expired) is announced with the host's id.
+        table.writer().unwrap().clear(0);
+        loop {
+            let ev = next(&mut body).await;
+            if ev.starts_with("event: removed\n") {
+                assert!(
+                    ev.contains(r#""ids":["abababababababababababababababab"]"#),
+                    "{ev}"
+                );
+                break;
+            }
+        }
         // On SIGTERM the stream ends, so browsers notice at once.
         stop_tx.send(true).unwrap();
         let end = tokio::time::timeout(Duration::from_secs(2), async {
