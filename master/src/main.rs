@@ -3,7 +3,7 @@
 
 use clap::Parser;
 
-use sentinel_master::config::{Cli, Config, Role};
+use sentinel_master::config::{Cli, Command, Config, Role};
 use sentinel_master::{collector, http, supervisor};
 
 fn main() -> std::process::ExitCode {
@@ -18,6 +18,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(78);
         }
     };
+    if let Some(Command::RemoveHost { id }) = &cli.command {
+        return match sentinel_master::operator::remove_host(&config, id) {
+            Ok(answer) => {
+                println!("{answer}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sentinel-master remove-host: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let result = match cli.role {
         None => supervisor::run(config),
         Some(Role::Collector) => collector::run(config),

@@ -73,6 +73,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let agents = bind(&config.listen, "listen")?;
     let http = bind(&config.http, "http")?;
+    // Created once and kept open for the supervisor's life: every collector and http process
+    // (restarts included) gets the same channel (control.rs says why it cannot wedge).
+    let control = crate::control::Pair::new().context("cannot create the control channel")?;
     let (segment, salvaged) =
         Segment::create(&config.shm_name, config.capacity, config.history_points)?;
     // Before any child runs: nobody else has the new table yet.
@@ -126,7 +129,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         for child in children.iter_mut() {
             reap(child, &segment);
             if child.pid.is_none() && Instant::now() >= child.next_start {
-                if let Err(e) = start(child, &segment, &exe, &args) {
+                if let Err(e) = start(child, &segment, &control, &exe, &args) {
                     tracing::error!(role = ?child.role, error = %format!("{e:#}"), "cannot start child; retrying");
                     child.next_start = Instant::now() + MAX_BACKOFF;
                 }
@@ -192,6 +195,7 @@ fn role_arg(role: Role) -> &'static str {
 fn start(
     child: &mut Child,
     segment: &Segment,
+    control: &crate::control::Pair,
     exe: &std::path::Path,
     args: &[std::ffi::OsString],
 ) -> anyhow::Result<()> {
@@ -212,11 +216,16 @@ fn start(
         header.generation.fetch_add(1, Ordering::AcqRel);
     }
     let fd = child.listener.as_raw_fd();
+    let control_fd = match child.role {
+        Role::Collector => control.collector_fd(),
+        Role::Http => control.http_fd(),
+    };
     let parent = std::process::id() as i32;
     let mut cmd = Command::new(exe);
     cmd.arg("--role").arg(role_arg(child.role)).args(args);
     cmd.env(LISTEN_FD_ENV, fd.to_string())
-        .env(SUPERVISOR_PID_ENV, parent.to_string());
+        .env(SUPERVISOR_PID_ENV, parent.to_string())
+        .env(crate::control::CONTROL_FD_ENV, control_fd.to_string());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -226,8 +235,12 @@ fn start(
             if libc::getppid() != parent {
                 libc::_exit(0); // the supervisor died before prctl took effect
             }
-            // Let exactly this listener survive exec.
+            // Let exactly this listener (and the control end below) survive exec.
             if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // And this child's end of the control channel.
+            if libc::fcntl(control_fd, libc::F_SETFD, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

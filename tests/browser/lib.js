@@ -110,7 +110,9 @@ class Master {
     fs.writeFileSync(path.join(dir, "token"), TOKEN + "\n");
     fs.writeFileSync(path.join(dir, "master.toml"),
       "capacity = " + (opts.capacity || 64) + "\nhistory_points = " + (opts.historyPoints || 600) +
-      "\nstate_dir = " + JSON.stringify(dir) + "\n" + (opts.extraToml || ""));
+      "\nstate_dir = " + JSON.stringify(dir) +
+      // Every simulated host connects from 127.0.0.1: no bound on new identities per address.
+      "\nnew_hosts_per_minute = 0\n" + (opts.extraToml || ""));
   }
 
   async start() {

@@ -100,6 +100,35 @@ pub fn http_request(
     Ok((status, head.to_string(), body.to_string()))
 }
 
+/// One HTTP/1.0 request with any method and extra header lines (each ending in CRLF) on a
+/// new connection: (status, head, body).
+pub fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<(u16, String, String)> {
+    let timeout = Duration::from_secs(10);
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n{headers}\r\n"
+    )?;
+    s.flush()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
+    Ok((status, head.to_string(), body.to_string()))
+}
+
 pub fn http_json(addr: SocketAddr, path: &str) -> Option<Value> {
     let (status, body) = http_get(addr, path, Duration::from_secs(2)).ok()?;
     if status != 200 {
@@ -805,6 +834,30 @@ pub struct Peer {
 impl Peer {
     pub fn connect(addr: SocketAddr) -> Peer {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        Peer {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// A connection from `source` (another loopback address such as 127.0.0.2, so the
+    /// master sees a second peer address), bound before it connects.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Peer {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .expect("bind the peer's source address");
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(5))
+            .unwrap();
+        let stream: TcpStream = socket.into();
         stream
             .set_read_timeout(Some(Duration::from_secs(8)))
             .unwrap();

@@ -56,10 +56,13 @@ pub enum RefusalCode {
     /// The hello's key does not match the one pinned to its agent id, it carries no key for
     /// a pinned id (or under `require_agent_keys`), or its key proof does not verify.
     Identity = 6,
+    /// Too many new host identities from this peer address in the last minute
+    /// (`new_hosts_per_minute`); known hosts are never refused this way.
+    Throttled = 7,
 }
 
 impl RefusalCode {
-    pub const ALL: [RefusalCode; 7] = [
+    pub const ALL: [RefusalCode; 8] = [
         RefusalCode::Invalid,
         RefusalCode::Auth,
         RefusalCode::Version,
@@ -67,6 +70,7 @@ impl RefusalCode {
         RefusalCode::Conflict,
         RefusalCode::Tls,
         RefusalCode::Identity,
+        RefusalCode::Throttled,
     ];
 
     /// The code's text on the wire and in the `code` label.
@@ -79,6 +83,7 @@ impl RefusalCode {
             RefusalCode::Conflict => "conflict",
             RefusalCode::Tls => "tls",
             RefusalCode::Identity => "identity",
+            RefusalCode::Throttled => "throttled",
         }
     }
 
@@ -237,8 +242,11 @@ mod tests {
     #[test]
     fn every_refusal_code_has_its_own_counter_and_round_trips_its_text() {
         let mut seen = std::collections::HashSet::new();
-        for (i, c) in RefusalCode::ALL.into_iter().enumerate() {
-            assert_eq!(c.index(), i, "ALL is in counter order");
+        let mut last = None;
+        for c in RefusalCode::ALL {
+            assert!(last < Some(c.index()), "ALL is in counter order");
+            assert!(c.index() < crate::table::layout::REFUSAL_CODES);
+            last = Some(c.index());
             assert_eq!(RefusalCode::of(c.as_str()), Some(c));
             assert!(seen.insert(c.as_str()));
         }

@@ -212,7 +212,7 @@ pub async fn run(stream: Stream, peer: SocketAddr, shared: &Shared) {
     }
 }
 
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, super::store::Store> {
+pub(super) fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, super::store::Store> {
     // A panic while holding the store would be a bug; keep serving rather than poisoning all.
     shared.store.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -261,15 +261,26 @@ async fn handshake(
                 ));
             }
         }
+        if !store.knows(&hello.agent_id) && !shared.admit_new_host(peer.ip()) {
+            return Err(refusal(
+                "throttled",
+                format!(
+                    "too many new host identities from {} in the last minute (new_hosts_per_minute = {}); retry later",
+                    peer.ip(),
+                    shared.new_hosts_per_minute
+                ),
+            ));
+        }
         store.handshake(&hello, &address, conn_id)
     };
     let (slot, last_seq) = match result {
         Ok(x) => x,
         Err(SlotError::Full(cap)) => {
+            shared.table_full(peer, &hello.agent_id);
             return Err(refusal(
                 "busy",
                 format!("the host table is full ({cap} hosts); raise capacity"),
-            ))
+            ));
         }
     };
     let welcome = MasterMessage::Welcome(Welcome {
@@ -405,9 +416,11 @@ async fn stream_samples(
                         replayed,
                     })
                 });
-                lock(shared)
-                    .ingest(index, conn_id, incoming)
-                    .map_err(superseded)?
+                match lock(shared).ingest(index, conn_id, incoming) {
+                    Ok(ack) => ack,
+                    Err(Superseded { removed: true }) => return Ok("removed by an operator"),
+                    Err(s) => return Err(superseded(s)),
+                }
             };
             if items.len() <= 2 && items.capacity() > 8 {
                 items.shrink_to(2); // a replay is over: give its capacity back
@@ -419,10 +432,10 @@ async fn stream_samples(
         }
         match end {
             None => {}
-            Some(Ok("goodbye")) => {
-                lock(shared).goodbye(index, conn_id).map_err(superseded)?;
-                return Ok("goodbye");
-            }
+            Some(Ok("goodbye")) => match lock(shared).goodbye(index, conn_id) {
+                Ok(()) | Err(Superseded { removed: true }) => return Ok("goodbye"),
+                Err(s) => return Err(superseded(s)),
+            },
             Some(end) => return end,
         }
     }

@@ -19,9 +19,35 @@ pub enum SlotError {
     Full(u32),
 }
 
-/// A connection lost its slot to a newer connection of the same agent.
+/// A connection lost its slot: to a newer connection of the same agent, or (`removed`)
+/// because an operator removed the host.
 #[derive(Debug, PartialEq)]
-pub struct Superseded;
+pub struct Superseded {
+    pub removed: bool,
+}
+
+/// A host the store freed (operator removal or expiry).
+#[derive(Debug, PartialEq)]
+pub struct Removed {
+    pub agent_id: String,
+    pub hostname: String,
+    /// A connection of the host was open; it is closed on its next frame.
+    pub was_connected: bool,
+    /// Master receive time of the host's last frame (unix ms).
+    pub last_seen_ms: u64,
+}
+
+/// True if a host should expire: no open connection, `down` or `stopped`, and nothing
+/// received for longer than `expiry_ms` (0 = never).
+pub fn expired(rec: &crate::table::Record, connected: bool, now_ms: u64, expiry_ms: u64) -> bool {
+    use crate::status::Status;
+    if expiry_ms == 0 || connected || rec.in_use != 1 {
+        return false;
+    }
+    let status = Status::derive(rec.goodbye == 1, rec.last_seen_ms, rec.interval_ms, now_ms);
+    matches!(status, Status::Down | Status::Stopped)
+        && now_ms.saturating_sub(rec.last_seen_ms) > expiry_ms
+}
 
 /// A connection of a pinned host counts as live for the clone rule while its last frame is
 /// younger than this many of its declared intervals: a streaming agent sends one per
@@ -54,15 +80,21 @@ pub struct Store {
     /// slot -> the connection currently feeding it; an older connection of the same agent is
     /// closed on its next frame.
     owners: HashMap<usize, u64>,
+    /// Free slots below `host_count` (removed or expired hosts), lowest reused first.
+    free: std::collections::BTreeSet<usize>,
+    /// Connections whose host was removed: closed (not refused) on their next frame.
+    removed_conns: std::collections::HashSet<u64>,
 }
 
 impl Store {
     pub fn open(table: &'static Table) -> Result<Store, TableError> {
         let writer = table.writer()?;
         let mut index = HashMap::new();
+        let mut free = std::collections::BTreeSet::new();
         for i in 0..table.host_count() {
             let mut rec = writer.record(i);
             if rec.in_use != 1 {
+                free.insert(i);
                 continue;
             }
             index.insert(rec.agent_id(), i);
@@ -76,7 +108,53 @@ impl Store {
             writer,
             index,
             owners: HashMap::new(),
+            free,
+            removed_conns: std::collections::HashSet::new(),
         })
+    }
+
+    /// True if this agent id has a slot (a known host is never refused for a full table or
+    /// the new-identity rate).
+    pub fn knows(&self, agent_id: &str) -> bool {
+        self.index.contains_key(agent_id)
+    }
+
+    /// Frees the slot of `agent_id`. Its open connection, if any, is closed on its next frame.
+    pub fn remove(&mut self, agent_id: &str) -> Option<Removed> {
+        let slot = self.index.remove(agent_id)?;
+        let rec = self.writer.record(slot);
+        let was_connected = match self.owners.remove(&slot) {
+            Some(conn) => {
+                self.removed_conns.insert(conn);
+                true
+            }
+            None => false,
+        };
+        self.writer.clear(slot);
+        self.free.insert(slot);
+        Some(Removed {
+            agent_id: agent_id.to_string(),
+            hostname: rec.hostname.get(),
+            was_connected,
+            last_seen_ms: rec.last_seen_ms,
+        })
+    }
+
+    /// Removes every host that [`expired`] at `now_ms`.
+    pub fn expire(&mut self, now_ms: u64, expiry_ms: u64) -> Vec<Removed> {
+        if expiry_ms == 0 {
+            return Vec::new();
+        }
+        let due: Vec<String> = self
+            .index
+            .iter()
+            .filter(|&(_, &slot)| {
+                let connected = self.owners.contains_key(&slot);
+                expired(&self.writer.record(slot), connected, now_ms, expiry_ms)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        due.iter().filter_map(|id| self.remove(id)).collect()
     }
 
     pub fn host_count(&self) -> usize {
@@ -94,13 +172,16 @@ impl Store {
         let table = self.writer.table();
         let (slot, fresh) = match self.index.get(&hello.agent_id) {
             Some(&i) => (i, false),
-            None => {
-                let i = table.host_count();
-                if i >= table.capacity() as usize {
-                    return Err(SlotError::Full(table.capacity()));
+            None => match self.free.first().copied() {
+                Some(i) => (i, true),
+                None => {
+                    let i = table.host_count();
+                    if i >= table.capacity() as usize {
+                        return Err(SlotError::Full(table.capacity()));
+                    }
+                    (i, true)
                 }
-                (i, true)
-            }
+            },
         };
         let mut rec = if fresh {
             crate::table::Record::zeroed()
@@ -119,7 +200,9 @@ impl Store {
         }
         self.writer.commit(slot, rec, None, None);
         if fresh {
-            self.writer.publish_host_count(slot + 1);
+            if !self.free.remove(&slot) {
+                self.writer.publish_host_count(slot + 1);
+            }
             self.index.insert(hello.agent_id.clone(), slot);
         }
         self.owners.insert(slot, conn);
@@ -171,6 +254,7 @@ impl Store {
 
     /// A connection ended; the host shows disconnected unless a newer connection owns it.
     pub fn disconnect(&mut self, slot: usize, conn: u64) {
+        self.removed_conns.remove(&conn);
         if self.owners.get(&slot) != Some(&conn) {
             return;
         }
@@ -290,11 +374,13 @@ impl Store {
         Some((rec.hostname.get(), rec.run_id))
     }
 
-    fn check_owner(&self, slot: usize, conn: u64) -> Result<(), Superseded> {
+    fn check_owner(&mut self, slot: usize, conn: u64) -> Result<(), Superseded> {
         if self.owners.get(&slot) == Some(&conn) {
             Ok(())
         } else {
-            Err(Superseded)
+            Err(Superseded {
+                removed: self.removed_conns.remove(&conn),
+            })
         }
     }
 }
@@ -473,6 +559,29 @@ mod tests {
             s.forget_key("ffffffffffffffffffffffffffffffff"),
             Err(UnknownHost("ffffffffffffffffffffffffffffffff".into()))
         );
+    }
+
+    #[test]
+    fn only_silent_down_or_stopped_hosts_expire() {
+        let mut rec = crate::table::Record::zeroed();
+        rec.in_use = 1;
+        rec.interval_ms = 1000;
+        rec.last_seen_ms = 1_000_000;
+        let week = 7 * 24 * 3600 * 1000;
+        let later = rec.last_seen_ms + week + 1;
+        assert!(expired(&rec, false, later, week));
+        assert!(!expired(&rec, true, later, week), "connected");
+        assert!(!expired(&rec, false, later - 2, week), "not long enough");
+        assert!(!expired(&rec, false, later, 0), "0 = never");
+        // Shorter than 10 intervals: still stale, not down, so it stays.
+        assert!(!expired(&rec, false, rec.last_seen_ms + 5000, 2000));
+        rec.goodbye = 1;
+        assert!(
+            expired(&rec, false, rec.last_seen_ms + 2001, 2000),
+            "stopped counts"
+        );
+        rec.in_use = 0;
+        assert!(!expired(&rec, false, later, week), "a free slot");
     }
 
     #[test]

@@ -397,6 +397,13 @@ function connectStream() {
     onEvent();
     applyHosts(JSON.parse(e.data), t0);
   });
+  // Hosts whose slot was freed (removed by an operator, or expired).
+  source.addEventListener("removed", (e) => {
+    onEvent();
+    for (const id of JSON.parse(e.data).ids) fleet.hosts.delete(id);
+    fleet.dirty = true;
+    renderRows();
+  });
   source.addEventListener("tick", (e) => {
     onEvent();
     serverOffset = JSON.parse(e.data).now_ms - Date.now();
@@ -703,8 +710,41 @@ async function pollHost() {
   }
 }
 
+// Operators (GET /api/v1/session says may_write) get a button that removes the host
+// (DELETE /api/v1/hosts/{id}); everyone else never sees it.
+async function initAdmin() {
+  let session;
+  try {
+    const r = await fetch("/api/v1/session", { cache: "no-store" });
+    if (!r.ok) return;
+    session = await r.json();
+  } catch (e) {
+    return;
+  }
+  if (!session.may_write) return;
+  const box = document.getElementById("host-admin");
+  const result = document.getElementById("remove-result");
+  box.hidden = false;
+  document.getElementById("remove-host").addEventListener("click", async () => {
+    const name = document.getElementById("host-title").textContent;
+    if (!window.confirm("Remove " + name + " from the table? Its history is deleted; a running agent comes back as a new host.")) return;
+    try {
+      const r = await fetch("/api/v1/hosts/" + encodeURIComponent(detail.id), { method: "DELETE", cache: "no-store" });
+      const body = await r.json();
+      if (r.ok) {
+        window.location.assign("/");
+      } else {
+        result.textContent = "Not removed: " + (body.error || "HTTP " + r.status);
+      }
+    } catch (e) {
+      result.textContent = "Not removed: the master did not answer.";
+    }
+  });
+}
+
 function initHost(id) {
   detail.id = id;
+  initAdmin();
   document.getElementById("host-view").hidden = false;
   setMode("connecting");
   pollHost();

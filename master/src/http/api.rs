@@ -389,16 +389,6 @@ pub fn fleet_row(table: &Table, i: usize, now: u64, alive: bool) -> Option<(Reco
     Some((recent.record, Value::Object(row)))
 }
 
-/// The fleet as the event stream's snapshot: `{"now_ms", "hosts": [fleet rows]}`.
-pub fn fleet_rows(table: &Table, now: u64) -> Value {
-    let alive = collector_alive(table, now);
-    let hosts: Vec<Value> = (0..table.host_count())
-        .filter_map(|i| fleet_row(table, i, now, alive))
-        .map(|(_, v)| v)
-        .collect();
-    json!({"now_ms": now, "hosts": hosts})
-}
-
 /// Consistent copies of every host record in use.
 pub fn records(table: &Table) -> Vec<Record> {
     (0..table.host_count())

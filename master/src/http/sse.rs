@@ -4,7 +4,8 @@
 //! slot's seqlock counter (no copy) and each host's derived status with what it saw last, and
 //! broadcasts the changed hosts as one `hosts` event. Every client gets a `snapshot` event
 //! (every host's fleet row: the HOST fields the fleet view shows, plus its extras) when it
-//! connects, then the shared `hosts` events and a `tick` with the master's clock every second. A client that falls behind the broadcast is
+//! connects, then the shared `hosts` events, `removed` events (`{"now_ms", "ids"}`: hosts
+//! whose slot was freed) and a `tick` with the master's clock every second. A client that falls behind the broadcast is
 //! disconnected; its EventSource reconnects and starts again from a fresh snapshot.
 
 use std::convert::Infallible;
@@ -17,7 +18,7 @@ use hyper::body::Frame;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
-use super::api::{collector_alive, fleet_row, fleet_rows, SlotState};
+use super::api::{collector_alive, fleet_row, SlotState};
 use super::{Body, Data, State};
 use crate::segment::now_ms;
 use crate::table::Table;
@@ -36,15 +37,54 @@ const RETRY_MS: u64 = 1000;
 /// The shared feed of rendered events.
 pub struct Feed {
     tx: broadcast::Sender<Bytes>,
+    /// Hosts a new client's snapshot held, by slot: the watcher takes them as its baseline
+    /// for slots it has not looked at yet, so a host removed before the watcher's next look
+    /// is still announced to that client (`removed`).
+    announced: Announced,
 }
+
+type Announced = std::sync::Arc<std::sync::Mutex<Vec<(usize, Seen)>>>;
 
 impl Feed {
     pub fn start(table: &'static Table, stopping: watch::Receiver<bool>) -> Feed {
         let (tx, _) = broadcast::channel(BACKLOG);
-        tokio::spawn(watch_table(table, tx.clone(), stopping));
-        Feed { tx }
+        let announced = Announced::default();
+        tokio::spawn(watch_table(table, tx.clone(), announced.clone(), stopping));
+        Feed { tx, announced }
     }
 }
+
+/// The `snapshot` event's data (every host's fleet row), recording in `announced` what it
+/// held (bounded: one entry per slot per snapshot, drained every watcher tick).
+fn snapshot(table: &Table, now: u64, announced: &Announced) -> Value {
+    let alive = collector_alive(table, now);
+    let mut held = Vec::new();
+    let hosts: Vec<Value> = (0..table.host_count())
+        .filter_map(|i| {
+            let version = table.slot_version(i);
+            let (rec, row) = fleet_row(table, i, now, alive)?;
+            held.push((
+                i,
+                Seen {
+                    id: rec.agent_id,
+                    state: SlotState::of(&rec, version, now),
+                    spark_n: rec.history_count,
+                },
+            ));
+            Some(row)
+        })
+        .collect();
+    if let Ok(mut a) = announced.lock() {
+        if a.len() < MAX_ANNOUNCED {
+            a.extend(held);
+        }
+    }
+    json!({"now_ms": now, "hosts": hosts})
+}
+
+/// Bound on snapshot entries waiting for the watcher (a burst of new clients between two
+/// ticks); beyond it a snapshot is not recorded, and only the race it closes reopens.
+const MAX_ANNOUNCED: usize = 1 << 16;
 
 fn event(name: &str, data: &Value) -> Bytes {
     let mut s = format!("event: {name}\ndata: ");
@@ -56,6 +96,9 @@ fn event(name: &str, data: &Value) -> Bytes {
 /// What the watcher remembers per slot to notice a change.
 #[derive(Clone, Copy, PartialEq)]
 struct Seen {
+    /// The host's agent id: a slot that is freed or taken by another host sends a `removed`
+    /// event with it.
+    id: [u8; 32],
     state: SlotState,
     /// History points stored when the host was last sent: the next event carries only the
     /// sparkline points after it (`spark_add`), not the whole minute again.
@@ -84,6 +127,7 @@ fn spark_delta(row: &mut Value, sent: u64) {
 async fn watch_table(
     table: &'static Table,
     tx: broadcast::Sender<Bytes>,
+    announced: Announced,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut seen: Vec<Option<Seen>> = Vec::new();
@@ -97,7 +141,9 @@ async fn watch_table(
             _ = stopping.changed() => return,
         }
         if tx.receiver_count() == 0 {
-            seen.clear(); // nobody listens: the next listener starts from a snapshot anyway
+            // Nobody listens: no work. `seen` is kept, so that a host removed while nobody
+            // listened is still announced (`removed`) to the next listener, whose snapshot
+            // may predate the watcher's next look.
             continue;
         }
         let now = now_ms();
@@ -106,24 +152,54 @@ async fn watch_table(
         last_alive = alive;
         let count = table.host_count();
         seen.resize(count, None);
+        let held = announced
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default();
+        for (i, s) in held {
+            if let Some(slot @ None) = seen.get_mut(i) {
+                *slot = Some(s);
+            }
+        }
         let mut changed = Vec::new();
+        let mut removed = Vec::new();
         for (i, slot) in seen.iter_mut().enumerate() {
             let version = table.slot_version(i);
             let known = *slot;
             if !all && known.is_some_and(|s| s.state.unchanged(version, now)) {
                 continue;
             }
-            let Some((rec, mut host)) = fleet_row(table, i, now, alive) else {
+            let row = fleet_row(table, i, now, alive);
+            let id_now = match &row {
+                Some((rec, _)) => Some(rec.agent_id),
+                // Free, or (rarely) not readable now: only a free slot or another host in it
+                // is a removal.
+                None => match table.read_record(i) {
+                    Some(r) if r.in_use == 1 => Some(r.agent_id),
+                    Some(_) => None,
+                    None => known.map(|s| s.id),
+                },
+            };
+            if let Some(s) = known.filter(|s| Some(s.id) != id_now) {
+                // Removed, expired, or the slot went to another host.
+                removed.push(String::from_utf8_lossy(&s.id).into_owned());
+                *slot = None;
+            }
+            let Some((rec, mut host)) = row else {
                 continue;
             };
-            if let Some(s) = known {
+            if let Some(s) = slot.as_ref() {
                 spark_delta(&mut host, s.spark_n);
             }
             *slot = Some(Seen {
+                id: rec.agent_id,
                 state: SlotState::of(&rec, version, now),
                 spark_n: rec.history_count,
             });
             changed.push(host);
+        }
+        if !removed.is_empty() {
+            let _ = tx.send(event("removed", &json!({"now_ms": now, "ids": removed})));
         }
         if !changed.is_empty() {
             let _ = tx.send(event("hosts", &json!({"now_ms": now, "hosts": changed})));
@@ -141,10 +217,11 @@ pub fn stream(state: &State) -> Body {
     let rx = state.events.tx.subscribe(); // before the snapshot: no change falls in between
     let table = state.table;
     let stopping = state.stopping.clone();
+    let announced = state.events.announced.clone();
     let first = async move {
         let now = now_ms();
         let mut head = format!("retry: {RETRY_MS}\n\n").into_bytes();
-        head.extend_from_slice(&event("snapshot", &fleet_rows(table, now)));
+        head.extend_from_slice(&event("snapshot", &snapshot(table, now, &announced)));
         Bytes::from(head)
     };
     let head = futures_util::stream::once(first);
@@ -225,7 +302,8 @@ mod tests {
             forwarder: None,
             stopping: stop_rx,
             hosts: Default::default(),
-            basic_auth: None,
+            access: Default::default(),
+            control: crate::control::Client::start(None, table),
         };
         let mut body = stream(&state);
         async fn next(body: &mut Body) -> String {
@@ -266,6 +344,18 @@ mod tests {
             if ev.starts_with("event: hosts\n") && ev.contains(r#""cpu_percent":3.0"#) {
                 assert!(
                     ev.contains(r#""spark_add":{"cpu":[3],"mem":[0],"n":3}"#),
+                    "{ev}"
+                );
+                break;
+            }
+        }
+        // A freed slot (host removed or expired) is announced with the host's id.
+        table.writer().unwrap().clear(0);
+        loop {
+            let ev = next(&mut body).await;
+            if ev.starts_with("event: removed\n") {
+                assert!(
+                    ev.contains(r#""ids":["abababababababababababababababab"]"#),
                     "{ev}"
                 );
                 break;

@@ -162,18 +162,25 @@ struct HostEntry {
 }
 
 impl Table {
-    /// A consistent image of every host, taken with the seqlock reader (never locks).
+    /// A consistent image of every host, taken with the seqlock reader (never locks). Free
+    /// slots (removed or expired hosts) are left out: a restore never brings them back, and
+    /// packs the remaining hosts into the first slots.
     pub fn image(&self, created_ms: u64) -> Result<Vec<u8>, ImageError> {
         let hosts = self.host_count();
         let mut body = start_body(&self.header().counters.values());
+        let mut written = 0usize;
         for i in 0..hosts {
             let detail = (0..HOST_READ_ATTEMPTS)
                 .find_map(|_| self.read_detail(i))
                 .ok_or(ImageError::Busy(i))?;
+            if detail.record.in_use != 1 {
+                continue;
+            }
+            written += 1;
             let sample = detail.sample.unwrap_or_default();
             put_host(&mut body, &detail.record, &sample, &detail.history);
         }
-        Ok(finish(body, hosts, self.history_points, created_ms))
+        Ok(finish(body, written, self.history_points, created_ms))
     }
 }
 

@@ -66,7 +66,10 @@ pub struct Header {
     pub lock: [u64; LOCK_BYTES / 8],
     /// What the collector did with its connections, for /metrics.
     pub counters: CollectorCounters,
-    pub reserved: [u64; 16],
+    pub reserved: [u64; 13],
+    /// Host lifecycle counters (removals, expiries, table full), taken from the reserved
+    /// words without a layout change: an older segment has zeros there.
+    pub lifecycle: LifecycleCounters,
 }
 const _: () = assert!(std::mem::size_of::<Header>() == 512);
 const _: () = assert!(std::mem::align_of::<Header>() == 8);
@@ -87,6 +90,21 @@ pub struct CollectorCounters {
     /// Refused connections, indexed by `collector::RefusalCode::index`.
     pub refused: [AtomicU64; REFUSAL_CODES],
 }
+/// What happened to host slots, for /metrics (`sentinel_master_hosts_removed_total` ...).
+/// Only the collector adds (relaxed atomics). They live in the segment, so they survive a
+/// collector or http restart; table images do not carry them (a master restart starts them
+/// at zero, which Prometheus reads as a counter reset).
+#[repr(C)]
+pub struct LifecycleCounters {
+    /// Hosts an operator removed (control channel `RemoveHost`).
+    pub hosts_removed: AtomicU64,
+    /// Hosts removed because they were down or stopped longer than `host_expiry`.
+    pub hosts_expired: AtomicU64,
+    /// New hosts refused `busy` because every slot was taken.
+    pub table_full: AtomicU64,
+}
+const _: () = assert!(std::mem::size_of::<LifecycleCounters>() == 24);
+
 /// `CollectorCounters` as a flat list of u64 (what a table image stores).
 pub const COLLECTOR_COUNTER_WORDS: usize = 3 + REFUSAL_CODES;
 const _: () = assert!(std::mem::size_of::<CollectorCounters>() == 8 * COLLECTOR_COUNTER_WORDS);
