@@ -172,9 +172,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Carries out one control request (control.rs). Runs on the runtime thread: each arm is one
-/// short critical section of the store. New requests are one arm each: the key reset of
-/// part 1 (`Request::ForgetKey { agent_id }`, calling the table's `forget_key`) goes next to
-/// `RemoveHost`, then alert silences and maintenance.
+/// short critical section of the store. New requests are one arm each (alert silences and
+/// maintenance next).
 fn control_handler(shared: &Shared, request: Request) -> Reply {
     match request {
         Request::RemoveHost { agent_id } => {
@@ -192,6 +191,16 @@ fn control_handler(shared: &Shared, request: Request) -> Reply {
                     }
                 }
                 None => Reply::NotFound,
+            }
+        }
+        Request::ForgetKey { agent_id } => {
+            let mut store = session::lock(shared);
+            match store.forget_key(&agent_id) {
+                Ok(key_sha256) => Reply::KeyForgotten {
+                    hostname: store.hostname_of(&agent_id).unwrap_or_default(),
+                    key_sha256,
+                },
+                Err(_) => Reply::NotFound,
             }
         }
     }

@@ -80,6 +80,12 @@ pub enum Command {
         /// The host's agent id (the `id` of /api/v1/hosts).
         id: String,
     },
+    /// Forget the agent key pinned to a host (a reinstalled host that lost its key), so its
+    /// next key is pinned; through the running master's HTTP API like `remove-host`.
+    ForgetKey {
+        /// The host's agent id (the `id` of /api/v1/hosts).
+        id: String,
+    },
 }
 
 /// `host_expiry`: a humantime duration, or a bare "0" for never.

@@ -64,6 +64,9 @@ pub enum Request {
     /// Free the slot of the host with this agent id: its record and history are cleared, a
     /// connection it has open is closed, and a new host may take the slot.
     RemoveHost { agent_id: String },
+    /// Forget the Ed25519 key pinned to this agent id (a reinstalled host that lost its key):
+    /// the next keyed hello pins its key. An open connection keeps streaming.
+    ForgetKey { agent_id: String },
 }
 
 /// The collector's answer to one [`Request`].
@@ -74,6 +77,12 @@ pub enum Reply {
     Removed {
         hostname: String,
         was_connected: bool,
+    },
+    /// The host's pinned key was forgotten; `key_sha256` is the forgotten key's fingerprint
+    /// (None if no key was pinned).
+    KeyForgotten {
+        hostname: String,
+        key_sha256: Option<String>,
     },
     /// No host with that agent id is in the table.
     NotFound,
@@ -403,6 +412,7 @@ mod tests {
                 hostname: agent_id,
                 was_connected: false,
             },
+            Request::ForgetKey { .. } => Reply::NotFound,
         }));
         let client = Client::start(Some(client_end), &t.table);
         header.collector_pid.store(0, Ordering::Release);

@@ -4,7 +4,7 @@
 use clap::Parser;
 
 use sentinel_master::config::{Cli, Command, Config, Role};
-use sentinel_master::{collector, http, supervisor};
+use sentinel_master::{collector, http, operator, supervisor};
 
 fn main() -> std::process::ExitCode {
     init_logging();
@@ -18,14 +18,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(78);
         }
     };
-    if let Some(Command::RemoveHost { id }) = &cli.command {
-        return match sentinel_master::operator::remove_host(&config, id) {
+    if let Some(command) = &cli.command {
+        let (name, answer) = match command {
+            Command::RemoveHost { id } => ("remove-host", operator::remove_host(&config, id)),
+            Command::ForgetKey { id } => ("forget-key", operator::forget_key(&config, id)),
+        };
+        return match answer {
             Ok(answer) => {
                 println!("{answer}");
                 std::process::ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("sentinel-master remove-host: {e:#}");
+                eprintln!("sentinel-master {name}: {e:#}");
                 std::process::ExitCode::FAILURE
             }
         };

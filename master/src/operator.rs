@@ -1,4 +1,5 @@
-//! `sentinel-master remove-host ID`: an operator command against the running master. It goes
+//! `sentinel-master remove-host ID` and `forget-key ID`: operator commands against the running
+//! master. They go
 //! through the master's own HTTP API on this machine (the same route, checks and audit log
 //! line as the dashboard's button), authenticated with the operator API token from
 //! `api_token_file` in the same master.toml. Plain HTTP only: with `http_tls_*` use curl.
@@ -35,11 +36,21 @@ fn local_http(config: &Config) -> anyhow::Result<SocketAddr> {
 
 /// Removes host `id`; Ok with the master's answer if it was removed.
 pub fn remove_host(config: &Config, id: &str) -> anyhow::Result<String> {
+    delete(config, "remove-host", id, "")
+}
+
+/// Forgets the key pinned to host `id`, so its next key is pinned (a reinstalled host).
+pub fn forget_key(config: &Config, id: &str) -> anyhow::Result<String> {
+    delete(config, "forget-key", id, "/key")
+}
+
+/// `DELETE /api/v1/hosts/{id}{suffix}` with the operator token; Ok with the answer on 200.
+fn delete(config: &Config, command: &str, id: &str, suffix: &str) -> anyhow::Result<String> {
     if config.http_tls.is_some() {
-        bail!("remove-host speaks plain HTTP and this master serves HTTPS (http_tls_*): use curl -X DELETE -H 'Authorization: Bearer ...' https://.../api/v1/hosts/{id}");
+        bail!("{command} speaks plain HTTP and this master serves HTTPS (http_tls_*): use curl -X DELETE -H 'Authorization: Bearer ...' https://.../api/v1/hosts/{id}{suffix}");
     }
     let Some(path) = &config.api_token_file else {
-        bail!("remove-host needs the operator API token: set `api_token_file` in master.toml (and restart the master)");
+        bail!("{command} needs the operator API token: set `api_token_file` in master.toml (and restart the master)");
     };
     let token =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -53,7 +64,7 @@ pub fn remove_host(config: &Config, id: &str) -> anyhow::Result<String> {
     stream.set_write_timeout(Some(TIMEOUT))?;
     write!(
         stream,
-        "DELETE /api/v1/hosts/{id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        "DELETE /api/v1/hosts/{id}{suffix} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
         token.trim_end()
     )?;
     let mut response = String::new();

@@ -539,7 +539,8 @@ impl Agent {
     }
 
     /// An agent whose state directory starts as a copy of `from`'s (its `agent-id` and
-    /// `agent-key`): a cloned machine, or the same host after a restart.
+    /// `agent-key`, whichever exist): a cloned machine, the same host after a restart, or
+    /// (without `agent-key`) a reinstalled host that kept its id and lost its key.
     pub fn start_with_state_of(
         master: &Master,
         hostname: &str,
@@ -548,8 +549,11 @@ impl Agent {
     ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         for name in ["agent-id", "agent-key"] {
-            fs::copy(from.state_dir().join(name), dir.path().join(name))
-                .unwrap_or_else(|e| panic!("copy {name}: {e}"));
+            let src = from.state_dir().join(name);
+            if src.exists() {
+                fs::copy(&src, dir.path().join(name))
+                    .unwrap_or_else(|e| panic!("copy {name}: {e}"));
+            }
         }
         Self::spawn_in(
             master.listen,

@@ -272,6 +272,85 @@ fn a_restarted_agent_with_its_key_is_welcomed_as_a_new_run() {
     assert_eq!(refusals(&master, "identity"), 0);
 }
 
+#[test]
+fn forgetting_a_key_lets_a_reinstalled_host_in() {
+    const API_TOKEN: &str = "identity-operator-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("api-token");
+    std::fs::write(&token, format!("{API_TOKEN}\n")).unwrap();
+    let master = Master::start_configured(&format!("api_token_file = {token:?}\n"), dir);
+    let mut first = Agent::start(&master, "web-1", INTERVAL);
+    let before = streaming(&master, "web-1", 3);
+    let id = before["id"].as_str().unwrap().to_owned();
+    first.signal(nix::sys::signal::Signal::SIGTERM);
+    first.wait_exit(Duration::from_secs(10));
+    // Reinstalled: the same agent id (machine-id and hostname), but the key is gone.
+    std::fs::remove_file(first.state_dir().join("agent-key")).unwrap();
+    let _again = Agent::start_with_state_of(&master, "web-1", INTERVAL, &first);
+    wait_for(WAIT, "the new key refused", || {
+        (refusals(&master, "identity") >= 1).then_some(())
+    });
+    let refused = master.host("web-1").unwrap();
+    assert_eq!(refused["key_sha256"], before["key_sha256"], "{refused}");
+    assert_eq!(refused["connected"], false, "{refused}");
+
+    let path = format!("/api/v1/hosts/{id}/key");
+    let (status, _, _) = http_call(master.http, "DELETE", &path, "").unwrap();
+    assert_eq!(status, 401, "anonymous may not forget a key");
+    let auth = format!("Authorization: Bearer {API_TOKEN}\r\n");
+    let (status, _, body) = http_call(master.http, "DELETE", &path, &auth).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["key_forgotten"], id.as_str(), "{answer}");
+    assert_eq!(answer["key_sha256"], before["key_sha256"], "{answer}");
+
+    let after = wait_for(
+        Duration::from_secs(40),
+        "the reinstalled host pinned anew",
+        || {
+            master.host("web-1").filter(|h| {
+                h["connected"] == true
+                    && h["identity"] == "pinned"
+                    && h["key_sha256"] != before["key_sha256"]
+            })
+        },
+    );
+    assert_eq!(after["id"], before["id"]);
+    assert_eq!(
+        after["first_seen_ms"], before["first_seen_ms"],
+        "the host kept its slot"
+    );
+    assert_eq!(
+        master.log_lines_with(&["operator write", "action=\"forget_key\"", &id, "status=200"]),
+        1
+    );
+    // The subcommand reaches the same route: a key of an unknown host is a 404.
+    let out = std::process::Command::new(bin("sentinel-master"))
+        .arg("--config")
+        .arg(master.dir.path().join("master.toml"))
+        .args([
+            "--http",
+            &master.http.to_string(),
+            "forget-key",
+            &"f".repeat(32),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{out:?}"
+    );
+    let out = std::process::Command::new(bin("sentinel-master"))
+        .arg("--config")
+        .arg(master.dir.path().join("master.toml"))
+        .args(["--http", &master.http.to_string(), "forget-key", &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("key_forgotten"));
+}
+
 /// Points the harness at another build's binaries while `f` runs (tests run one at a time).
 fn with_bin_dir<T>(dir: &std::ffi::OsStr, f: impl FnOnce() -> T) -> T {
     let before = std::env::var_os("SENTINEL_BIN_DIR");

@@ -119,6 +119,12 @@ impl Store {
         self.index.contains_key(agent_id)
     }
 
+    /// The hostname of a known agent id.
+    pub fn hostname_of(&self, agent_id: &str) -> Option<String> {
+        let slot = *self.index.get(agent_id)?;
+        Some(self.writer.record(slot).hostname.get())
+    }
+
     /// Frees the slot of `agent_id`. Its open connection, if any, is closed on its next frame.
     pub fn remove(&mut self, agent_id: &str) -> Option<Removed> {
         let slot = self.index.remove(agent_id)?;

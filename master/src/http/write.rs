@@ -1,4 +1,5 @@
-//! The operator-only routes: `DELETE /api/v1/hosts/{id}` (remove a host), plus
+//! The operator-only routes: `DELETE /api/v1/hosts/{id}` (remove a host),
+//! `DELETE /api/v1/hosts/{id}/key` (forget the host's pinned agent key), plus
 //! `GET /api/v1/session` (what the viewer may do, for the dashboard) and `GET /login`
 //! (makes a browser send the operator's basic-auth credentials).
 //!
@@ -61,21 +62,59 @@ pub async fn handle(
             }
         }
         _ => {
-            let id = path.strip_prefix("/api/v1/hosts/").unwrap_or_default();
-            remove_host(state, id, &who, headers, peer).await
+            let rest = path.strip_prefix("/api/v1/hosts/").unwrap_or_default();
+            let write = match rest.strip_suffix("/key") {
+                Some(id) => Write::ForgetKey(id),
+                None => Write::RemoveHost(rest),
+            };
+            operator_write(state, write, &who, headers, peer).await
         }
     }
 }
 
-async fn remove_host(
+/// One operator write, named by its route.
+#[derive(Clone, Copy)]
+enum Write<'a> {
+    /// `DELETE /api/v1/hosts/{id}`.
+    RemoveHost(&'a str),
+    /// `DELETE /api/v1/hosts/{id}/key`.
+    ForgetKey(&'a str),
+}
+
+impl<'a> Write<'a> {
+    fn id(self) -> &'a str {
+        match self {
+            Write::RemoveHost(id) | Write::ForgetKey(id) => id,
+        }
+    }
+
+    /// The `action` field of the audit log line.
+    fn action(self) -> &'static str {
+        match self {
+            Write::RemoveHost(_) => "remove_host",
+            Write::ForgetKey(_) => "forget_key",
+        }
+    }
+
+    fn request(self) -> Request {
+        let agent_id = self.id().to_string();
+        match self {
+            Write::RemoveHost(_) => Request::RemoveHost { agent_id },
+            Write::ForgetKey(_) => Request::ForgetKey { agent_id },
+        }
+    }
+}
+
+async fn operator_write(
     state: &State,
-    id: &str,
+    write: Write<'_>,
     who: &Who,
     headers: &hyper::HeaderMap,
     peer: SocketAddr,
 ) -> Resp {
+    let (id, action) = (write.id(), write.action());
     let refuse = |status: StatusCode, why: &str| {
-        tracing::warn!(user = who.name(), peer = %peer, action = "remove_host", host_id = ?id, status = status.as_u16(), why, "refused an operator write");
+        tracing::warn!(user = who.name(), peer = %peer, action, host_id = ?id, status = status.as_u16(), why, "refused an operator write");
         json_response(status, &json!({"error": why}))
     };
     if auth::cross_origin(headers) {
@@ -102,10 +141,7 @@ async fn remove_host(
     {
         return refuse(StatusCode::BAD_REQUEST, "not an agent id");
     }
-    let request = Request::RemoveHost {
-        agent_id: id.to_string(),
-    };
-    let reply = state.control.call(request).await;
+    let reply = state.control.call(write.request()).await;
     let (status, body) = match &reply {
         Ok(Reply::Removed {
             hostname,
@@ -114,13 +150,20 @@ async fn remove_host(
             StatusCode::OK,
             json!({"removed": id, "hostname": hostname, "was_connected": was_connected}),
         ),
+        Ok(Reply::KeyForgotten {
+            hostname,
+            key_sha256,
+        }) => (
+            StatusCode::OK,
+            json!({"key_forgotten": id, "hostname": hostname, "key_sha256": key_sha256}),
+        ),
         Ok(Reply::NotFound) => (
             StatusCode::NOT_FOUND,
             json!({"error": format!("no host with id {id}")}),
         ),
         Ok(Reply::Failed { reason }) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": format!("the collector could not remove the host: {reason}")}),
+            json!({"error": format!("the collector could not do it ({action}): {reason}")}),
         ),
         Err(e @ (ControlError::CollectorDown | ControlError::Timeout | ControlError::Full)) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -132,10 +175,12 @@ async fn remove_host(
         ),
     };
     let hostname = match &reply {
-        Ok(Reply::Removed { hostname, .. }) => hostname.as_str(),
+        Ok(Reply::Removed { hostname, .. } | Reply::KeyForgotten { hostname, .. }) => {
+            hostname.as_str()
+        }
         _ => "",
     };
-    tracing::info!(user = who.name(), peer = %peer, action = "remove_host", host_id = %id, host = ?hostname, status = status.as_u16(), result = %body, "operator write");
+    tracing::info!(user = who.name(), peer = %peer, action, host_id = %id, host = ?hostname, status = status.as_u16(), result = %body, "operator write");
     let mut r = json_response(status, &body);
     if status == StatusCode::SERVICE_UNAVAILABLE {
         r.headers_mut()
