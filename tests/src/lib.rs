@@ -17,6 +17,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+pub mod compat;
+
 pub const TOKEN: &str = "e2e-fleet-token";
 
 /// Directory of the binaries under test: `SENTINEL_BIN_DIR`, else the cargo profile directory
