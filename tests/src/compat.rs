@@ -208,7 +208,9 @@ impl VersionedMaster {
         self.child.id()
     }
 
-    /// The supervisor's two listening sockets, told apart by `GET /healthz`.
+    /// The supervisor's two listening sockets. Each child inherits exactly its own (both
+    /// releases): the one the `--role http` child holds is the http socket. Probing with
+    /// `GET /healthz` is only the fallback (it makes the collector log a refused peer).
     fn discover_addrs(&mut self, timeout: Duration) -> (SocketAddr, SocketAddr) {
         let pid = self.pid();
         let ports = wait_for(timeout, "the master's two listening sockets", || {
@@ -223,16 +225,32 @@ impl VersionedMaster {
             (ports.len() == 2).then_some(ports)
         });
         let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let http = wait_for(
-            timeout,
-            "the master's http socket to answer /healthz",
-            || {
-                ports.iter().copied().find(|&p| {
-                    matches!(http_get(addr(p), "/healthz", Duration::from_secs(2)),
-                         Ok((200, body)) if body.contains("collector_pid"))
-                })
-            },
-        );
+        let by_role = || {
+            crate::process_tree_running(pid, &self.exe)
+                .into_iter()
+                .filter(|&p| p != pid && child_role(p).as_deref() == Some("http"))
+                .flat_map(listening_ports)
+                .find(|p| ports.contains(p))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let http = loop {
+            if let Some(p) = by_role() {
+                break p;
+            }
+            if std::time::Instant::now() > deadline {
+                break wait_for(
+                    timeout,
+                    "the master's http socket to answer /healthz",
+                    || {
+                        ports.iter().copied().find(|&p| {
+                            matches!(http_get(addr(p), "/healthz", Duration::from_secs(2)),
+                                 Ok((200, body)) if body.contains("collector_pid"))
+                        })
+                    },
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         let listen = ports.into_iter().find(|&p| p != http).unwrap();
         (addr(listen), addr(http))
     }
@@ -295,6 +313,14 @@ impl Drop for VersionedMaster {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
+}
+
+/// The `--role` argument of a master child process, if it has one.
+pub fn child_role(pid: u32) -> Option<String> {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let at = args.iter().position(|a| *a == b"--role")?;
+    Some(String::from_utf8_lossy(args.get(at + 1)?).into_owned())
 }
 
 /// Loopback TCP ports in LISTEN state held by `pid`'s open file descriptors.
