@@ -133,6 +133,15 @@ fn step(name: &str) -> Result<Outcome> {
         )?,
         "compat" => {
             let bins = compat::release_bins()?;
+            // The new side: the debug binaries the test harness runs (warm after `build`).
+            util::run(in_root(cargo()).args([
+                "build",
+                "--bins",
+                "-p",
+                "sentinel-agent",
+                "-p",
+                "sentinel-master",
+            ]))?;
             util::run(
                 in_root(cargo())
                     .args(["test", "-p", "sentinel-tests", "--test", "compat"])

@@ -127,11 +127,19 @@ fn build_into(root: &Path, scratch: &Path, entry: &Path) -> Result {
         format!("{RELEASE_COMMIT} {RELEASE_VERSION}\n"),
     )
     .map_err(|e| e.to_string())?;
-    // A stale incomplete entry (from an older layout of this cache) is replaced.
+    // Another run on this machine may have finished first: its entry is as good as ours and
+    // may be in use, so it is kept. Only an incomplete entry is replaced.
+    if complete(&entry.join("bin")) {
+        return Ok(());
+    }
     if entry.exists() {
         fs::remove_dir_all(entry).map_err(|e| format!("{}: {e}", entry.display()))?;
     }
-    fs::rename(&staged, entry).map_err(|e| format!("{}: {e}", entry.display()))?;
+    if let Err(e) = fs::rename(&staged, entry) {
+        if !complete(&entry.join("bin")) {
+            return Err(format!("{}: {e}", entry.display()));
+        }
+    }
     eprintln!(
         "compat: cached the {RELEASE_VERSION} binaries in {}",
         entry.display()
