@@ -403,8 +403,8 @@ impl VersionedAgent {
         strip_ansi(&fs::read_to_string(&self.log).unwrap_or_default())
     }
 
-    /// SIGTERM, waits for the exit, and returns the `last_seq` its goodbye carried (both
-    /// releases log "Said goodbye to the master; stopping." with `last_seq=N`). Panics if the
+    /// SIGTERM, waits for the exit, and returns the `last_seq` its goodbye carried (0.1.0
+    /// logs "Said goodbye to the master; stopping." with `last_seq=N`). Panics if the
     /// agent exited unsuccessfully or was not connected to say goodbye.
     pub fn stop_with_goodbye(&mut self) -> u64 {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
@@ -419,7 +419,14 @@ impl VersionedAgent {
         );
         let line = log
             .lines()
-            .find(|l| l.contains("Said goodbye to the master"))
+            .find(|l| {
+                // Any wording of the sent-goodbye line, never "no goodbye" / "Could not send".
+                let lower = l.to_lowercase();
+                lower.contains("goodbye")
+                    && l.contains("last_seq=")
+                    && !lower.contains("no goodbye")
+                    && !lower.contains("could not")
+            })
             .unwrap_or_else(|| panic!("{}: no goodbye sent; log:\n{log}", self.hostname));
         field_u64(line, "last_seq")
             .unwrap_or_else(|| panic!("{}: no last_seq in `{line}`", self.hostname))
@@ -484,6 +491,18 @@ pub fn assert_run_complete(host: &Value, goodbye_seq: u64) -> u64 {
         "{name}: received != last_seq: {host}"
     );
     last
+}
+
+/// A 0.1.0 agent has no key: once the master shows identities (issue 12), its host must be
+/// `unpinned`. Masters without the field (0.1.0, or before that work merged) pass.
+pub fn assert_unpinned_if_shown(host: &Value) {
+    if let Some(identity) = host.get("identity") {
+        assert_eq!(
+            identity, "unpinned",
+            "{}: a 0.1.0 agent (no key) must show as unpinned: {host}",
+            host["hostname"]
+        );
+    }
 }
 
 /// The accounting invariant with holes allowed (counted as `samples_missing`): every sample

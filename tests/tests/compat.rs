@@ -124,6 +124,7 @@ fn release_agents_stream_to_the_new_master_with_every_sample_accounted() {
             h["agent_version"], "0.1.0",
             "the agent's hello says 0.1.0: {h}"
         );
+        assert_unpinned_if_shown(h);
         assert_run_complete(h, *goodbye);
         assert_eq!(u64_field(h, "reconnects"), 0, "one connection: {h}");
     }
@@ -250,6 +251,7 @@ fn a_release_master_upgraded_on_its_snapshot_keeps_every_host_and_sample() {
         assert_run_complete(h, *goodbye);
         assert!(u64_field(h, "reconnects") >= 1, "reconnected once: {h}");
     }
+    assert_unpinned_if_shown(by_name(&after, "fleet-old"));
 }
 
 #[test]
