@@ -41,6 +41,7 @@ fn complete(bin: &Path) -> bool {
 pub fn release_bins() -> Result<PathBuf> {
     let entry = entry_dir();
     let bin = entry.join("bin");
+    remove_abandoned_scratch(&cache_dir());
     if complete(&bin) {
         eprintln!(
             "compat: using the cached {RELEASE_VERSION} binaries in {}",
@@ -67,12 +68,34 @@ pub fn release_bins() -> Result<PathBuf> {
     }
     let cache = cache_dir();
     fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
-    // One scratch directory per run: a build interrupted earlier leaves only its own scratch.
+    // One scratch directory per run, named by its pid: concurrent runs never share one.
     let scratch = cache.join(format!(".build-{RELEASE_COMMIT}-{}", std::process::id()));
     let result = build_into(&root, &scratch, &entry);
     let _ = fs::remove_dir_all(&scratch);
     result?;
     Ok(bin)
+}
+
+/// Removes the scratch directories of builds whose process is gone (an interrupted run leaves
+/// its sources and a ~1 GB target directory behind).
+fn remove_abandoned_scratch(cache: &Path) {
+    let prefix = format!(".build-{RELEASE_COMMIT}-");
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            eprintln!(
+                "compat: removing an abandoned build in {}",
+                e.path().display()
+            );
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn build_into(root: &Path, scratch: &Path, entry: &Path) -> Result {
