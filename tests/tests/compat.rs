@@ -53,9 +53,12 @@ fn record(name: &str, hosts: &[(Value, u64)]) {
     t.accounted += accounted;
     t.lost += lost;
     if t.scenarios == SCENARIOS {
-        t.print("TOTAL");
         println!(
-            "compat-suite TOTAL: counted holes after a 0.1.0 crash={}",
+            "compat-suite TOTAL: scenarios={} samples accounted={} samples lost={} \
+             (of which counted as samples_missing after a 0.1.0 crash: {})",
+            t.scenarios,
+            t.accounted,
+            t.lost,
             CRASH_HOLES.lock().unwrap()
         );
     }
