@@ -1,7 +1,8 @@
 //! The 0.1.0 binaries the mixed-version tests run against (tests/tests/compat.rs).
 //!
 //! CI runs in a fresh clone every time, so the binaries are kept outside it, in
-//! `${SENTINEL_CACHE_DIR:-/var/cache/sentinel-ci}/sentinel-0.1.0-280edf3/bin/`. When they are
+//! `${SENTINEL_CACHE_DIR:-/var/cache/sentinel-ci}/sentinel-0.1.0-280edf3/bin/` (for a user
+//! other than root the default is `${XDG_CACHE_HOME:-~/.cache}/sentinel-ci`). When they are
 //! missing, the release commit's tree is extracted with `git archive` into a temporary
 //! directory of the cache and built there (debug, `--locked`, its own target directory);
 //! the finished `bin/` directory is then renamed into place, so a cache entry is either
@@ -21,11 +22,21 @@ pub const RELEASE_VERSION: &str = "0.1.0";
 pub const BIN_DIR_ENV: &str = "SENTINEL_COMPAT_BIN_DIR";
 const BINARIES: [&str; 2] = ["sentinel-agent", "sentinel-master"];
 
-/// The cache root: `SENTINEL_CACHE_DIR`, else /var/cache/sentinel-ci (CI runs as root).
+/// The cache root: `SENTINEL_CACHE_DIR`; else /var/cache/sentinel-ci for root (CI runs as
+/// root), `${XDG_CACHE_HOME:-~/.cache}/sentinel-ci` for anyone else.
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("SENTINEL_CACHE_DIR")
+    use std::os::unix::fs::MetadataExt;
+    if let Some(dir) = std::env::var_os("SENTINEL_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let root = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let user_cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/sentinel-ci"))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match user_cache {
+        Some(dir) if !root => dir.join("sentinel-ci"),
+        _ => PathBuf::from("/var/cache/sentinel-ci"),
+    }
 }
 
 fn entry_dir() -> PathBuf {

@@ -36,9 +36,10 @@ commands:
         build Sentinel, start a master and an agent for this machine, print the dashboard
         URL; Ctrl-C stops both. --check exits once this host is up (smoke test).
   compat-bins
-        print the directory of the 0.1.0 sentinel-agent and sentinel-master (built from
-        280edf3 into ${SENTINEL_CACHE_DIR:-/var/cache/sentinel-ci} when missing); run the
-        mixed-version tests with SENTINEL_COMPAT_BIN_DIR=<that directory>.
+        print the directory of the 0.1.0 sentinel-agent and sentinel-master, built from
+        280edf3 into ${SENTINEL_CACHE_DIR:-/var/cache/sentinel-ci} (not root:
+        ~/.cache/sentinel-ci) when missing; run the mixed-version tests with
+        SENTINEL_COMPAT_BIN_DIR=<that directory>.
   ci [--only STEP,...] [--skip STEP,...]
         install what the tests need and run every test (the README's test command; CI runs
         it). Steps: fmt clippy build unit e2e compat demo dist packages rollout prometheus
