@@ -4,6 +4,9 @@
 //! Every process a test starts is owned by a guard that kills it by PID on drop, and every
 //! master gets its own shared-memory segment name, so a failing test leaves nothing behind.
 
+/// Either release of master and agent side by side (tests/tests/compat.rs).
+pub mod compat;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
