@@ -54,6 +54,11 @@ pub struct Cli {
     /// How often the table is snapshotted; "0s" = only at shutdown [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub snapshot_interval: Option<std::time::Duration>,
+    /// Once both listeners are bound, write their addresses to PATH (`agents=ADDR` and
+    /// `http=ADDR` lines), so that a master started on port 0 can be found; removed at a
+    /// clean stop. For tests and scripts; the packaged unit does not use it.
+    #[arg(long, value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
     /// Internal: the process role, set by the supervisor when it starts its children.
     #[arg(long, hide = true, value_enum)]
     pub role: Option<Role>,
@@ -239,6 +244,8 @@ pub struct Config {
     pub http_tls: Option<TlsFiles>,
     /// Basic auth on the HTTP listener (`http_basic_auth_user`/`http_basic_auth_sha256`).
     pub basic_auth: Option<BasicAuth>,
+    /// Where the supervisor reports the bound addresses (`--addr-file`; flag only).
+    pub addr_file: Option<PathBuf>,
 }
 
 pub fn default_listen() -> String {
@@ -348,6 +355,7 @@ impl Config {
                 ),
                 _ => bail!("invalid config file {source}: keys `http_basic_auth_user` and `http_basic_auth_sha256`: set both or neither"),
             },
+            addr_file: cli.addr_file.clone(),
         };
         config
             .check()
@@ -532,6 +540,7 @@ mod tests {
             max_connections: c.max_connections,
             state_dir: c.state_dir.clone(),
             snapshot_interval: c.snapshot_interval,
+            addr_file: c.addr_file.clone(),
             role: c.role,
         }
     }

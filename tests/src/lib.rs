@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -42,13 +42,53 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// 127.0.0.1 port 0: the kernel picks a free port when the master binds, and the harness
+/// reads the port back from the master's `--addr-file` (no port is picked by binding and
+/// releasing it, which races with every other process on the machine).
+pub const ANY_LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// How long a master gets to bind its listeners and write its `--addr-file`.
+pub const ADDR_FILE_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until a master started with `--addr-file path` wrote its bound addresses, and
+/// returns (agents, http). `None` if `child` exited first (a master that refused to start)
+/// or nothing came within `timeout`.
+pub fn read_addr_file(
+    path: &Path,
+    child: &mut Child,
+    timeout: Duration,
+) -> Option<(SocketAddr, SocketAddr)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(addrs) = parse_addr_file(&fs::read_to_string(path).unwrap_or_default()) {
+            return Some(addrs);
+        }
+        if !matches!(child.try_wait(), Ok(None)) || Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `agents=ADDR` and `http=ADDR` lines of an address file (docs/CONTRACT.md).
+pub fn parse_addr_file(text: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((field("agents")?, field("http")?))
+}
+
+/// `asked` with the port the master reported when `asked` had port 0 (the reported IP is
+/// the bound one, e.g. 0.0.0.0, so the asked one is kept).
+fn with_bound_port(asked: SocketAddr, bound: SocketAddr) -> SocketAddr {
+    if asked.port() == 0 {
+        SocketAddr::new(asked.ip(), bound.port())
+    } else {
+        asked
+    }
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -198,12 +238,12 @@ impl Master {
 
     /// A master on loopback with extra flags.
     pub fn start_with(extra_args: &[&str]) -> Master {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        Self::start_in(None, listen, http, extra_args)
+        Self::start_in(None, ANY_LOOPBACK, ANY_LOOPBACK, extra_args)
     }
 
-    /// A master listening on `listen`/`http`, inside network namespace `netns` if given.
+    /// A master listening on `listen`/`http`, inside network namespace `netns` if given. A
+    /// port 0 is replaced by the one the master bound (read from its `--addr-file`); a
+    /// restart keeps that concrete port.
     pub fn start_in(
         netns: Option<&str>,
         listen: SocketAddr,
@@ -226,9 +266,7 @@ impl Master {
     /// files the config names). It does not wait for /healthz: with HTTPS or basic auth the
     /// test knows how to ask.
     pub fn start_configured(config: &str, dir: tempfile::TempDir) -> Master {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        Self::spawn_configured(None, listen, http, &[], config, dir)
+        Self::spawn_configured(None, ANY_LOOPBACK, ANY_LOOPBACK, &[], config, dir)
     }
 
     fn spawn_configured(
@@ -244,7 +282,7 @@ impl Master {
         let shm_name = unique("sentinel-e2e");
         let log = dir.path().join("master-0.log");
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let child = spawn_master(
+        let mut child = spawn_master(
             &dir,
             &token_file,
             listen,
@@ -255,6 +293,15 @@ impl Master {
             netns,
             config,
         );
+        // A master that exits at start (a test of a refused config) reports nothing: the
+        // test sees its exit status; its addresses keep port 0.
+        let (listen, http) = match read_addr_file(&addr_file(&dir), &mut child, ADDR_FILE_WAIT) {
+            Some((agents, bound_http)) => (
+                with_bound_port(listen, agents),
+                with_bound_port(http, bound_http),
+            ),
+            None => (listen, http),
+        };
         Master {
             child,
             listen,
@@ -406,6 +453,11 @@ impl Master {
     }
 }
 
+/// Where a harness master reports its bound addresses (`--addr-file`).
+fn addr_file(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("addr")
+}
+
 #[allow(clippy::too_many_arguments)]
 fn spawn_master(
     dir: &tempfile::TempDir,
@@ -421,6 +473,9 @@ fn spawn_master(
     // Never the default path: whatever /etc/sentinel holds on the test machine is ignored.
     let config = dir.path().join("master.toml");
     fs::write(&config, config_text).unwrap();
+    // A restart must not read the previous supervisor's file.
+    let addr_file = addr_file(dir);
+    let _ = fs::remove_file(&addr_file);
     let mut cmd = match netns {
         None => Command::new(bin("sentinel-master")),
         Some(ns) => {
@@ -438,6 +493,8 @@ fn spawn_master(
         .args(["--shm-name", shm_name])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
+        .arg("--addr-file")
+        .arg(&addr_file)
         .args(extra_args)
         .env("SENTINEL_LOG", "info")
         .stdin(Stdio::null())
