@@ -215,6 +215,39 @@ pub fn stdout_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
     }
 }
 
+/// Waits until a master started with `--addr-file path` wrote the addresses it bound
+/// (`agents=ADDR` and `http=ADDR` lines, docs/CONTRACT.md), so that it can listen on port 0
+/// instead of on a port picked by binding and releasing it (a race). Errs if `child` exits
+/// first or nothing comes within `limit`.
+pub fn read_addr_file(
+    path: &Path,
+    child: &mut Child,
+    limit: Duration,
+) -> Result<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        if let (Some(agents), Some(http)) = (field("agents"), field("http")) {
+            return Ok((agents, http));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the master exited before it listened: {status}"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the master wrote no addresses to {} within {limit:?}",
+                path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::validate_version;
