@@ -269,6 +269,20 @@ impl Master {
         Self::spawn_configured(None, ANY_LOOPBACK, ANY_LOOPBACK, &[], config, dir)
     }
 
+    /// A master on loopback with `config` as its master.toml and extra flags, once healthy.
+    pub fn start_with_config(config: &str, extra_args: &[&str]) -> Master {
+        let m = Self::spawn_configured(
+            None,
+            ANY_LOOPBACK,
+            ANY_LOOPBACK,
+            extra_args,
+            config,
+            tempfile::tempdir().unwrap(),
+        );
+        m.wait_healthy(Duration::from_secs(10));
+        m
+    }
+
     fn spawn_configured(
         netns: Option<&str>,
         listen: SocketAddr,
@@ -575,6 +589,8 @@ impl Agent {
             }
         };
         let child = cmd
+            .env("SENTINEL_LOG", "info")
+            // After the default, so a test can ask for SENTINEL_LOG=debug.
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(&config)
@@ -597,7 +613,6 @@ impl Agent {
                     .flatten(),
             )
             .args(&opts.args)
-            .env("SENTINEL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
@@ -622,6 +637,18 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its `--state-dir` (where it keeps `agent-id`).
+    pub fn state_dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Waits until its log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        wait_for(timeout, &format!("{needle:?} in the agent's log"), || {
+            self.log_text().contains(needle).then_some(())
+        });
     }
 }
 
@@ -805,6 +832,20 @@ impl Master {
         self.pids().into_iter().map(rss_kib).sum()
     }
 
+    /// Waits until a line of the current log contains every one of `words`; returns it.
+    pub fn wait_log(&self, words: &[&str], timeout: Duration) -> String {
+        wait_for(
+            timeout,
+            &format!("a master log line with {words:?}"),
+            || {
+                self.log_text()
+                    .lines()
+                    .find(|l| words.iter().all(|w| l.contains(w)))
+                    .map(str::to_string)
+            },
+        )
+    }
+
     /// Log lines containing every one of `words`.
     pub fn log_lines_with(&self, words: &[&str]) -> usize {
         self.log_text()
@@ -822,16 +863,25 @@ pub struct Peer {
 
 impl Peer {
     pub fn connect(addr: SocketAddr) -> Peer {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(8)))
-            .unwrap();
-        stream
-            .set_write_timeout(Some(Duration::from_secs(8)))
-            .unwrap();
-        Peer {
+        Self::try_connect(addr).unwrap()
+    }
+
+    /// [`Peer::connect`] that returns the error (a peer that reconnects in a loop).
+    pub fn try_connect(addr: SocketAddr) -> std::io::Result<Peer> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(8)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(8)))?;
+        Ok(Peer {
             stream,
             buf: Vec::new(),
+        })
+    }
+
+    /// The next frame, expected to be an ack: its sequence number.
+    pub fn ack(&mut self) -> u64 {
+        match self.read() {
+            Some(sentinel_protocol::MasterMessage::Ack(a)) => a.seq,
+            other => panic!("expected an ack, got {other:?}"),
         }
     }
 
