@@ -17,6 +17,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+mod fake_master;
+pub use fake_master::{FakeMaster, MasterConn, ReservedPort, AGENT_DEADLINE};
+
 pub const TOKEN: &str = "e2e-fleet-token";
 
 /// Directory of the binaries under test: `SENTINEL_BIN_DIR`, else the cargo profile directory
