@@ -94,6 +94,25 @@ fn with_bound_port(asked: SocketAddr, bound: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Environment variable that replays a test's random faults: the `seed=` a run printed.
+pub const SEED_ENV: &str = "SENTINEL_TEST_SEED";
+
+/// The random number generator of a test's faults (random bytes, a random moment to kill,
+/// a shuffled order): seeded from `SENTINEL_TEST_SEED` if set, else at random, and the seed
+/// is printed (`<what>: seed=N`; cargo test shows it for a failing test) so that a failure
+/// can be replayed with `SENTINEL_TEST_SEED=N`.
+pub fn test_rng(what: &str) -> fastrand::Rng {
+    let seed = match std::env::var(SEED_ENV) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{SEED_ENV}={text:?} is not a u64")),
+        Err(_) => fastrand::u64(..),
+    };
+    eprintln!("{what}: seed={seed} (replay with {SEED_ENV}={seed})");
+    fastrand::Rng::with_seed(seed)
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -659,6 +678,17 @@ impl Drop for Agent {
     fn drop(&mut self) {
         stop_child(&mut self.child, Signal::SIGKILL);
     }
+}
+
+/// The cores an agent reports (`cpu_cores_percent` entries, `host.cpu_count`): the `cpuN`
+/// lines of /proc/stat, every online core. Not `available_parallelism()`, which follows this
+/// process's CPU affinity and cgroup quota and so differs on a CI runner or in a container.
+pub fn online_cpus() -> usize {
+    fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count()
 }
 
 /// MemTotal of this machine in bytes.
