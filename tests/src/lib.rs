@@ -988,9 +988,35 @@ impl Peer {
         token: &str,
     ) -> Option<sentinel_protocol::MasterMessage> {
         let nonce = self.challenge();
+        self.hello(&nonce, hello, token)
+    }
+
+    /// [`Peer::handshake`] for a peer that outlives masters going away (a reconnect loop):
+    /// `None` instead of a panic when no challenge comes.
+    pub fn try_handshake(
+        &mut self,
+        hello: &sentinel_protocol::Hello,
+        token: &str,
+    ) -> Option<sentinel_protocol::MasterMessage> {
+        let Some(sentinel_protocol::MasterMessage::Challenge(c)) = self.read() else {
+            return None;
+        };
+        let nonce: sentinel_protocol::Nonce = c.nonce.as_slice().try_into().ok()?;
+        self.hello(&nonce, hello, token)
+    }
+
+    /// Sends `hello` with the proof for `nonce` and `token`; returns the master's answer.
+    fn hello(
+        &mut self,
+        nonce: &sentinel_protocol::Nonce,
+        hello: &sentinel_protocol::Hello,
+        token: &str,
+    ) -> Option<sentinel_protocol::MasterMessage> {
         let mut hello = hello.clone();
-        hello.proof = sentinel_protocol::proof(token.as_bytes(), &nonce, &hello.agent_id).to_vec();
-        self.send(&sentinel_protocol::AgentMessage::Hello(hello));
+        hello.proof = sentinel_protocol::proof(token.as_bytes(), nonce, &hello.agent_id).to_vec();
+        if !self.send(&sentinel_protocol::AgentMessage::Hello(hello)) {
+            return None;
+        }
         self.read()
     }
 }

@@ -248,16 +248,8 @@ fn streaming_agent(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> (u64, u
         let Ok(mut a) = Peer::try_connect(addr) else {
             continue;
         };
-        let Some(MasterMessage::Challenge(c)) = a.read() else {
-            continue;
-        };
-        let nonce: sentinel_protocol::Nonce = c.nonce.as_slice().try_into().unwrap();
-        let mut h = hello(PROTOCOL_VERSION, 7);
-        h.proof = sentinel_protocol::proof(TOKEN.as_bytes(), &nonce, &h.agent_id).to_vec();
-        if !a.send(&AgentMessage::Hello(h)) {
-            continue;
-        }
-        let Some(MasterMessage::Welcome(w)) = a.read() else {
+        let Some(MasterMessage::Welcome(w)) = a.try_handshake(&hello(PROTOCOL_VERSION, 7), TOKEN)
+        else {
             continue;
         };
         connects += 1;
