@@ -420,32 +420,13 @@ fn master_healthz_aarch64(out: &Path, work: &Path) -> Result<String> {
     Ok(format!("HTTP 200 {body}; stopped pid {pid} with SIGTERM"))
 }
 
-/// Minimal HTTP/1.1 GET on 127.0.0.1: (status code, body).
+/// `GET path` on 127.0.0.1:`port`: (status code, body).
 fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    util::http_get(
+        (Ipv4Addr::LOCALHOST, port).into(),
+        path,
+        Duration::from_secs(5),
     )
-    .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {response:.200}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .trim()
-        .to_string();
-    Ok((code, body))
 }
 
 /// SIGTERM to the process we started, by PID; SIGKILL if it is still there after 15 s.
@@ -749,7 +730,7 @@ fn syscall_fit(out: &Path) -> Result<String> {
         let (listen, http) =
             util::read_addr_file(&addr_file, master.child(), Duration::from_secs(20))?;
         let (listen, http) = (listen.to_string(), http.port());
-        wait_until(Duration::from_secs(20), || {
+        util::wait_until(Duration::from_secs(20), || {
             if master.exited() {
                 return Err("master exited early".to_string());
             }
@@ -768,7 +749,7 @@ fn syscall_fit(out: &Path) -> Result<String> {
                 "200ms",
             ],
         )?;
-        let streamed = wait_until(Duration::from_secs(20), || {
+        let streamed = util::wait_until(Duration::from_secs(20), || {
             if agent.exited() {
                 return Err("agent exited early".to_string());
             }
@@ -830,20 +811,6 @@ fn syscall_fit(out: &Path) -> Result<String> {
         Ok(summary.join("; "))
     } else {
         Err(problems.join("; "))
-    }
-}
-
-/// Polls `ready` every 100 ms until it says true, errs, or `limit` passes.
-fn wait_until(limit: Duration, mut ready: impl FnMut() -> Result<bool>) -> Result {
-    let deadline = Instant::now() + limit;
-    loop {
-        if ready()? {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("not ready within {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

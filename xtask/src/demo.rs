@@ -2,8 +2,8 @@
 //! agent for this machine under target/demo, prints the dashboard URL, and stops both on
 //! Ctrl-C (or, with `--check`, as soon as this host shows `up`, for a smoke test).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -74,26 +74,17 @@ impl Drop for Guard {
     }
 }
 
+/// The body of a 200 answer to `GET path`, else None.
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    // hyper answers an HTTP/1.0 request as HTTP/1.0.
-    let status = text.split_whitespace().nth(1)?;
-    (status == "200").then_some(text)
+    match crate::util::http_get(addr, path, Duration::from_secs(2)) {
+        Ok((200, body)) => Some(body),
+        _ => None,
+    }
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        if Instant::now() > deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+    crate::util::wait_until(timeout, || Ok(ok()))
+        .map_err(|e| format!("waiting for {what}: {e}").into())
 }
 
 /// Where this machine reaches a listener bound to `addr` (0.0.0.0 is every local address).
