@@ -661,11 +661,6 @@ impl Agent {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Its `--state-dir` (where it keeps `agent-id`).
-    pub fn state_dir(&self) -> &Path {
-        self._dir.path()
-    }
-
     /// Waits until its log contains `needle`; panics with the log after `timeout`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
         wait_for(timeout, &format!("{needle:?} in the agent's log"), || {

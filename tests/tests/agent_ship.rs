@@ -67,7 +67,9 @@ fn handshake_proves_the_token_and_samples_flow() {
         !verify_proof(b"another-token", &conn.nonce, &h.agent_id, &h.proof),
         "the proof is bound to the token"
     );
-    let persisted = std::fs::read_to_string(agent.state_dir().join("agent-id")).unwrap();
+    // The harness keeps the agent's log in its --state-dir.
+    let state_dir = agent.log.parent().unwrap();
+    let persisted = std::fs::read_to_string(state_dir.join("agent-id")).unwrap();
     assert_eq!(
         persisted.trim(),
         h.agent_id,
