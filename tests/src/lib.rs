@@ -318,7 +318,7 @@ impl Master {
         let shm_name = unique("sentinel-e2e");
         let log = dir.path().join("master-0.log");
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let mut child = spawn_master(
+        let child = spawn_master(
             &dir,
             &token_file,
             listen,
@@ -329,16 +329,7 @@ impl Master {
             netns,
             config,
         );
-        // A master that exits at start (a test of a refused config) reports nothing: the
-        // test sees its exit status; its addresses keep port 0.
-        let (listen, http) = match read_addr_file(&addr_file(&dir), &mut child, ADDR_FILE_WAIT) {
-            Some((agents, bound_http)) => (
-                with_bound_port(listen, agents),
-                with_bound_port(http, bound_http),
-            ),
-            None => (listen, http),
-        };
-        Master {
+        let mut m = Master {
             child,
             listen,
             http,
@@ -349,6 +340,26 @@ impl Master {
             extra_args,
             netns: netns.map(str::to_string),
             config: config.to_string(),
+        };
+        m.read_bound_addrs();
+        m
+    }
+
+    /// Replaces a port 0 in `listen`/`http` by the port the master reported in its
+    /// `--addr-file`. A master that exits at start (a test of a refused config) reports
+    /// nothing: the test sees its exit status, its addresses keep port 0. A running master
+    /// that reports nothing in time fails the test (dropping `self` kills it).
+    fn read_bound_addrs(&mut self) {
+        match read_addr_file(&addr_file(&self.dir), &mut self.child, ADDR_FILE_WAIT) {
+            Some((agents, http)) => {
+                self.listen = with_bound_port(self.listen, agents);
+                self.http = with_bound_port(self.http, http);
+            }
+            None => assert!(
+                !matches!(self.child.try_wait(), Ok(None)),
+                "the master wrote no --addr-file within {ADDR_FILE_WAIT:?}; log:\n{}",
+                self.log_text()
+            ),
         }
     }
 
