@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -252,11 +252,9 @@ fn no_secret_is_ever_logged_even_at_debug_level() {
     p.read();
     drop(p);
     kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "agent did not stop");
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(Duration::from_secs(5), "the agent to stop", || {
+        agent.0.try_wait().unwrap()
+    });
     let master_log = master.log_text();
     let agent_text = fs::read_to_string(&agent_log).unwrap();
     // (The master has no debug-level lines of its own today; the agent has.)
