@@ -64,6 +64,11 @@ pub struct Cli {
     /// bound [default: 60]
     #[arg(long, value_name = "N")]
     pub new_hosts_per_minute: Option<u32>,
+    /// Once both listeners are bound, write their addresses to PATH (`agents=ADDR` and
+    /// `http=ADDR` lines), so that a master started on port 0 can be found; removed at a
+    /// clean stop. For tests and scripts; the packaged unit does not use it.
+    #[arg(long, value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
     /// Internal: the process role, set by the supervisor when it starts its children.
     #[arg(long, hide = true, value_enum)]
     pub role: Option<Role>,
@@ -309,6 +314,8 @@ pub struct Config {
     pub host_expiry: std::time::Duration,
     /// `new_hosts_per_minute`; zero = no bound.
     pub new_hosts_per_minute: u32,
+    /// Where the supervisor reports the bound addresses (`--addr-file`; flag only).
+    pub addr_file: Option<PathBuf>,
 }
 
 pub fn default_listen() -> String {
@@ -463,6 +470,7 @@ impl Config {
                 .new_hosts_per_minute
                 .or(file.new_hosts_per_minute)
                 .unwrap_or(default_new_hosts_per_minute()),
+            addr_file: cli.addr_file.clone(),
         };
         if let (Some(viewer), Some(op)) = (&config.basic_auth, &config.operator) {
             if viewer.user == op.user {
@@ -655,6 +663,7 @@ mod tests {
             require_agent_keys: c.require_agent_keys,
             host_expiry: c.host_expiry,
             new_hosts_per_minute: c.new_hosts_per_minute,
+            addr_file: c.addr_file.clone(),
             role: c.role,
             command: c.command.clone(),
         }

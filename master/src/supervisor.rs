@@ -85,14 +85,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config.snapshot_interval,
     );
     snapshots.restore(segment.table(), salvaged);
+    let (agent_addr, http_addr) = (agents.local_addr()?, http.local_addr()?);
     tracing::info!(
-        agent_addr = %agents.local_addr()?,
-        http_addr = %http.local_addr()?,
+        agent_addr = %agent_addr,
+        http_addr = %http_addr,
         segment = %format!("/dev/shm/{}", config.shm_name),
         capacity = config.capacity,
         history_points = config.history_points,
         "sentinel-master listening"
     );
+    if let Some(path) = &config.addr_file {
+        write_addr_file(path, agent_addr, http_addr)?;
+    }
     let now = Instant::now();
     let mut children = [
         Child {
@@ -123,6 +127,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             // The children are gone: this is the table's final state.
             let _ = snapshots.write(segment.table(), "shutdown");
             drop(segment); // unlinks /dev/shm/NAME
+            if let Some(path) = &config.addr_file {
+                // Nothing listens there any more.
+                let _ = std::fs::remove_file(path);
+            }
             tracing::info!("stopped");
             return Ok(());
         }
@@ -183,6 +191,24 @@ fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
         tracing::warn!(error = %std::io::Error::last_os_error(), addr, "cannot raise the listen backlog");
     }
     Ok(listener)
+}
+
+/// Writes the bound addresses for whoever started this master on port 0 (`--addr-file`):
+/// `agents=ADDR` and `http=ADDR` lines, through a temp file and a rename, so a reader never
+/// sees half a file.
+fn write_addr_file(
+    path: &std::path::Path,
+    agents: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("agents={agents}\nhttp={http}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write the address file {}", path.display()))?;
+    tracing::info!(path = %path.display(), "listening addresses written");
+    Ok(())
 }
 
 fn role_arg(role: Role) -> &'static str {

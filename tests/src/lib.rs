@@ -9,7 +9,7 @@ pub mod compat;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,6 +19,9 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
+
+mod fake_master;
+pub use fake_master::{FakeMaster, MasterConn, ReservedPort, AGENT_DEADLINE};
 
 pub const TOKEN: &str = "e2e-fleet-token";
 
@@ -45,13 +48,72 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// 127.0.0.1 port 0: the kernel picks a free port when the master binds, and the harness
+/// reads the port back from the master's `--addr-file` (no port is picked by binding and
+/// releasing it, which races with every other process on the machine).
+pub const ANY_LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// How long a master gets to bind its listeners and write its `--addr-file`.
+pub const ADDR_FILE_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until a master started with `--addr-file path` wrote its bound addresses, and
+/// returns (agents, http). `None` if `child` exited first (a master that refused to start)
+/// or nothing came within `timeout`.
+pub fn read_addr_file(
+    path: &Path,
+    child: &mut Child,
+    timeout: Duration,
+) -> Option<(SocketAddr, SocketAddr)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(addrs) = parse_addr_file(&fs::read_to_string(path).unwrap_or_default()) {
+            return Some(addrs);
+        }
+        if !matches!(child.try_wait(), Ok(None)) || Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `agents=ADDR` and `http=ADDR` lines of an address file (docs/CONTRACT.md).
+pub fn parse_addr_file(text: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((field("agents")?, field("http")?))
+}
+
+/// `asked` with the port the master reported when `asked` had port 0 (the reported IP is
+/// the bound one, e.g. 0.0.0.0, so the asked one is kept).
+fn with_bound_port(asked: SocketAddr, bound: SocketAddr) -> SocketAddr {
+    if asked.port() == 0 {
+        SocketAddr::new(asked.ip(), bound.port())
+    } else {
+        asked
+    }
+}
+
+/// Environment variable that replays a test's random faults: the `seed=` a run printed.
+pub const SEED_ENV: &str = "SENTINEL_TEST_SEED";
+
+/// The random number generator of a test's faults (random bytes, a random moment to kill,
+/// a shuffled order): seeded from `SENTINEL_TEST_SEED` if set, else at random, and the seed
+/// is printed (`<what>: seed=N`; cargo test shows it for a failing test) so that a failure
+/// can be replayed with `SENTINEL_TEST_SEED=N`.
+pub fn test_rng(what: &str) -> fastrand::Rng {
+    let seed = match std::env::var(SEED_ENV) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{SEED_ENV}={text:?} is not a u64")),
+        Err(_) => fastrand::u64(..),
+    };
+    eprintln!("{what}: seed={seed} (replay with {SEED_ENV}={seed})");
+    fastrand::Rng::with_seed(seed)
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -230,12 +292,12 @@ impl Master {
 
     /// A master on loopback with extra flags.
     pub fn start_with(extra_args: &[&str]) -> Master {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        Self::start_in(None, listen, http, extra_args)
+        Self::start_in(None, ANY_LOOPBACK, ANY_LOOPBACK, extra_args)
     }
 
-    /// A master listening on `listen`/`http`, inside network namespace `netns` if given.
+    /// A master listening on `listen`/`http`, inside network namespace `netns` if given. A
+    /// port 0 is replaced by the one the master bound (read from its `--addr-file`); a
+    /// restart keeps that concrete port.
     pub fn start_in(
         netns: Option<&str>,
         listen: SocketAddr,
@@ -258,9 +320,21 @@ impl Master {
     /// files the config names). It does not wait for /healthz: with HTTPS or basic auth the
     /// test knows how to ask.
     pub fn start_configured(config: &str, dir: tempfile::TempDir) -> Master {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        Self::spawn_configured(None, listen, http, &[], config, dir)
+        Self::spawn_configured(None, ANY_LOOPBACK, ANY_LOOPBACK, &[], config, dir)
+    }
+
+    /// A master on loopback with `config` as its master.toml and extra flags, once healthy.
+    pub fn start_with_config(config: &str, extra_args: &[&str]) -> Master {
+        let m = Self::spawn_configured(
+            None,
+            ANY_LOOPBACK,
+            ANY_LOOPBACK,
+            extra_args,
+            config,
+            tempfile::tempdir().unwrap(),
+        );
+        m.wait_healthy(Duration::from_secs(10));
+        m
     }
 
     fn spawn_configured(
@@ -287,7 +361,7 @@ impl Master {
             netns,
             config,
         );
-        Master {
+        let mut m = Master {
             child,
             listen,
             http,
@@ -298,6 +372,26 @@ impl Master {
             extra_args,
             netns: netns.map(str::to_string),
             config: config.to_string(),
+        };
+        m.read_bound_addrs();
+        m
+    }
+
+    /// Replaces a port 0 in `listen`/`http` by the port the master reported in its
+    /// `--addr-file`. A master that exits at start (a test of a refused config) reports
+    /// nothing: the test sees its exit status, its addresses keep port 0. A running master
+    /// that reports nothing in time fails the test (dropping `self` kills it).
+    fn read_bound_addrs(&mut self) {
+        match read_addr_file(&addr_file(&self.dir), &mut self.child, ADDR_FILE_WAIT) {
+            Some((agents, http)) => {
+                self.listen = with_bound_port(self.listen, agents);
+                self.http = with_bound_port(self.http, http);
+            }
+            None => assert!(
+                !matches!(self.child.try_wait(), Ok(None)),
+                "the master wrote no --addr-file within {ADDR_FILE_WAIT:?}; log:\n{}",
+                self.log_text()
+            ),
         }
     }
 
@@ -438,6 +532,11 @@ impl Master {
     }
 }
 
+/// Where a harness master reports its bound addresses (`--addr-file`).
+fn addr_file(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("addr")
+}
+
 #[allow(clippy::too_many_arguments)]
 fn spawn_master(
     dir: &tempfile::TempDir,
@@ -453,6 +552,9 @@ fn spawn_master(
     // Never the default path: whatever /etc/sentinel holds on the test machine is ignored.
     let config = dir.path().join("master.toml");
     fs::write(&config, config_text).unwrap();
+    // A restart must not read the previous supervisor's file.
+    let addr_file = addr_file(dir);
+    let _ = fs::remove_file(&addr_file);
     let mut cmd = match netns {
         None => Command::new(bin("sentinel-master")),
         Some(ns) => {
@@ -470,6 +572,8 @@ fn spawn_master(
         .args(["--shm-name", shm_name])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
+        .arg("--addr-file")
+        .arg(&addr_file)
         .args(extra_args)
         .env("SENTINEL_LOG", "info")
         .stdin(Stdio::null())
@@ -593,6 +697,8 @@ impl Agent {
             }
         };
         let child = cmd
+            .env("SENTINEL_LOG", "info")
+            // After the default, so a test can ask for SENTINEL_LOG=debug.
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(&config)
@@ -615,7 +721,6 @@ impl Agent {
                     .flatten(),
             )
             .args(&opts.args)
-            .env("SENTINEL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
@@ -641,12 +746,30 @@ impl Agent {
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until its log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        wait_for(timeout, &format!("{needle:?} in the agent's log"), || {
+            self.log_text().contains(needle).then_some(())
+        });
+    }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         stop_child(&mut self.child, Signal::SIGKILL);
     }
+}
+
+/// The cores an agent reports (`cpu_cores_percent` entries, `host.cpu_count`): the `cpuN`
+/// lines of /proc/stat, every online core. Not `available_parallelism()`, which follows this
+/// process's CPU affinity and cgroup quota and so differs on a CI runner or in a container.
+pub fn online_cpus() -> usize {
+    fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count()
 }
 
 /// MemTotal of this machine in bytes.
@@ -823,6 +946,20 @@ impl Master {
         self.pids().into_iter().map(rss_kib).sum()
     }
 
+    /// Waits until a line of the current log contains every one of `words`; returns it.
+    pub fn wait_log(&self, words: &[&str], timeout: Duration) -> String {
+        wait_for(
+            timeout,
+            &format!("a master log line with {words:?}"),
+            || {
+                self.log_text()
+                    .lines()
+                    .find(|l| words.iter().all(|w| l.contains(w)))
+                    .map(str::to_string)
+            },
+        )
+    }
+
     /// Log lines containing every one of `words`.
     pub fn log_lines_with(&self, words: &[&str]) -> usize {
         self.log_text()
@@ -840,16 +977,25 @@ pub struct Peer {
 
 impl Peer {
     pub fn connect(addr: SocketAddr) -> Peer {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(8)))
-            .unwrap();
-        stream
-            .set_write_timeout(Some(Duration::from_secs(8)))
-            .unwrap();
-        Peer {
+        Self::try_connect(addr).unwrap()
+    }
+
+    /// [`Peer::connect`] that returns the error (a peer that reconnects in a loop).
+    pub fn try_connect(addr: SocketAddr) -> std::io::Result<Peer> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(8)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(8)))?;
+        Ok(Peer {
             stream,
             buf: Vec::new(),
+        })
+    }
+
+    /// The next frame, expected to be an ack: its sequence number.
+    pub fn ack(&mut self) -> u64 {
+        match self.read() {
+            Some(sentinel_protocol::MasterMessage::Ack(a)) => a.seq,
+            other => panic!("expected an ack, got {other:?}"),
         }
     }
 
@@ -947,9 +1093,35 @@ impl Peer {
         token: &str,
     ) -> Option<sentinel_protocol::MasterMessage> {
         let nonce = self.challenge();
+        self.hello(&nonce, hello, token)
+    }
+
+    /// [`Peer::handshake`] for a peer that outlives masters going away (a reconnect loop):
+    /// `None` instead of a panic when no challenge comes.
+    pub fn try_handshake(
+        &mut self,
+        hello: &sentinel_protocol::Hello,
+        token: &str,
+    ) -> Option<sentinel_protocol::MasterMessage> {
+        let Some(sentinel_protocol::MasterMessage::Challenge(c)) = self.read() else {
+            return None;
+        };
+        let nonce: sentinel_protocol::Nonce = c.nonce.as_slice().try_into().ok()?;
+        self.hello(&nonce, hello, token)
+    }
+
+    /// Sends `hello` with the proof for `nonce` and `token`; returns the master's answer.
+    fn hello(
+        &mut self,
+        nonce: &sentinel_protocol::Nonce,
+        hello: &sentinel_protocol::Hello,
+        token: &str,
+    ) -> Option<sentinel_protocol::MasterMessage> {
         let mut hello = hello.clone();
-        hello.proof = sentinel_protocol::proof(token.as_bytes(), &nonce, &hello.agent_id).to_vec();
-        self.send(&sentinel_protocol::AgentMessage::Hello(hello));
+        hello.proof = sentinel_protocol::proof(token.as_bytes(), nonce, &hello.agent_id).to_vec();
+        if !self.send(&sentinel_protocol::AgentMessage::Hello(hello)) {
+            return None;
+        }
         self.read()
     }
 

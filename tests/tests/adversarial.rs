@@ -174,12 +174,11 @@ fn malformed_frames_and_values_are_refused_naming_the_peer_while_an_agent_stream
     });
     let rss_before = master.rss_kib();
     let seq_before = master.host("honest").unwrap()["last_seq"].as_u64().unwrap();
+    let mut rng = test_rng("malformed frames");
 
     // Random bytes, as the first frame and instead of any frame.
     for i in 0..5 {
-        let noise: Vec<u8> = (0..fastrand::usize(1..8192))
-            .map(|_| fastrand::u8(..))
-            .collect();
+        let noise: Vec<u8> = (0..rng.usize(1..8192)).map(|_| rng.u8(..)).collect();
         let mut p = Peer::connect(master.listen);
         p.challenge();
         p.send_raw(&noise);
@@ -194,9 +193,7 @@ fn malformed_frames_and_values_are_refused_naming_the_peer_while_an_agent_stream
     }
     // Random bodies inside well-formed frames.
     for _ in 0..5 {
-        let noise: Vec<u8> = (0..fastrand::usize(1..8192))
-            .map(|_| fastrand::u8(..))
-            .collect();
+        let noise: Vec<u8> = (0..rng.usize(1..8192)).map(|_| rng.u8(..)).collect();
         refuse_first_frame(
             &master,
             "random body",
