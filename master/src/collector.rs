@@ -14,7 +14,7 @@ use anyhow::Context;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::segment::{now_ms, Segment};
+use crate::segment::{boot_ms, now_ms, Segment};
 use crate::table::layout::CollectorCounters;
 use handshake::{Refusal, RefusalCode};
 use store::Store;
@@ -68,8 +68,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .collector_started_ms
         .store(now_ms(), Ordering::Release);
     header
-        .collector_heartbeat_ms
-        .store(now_ms(), Ordering::Release);
+        .collector_heartbeat_boot_ms
+        .store(boot_ms(), Ordering::Release);
     let store = Store::open(table).context("cannot attach to the table")?;
     tracing::info!(
         hosts = store.host_count(),
@@ -97,8 +97,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 header
-                    .collector_heartbeat_ms
-                    .store(now_ms(), Ordering::Release);
+                    .collector_heartbeat_boot_ms
+                    .store(boot_ms(), Ordering::Release);
             }
         });
         let accept = accept_loop(listener, shared.clone(), tls);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::{Config, Role};
-use crate::segment::{now_ms, Segment};
+use crate::segment::{boot_ms, Segment};
 use crate::snapshot::Snapshots;
 
 /// Environment variable carrying the inherited listening socket's fd number to a child.
@@ -299,9 +299,9 @@ fn watchdog(collector: &Child, segment: &Segment) {
     let beat = segment
         .table()
         .header()
-        .collector_heartbeat_ms
+        .collector_heartbeat_boot_ms
         .load(Ordering::Acquire);
-    if now_ms().saturating_sub(beat) > HUNG_COLLECTOR.as_millis() as u64 {
+    if boot_ms().saturating_sub(beat) > HUNG_COLLECTOR.as_millis() as u64 {
         tracing::error!(pid, "collector heartbeat stopped; killing it");
         // SAFETY: signal to our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::api::{records, status_of};
 use crate::collector::handshake::RefusalCode;
+use crate::segment::boot_ms;
 use crate::status::Status;
 use crate::table::layout::CollectorCounters;
 use crate::table::{Record, Table};
@@ -206,8 +207,10 @@ pub fn render(table: &Table, now: u64) -> String {
         }
     }
     let h = table.header();
-    let alive = super::api::collector_alive(table, now);
-    let age = now.saturating_sub(h.collector_heartbeat_ms.load(Ordering::Acquire)) as f64 / 1000.0;
+    let alive = super::api::collector_alive(table);
+    let age = boot_ms().saturating_sub(h.collector_heartbeat_boot_ms.load(Ordering::Acquire))
+        as f64
+        / 1000.0;
     let connected = recs.iter().filter(|r| r.connected == 1 && alive).count();
     let ingested: u64 = recs.iter().map(|r| r.samples_received).sum();
     let mut by_status = [0usize; 4];

@@ -314,7 +314,7 @@ pub fn route_with(
         return respond(StatusCode::OK, asset.content_type, asset.body);
     }
     match path {
-        "/healthz" => api::healthz(table, now),
+        "/healthz" => api::healthz(table),
         "/metrics" => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -332,6 +332,7 @@ pub fn route_with(
 mod tests {
     use super::assets::{APP_JS, INDEX_HTML};
     use super::*;
+    use crate::segment::boot_ms;
     use crate::table::{account, Record, TestTable};
     use bytes::Buf;
     use http_body_util::BodyExt;
@@ -400,8 +401,8 @@ mod tests {
         add_host(&t.table, 1, B, "alpha <script>\"x\"\n", NOW);
         t.table
             .header()
-            .collector_heartbeat_ms
-            .store(NOW - 100, Ordering::Relaxed);
+            .collector_heartbeat_boot_ms
+            .store(boot_ms() - 100, Ordering::Relaxed);
         t
     }
 
@@ -477,7 +478,7 @@ mod tests {
         assert!(statuses(&v).iter().all(|s| s.ends_with(r#""down""#)));
         t.table
             .header()
-            .collector_heartbeat_ms
+            .collector_heartbeat_boot_ms
             .store(0, Ordering::Relaxed);
         let v = same(NOW + 60_000);
         assert!(v["hosts"]
@@ -581,8 +582,8 @@ mod tests {
         }
         t.table
             .header()
-            .collector_heartbeat_ms
-            .store(NOW - 2001, Ordering::Relaxed);
+            .collector_heartbeat_boot_ms
+            .store(boot_ms() - 2001, Ordering::Relaxed);
         let (code, _, body) = get(&t.table, "/healthz");
         assert_eq!(
             (code, json(&body)["status"].as_str()),

@@ -101,7 +101,7 @@ async fn watch_table(
             continue;
         }
         let now = now_ms();
-        let alive = collector_alive(table, now);
+        let alive = collector_alive(table);
         let all = alive != last_alive;
         last_alive = alive;
         let count = table.host_count();
@@ -213,8 +213,8 @@ mod tests {
         let table = &t.table;
         table
             .header()
-            .collector_heartbeat_ms
-            .store(now_ms() + 60_000, Ordering::Relaxed);
+            .collector_heartbeat_boot_ms
+            .store(crate::segment::boot_ms() + 60_000, Ordering::Relaxed);
         write_sample(table, 1);
         let (stop_tx, stop_rx) = watch::channel(false);
         let state = State {
