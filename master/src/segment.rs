@@ -183,7 +183,10 @@ fn salvage(name: &str, table: &Table) -> Option<Vec<u8>> {
         .filter(|&p| p != 0 && is_live_master(p as i32))
         .collect::<Vec<_>>()
     };
-    while !orphans().is_empty() && std::time::Instant::now() < deadline {
+    while !orphans().is_empty()
+        && std::time::Instant::now() < deadline
+        && !crate::supervisor::stopping()
+    {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     if let left @ [_, ..] = orphans().as_slice() {
