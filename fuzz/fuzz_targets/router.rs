@@ -130,6 +130,7 @@ fuzz_target!(|data: &[u8]| {
                 | "/healthz"
                 | "/metrics"
                 | "/api/v1/hosts"
+                | "/api/v1/events"
         ) || path == format!("/api/v1/hosts/{ID}")
             || path
                 .strip_prefix("/hosts/")

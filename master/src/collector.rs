@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::control::{Reply, Request};
-use crate::segment::{now_ms, Segment};
+use crate::segment::{boot_ms, now_ms, Segment};
 use crate::table::layout::{CollectorCounters, LifecycleCounters};
 use handshake::{Refusal, RefusalCode};
 use store::Store;
@@ -109,8 +109,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .collector_started_ms
         .store(now_ms(), Ordering::Release);
     header
-        .collector_heartbeat_ms
-        .store(now_ms(), Ordering::Release);
+        .collector_heartbeat_boot_ms
+        .store(boot_ms(), Ordering::Release);
     let store = Store::open(table).context("cannot attach to the table")?;
     tracing::info!(
         hosts = store.host_count(),
@@ -143,8 +143,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 header
-                    .collector_heartbeat_ms
-                    .store(now_ms(), Ordering::Release);
+                    .collector_heartbeat_boot_ms
+                    .store(boot_ms(), Ordering::Release);
             }
         });
         match crate::control::inherited() {

@@ -54,6 +54,12 @@ const FLUSH_WITHIN: Duration = Duration::from_millis(4500);
 const COLLECTOR_EXIT_WAIT: Duration = Duration::from_millis(2500);
 /// Series per history point.
 const SERIES: usize = 3;
+/// A point whose timestamp (the agent's clock) is further than this ahead of the master's
+/// clock when it is scanned is never sent and never raises a high-water mark: one sample
+/// stamped in 2100 (or u64::MAX, which is -1 as the protobuf's i64) would otherwise make every
+/// later point of that host look old, for good. 10 min is beyond any sane NTP-kept clock, and
+/// what the fault suite's skewed agents (10 min ahead) stay within.
+pub const MAX_AHEAD: Duration = Duration::from_secs(600);
 
 /// The forwarder's counters, shown in /metrics.
 #[derive(Default)]
@@ -63,6 +69,9 @@ pub struct Forwarder {
     /// Samples given up: rejected (4xx), overwritten in a ring before they were read, or
     /// still queued when the flush deadline passed.
     dropped: AtomicU64,
+    /// Samples not sent because their timestamp was more than [`MAX_AHEAD`] ahead of the
+    /// master's clock (also counted in `dropped`).
+    future: AtomicU64,
     /// Requests that failed (each is retried or its samples dropped).
     failed_requests: AtomicU64,
     /// Samples waiting in the queue.
@@ -74,9 +83,10 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn metrics_text(&self) -> String {
         let mut out = String::new();
-        let families: [(&str, &str, &str, f64); 5] = [
+        let families: [(&str, &str, &str, f64); 6] = [
             ("sentinel_remote_write_samples_sent_total", "counter", "Samples the remote-write receiver accepted.", self.sent.load(Ordering::Relaxed) as f64),
-            ("sentinel_remote_write_samples_dropped_total", "counter", "Samples the forwarder gave up on (rejected by the receiver, overwritten in a history ring before they were read, or unsent at shutdown).", self.dropped.load(Ordering::Relaxed) as f64),
+            ("sentinel_remote_write_samples_dropped_total", "counter", "Samples the forwarder gave up on (rejected by the receiver, overwritten in a history ring before they were read, unsent at shutdown, or timestamped too far ahead).", self.dropped.load(Ordering::Relaxed) as f64),
+            ("sentinel_remote_write_samples_future_total", "counter", "Samples never sent because their timestamp was more than 10 minutes ahead of the master's clock (also in samples_dropped_total).", self.future.load(Ordering::Relaxed) as f64),
             ("sentinel_remote_write_requests_failed_total", "counter", "Remote-write requests that failed (retried, or dropped if rejected).", self.failed_requests.load(Ordering::Relaxed) as f64),
             ("sentinel_remote_write_queue_samples", "gauge", "Samples waiting to be sent.", self.queued.load(Ordering::Relaxed) as f64),
             ("sentinel_remote_write_last_success_timestamp_seconds", "gauge", "When the receiver last accepted a request (unix seconds; 0 = never).", self.last_success_ms.load(Ordering::Relaxed) as f64 / 1000.0),
@@ -111,15 +121,27 @@ struct HighWater {
 }
 
 impl HighWater {
-    fn load(path: &std::path::Path) -> HighWater {
+    /// Reads the marks saved by [`HighWater::save`]. A mark more than [`MAX_AHEAD`] past
+    /// `now_ms` (saved by a master before that bound existed, after one far-future sample)
+    /// is lowered to `now_ms`, so that host's forwarding resumes.
+    fn load(path: &std::path::Path, now_ms: u64) -> HighWater {
         let mut hw = HighWater::default();
         let Ok(text) = std::fs::read_to_string(path) else {
             return hw;
         };
+        let limit = now_ms.saturating_add(MAX_AHEAD.as_millis() as u64);
         for line in text.lines() {
             let mut it = line.split_whitespace();
-            if let (Some(id), Some(ts)) = (it.next(), it.next().and_then(|t| t.parse().ok())) {
+            if let (Some(id), Some(ts)) = (it.next(), it.next().and_then(|t| t.parse::<u64>().ok()))
+            {
                 if sentinel_protocol::is_valid_agent_id(id) {
+                    let ts = if ts > limit {
+                        tracing::warn!(id, mark_ms = ts, now_ms, "remote_write: a saved high-water mark is in the future; lowered to now");
+                        hw.dirty = true;
+                        now_ms
+                    } else {
+                        ts
+                    };
                     hw.accepted.insert(id.to_string(), ts);
                 }
             }
@@ -166,7 +188,7 @@ pub fn start(
     stopping: watch::Receiver<bool>,
 ) -> anyhow::Result<(Arc<Forwarder>, JoinHandle<()>)> {
     let fwd = Arc::new(Forwarder::default());
-    let high_water = HighWater::load(&state_file);
+    let high_water = HighWater::load(&state_file, now_ms());
     tracing::info!(
         hosts = high_water.accepted.len(),
         path = %state_file.display(),
@@ -226,10 +248,10 @@ async fn scan_loop(
             _ = every.tick() => {}
             _ = stopping.changed() => break,
         }
-        scan(table, &cfg, &mut cursors, &queue, &fwd);
+        scan(table, &cfg, &mut cursors, &queue, &fwd, now_ms());
     }
     wait_for_collector_exit(table, Instant::now() + COLLECTOR_EXIT_WAIT).await;
-    scan(table, &cfg, &mut cursors, &queue, &fwd);
+    scan(table, &cfg, &mut cursors, &queue, &fwd, now_ms());
     queue.final_scan_done.store(true, Ordering::Release);
     queue.ready.notify_one();
 }
@@ -275,12 +297,15 @@ fn host_key(cfg: &RemoteWrite, host: &str, id: &str) -> Arc<HostKey> {
 }
 
 /// Moves every new history point of every host into the queue, as far as it has room.
+/// Points more than [`MAX_AHEAD`] past `now_ms` (the master's wall clock) are counted and
+/// skipped: never queued, so they never raise a high-water mark.
 fn scan(
     table: &Table,
     cfg: &RemoteWrite,
     cursors: &mut Vec<Cursor>,
     queue: &Queue,
     fwd: &Forwarder,
+    now_ms: u64,
 ) {
     let count = table.host_count();
     cursors.resize(count, Cursor::default());
@@ -348,9 +373,27 @@ fn scan(
         }
         cursor.next = recent.first + take as u64;
         let floor = cursor.floor_ts;
+        let ahead = now_ms.saturating_add(MAX_AHEAD.as_millis() as u64);
+        let future = recent.points[..take]
+            .iter()
+            .filter(|p| p.ts_ms > ahead)
+            .count() as u64;
+        if future > 0 {
+            fwd.future
+                .fetch_add(future * SERIES as u64, Ordering::Relaxed);
+            fwd.dropped
+                .fetch_add(future * SERIES as u64, Ordering::Relaxed);
+            tracing::warn!(
+                slot = i,
+                id = %host.id,
+                points = future,
+                now_ms,
+                "remote_write: points timestamped more than 10 min ahead of the master's clock are not sent"
+            );
+        }
         let fresh: Vec<&HistoryPoint> = recent.points[..take]
             .iter()
-            .filter(|p| p.ts_ms > floor)
+            .filter(|p| p.ts_ms > floor && p.ts_ms <= ahead)
             .collect();
         if let Some(p) = fresh.last() {
             cursor.floor_ts = p.ts_ms;
@@ -581,7 +624,17 @@ mod tests {
         }
     }
 
+    /// The master's clock in these tests: far past every test point's timestamp (1000 * seq).
+    const NOW: u64 = 100_000_000;
+
     fn store(t: &Table, seqs: std::ops::RangeInclusive<u64>) {
+        for seq in seqs {
+            store_at(t, seq, 1000 * seq);
+        }
+    }
+
+    /// Stores sample `seq` stamped `ts_ms` (the agent's clock).
+    fn store_at(t: &Table, seq: u64, ts_ms: u64) {
         let w = t.writer().unwrap();
         let hello = Hello {
             version: 1,
@@ -603,17 +656,104 @@ mod tests {
         } else {
             w.record(0)
         };
-        for seq in seqs {
-            let s = Sample {
-                seq,
-                ts_ms: 1000 * seq,
-                cpu_percent: seq as f32,
-                ..Sample::default()
-            };
-            let (_, point) = account::apply_sample(&mut rec, &s, false, 1);
-            w.commit(0, rec, None, point);
-        }
+        let s = Sample {
+            seq,
+            ts_ms,
+            cpu_percent: seq as f32,
+            ..Sample::default()
+        };
+        let (_, point) = account::apply_sample(&mut rec, &s, false, 1);
+        w.commit(0, rec, None, point);
         w.publish_host_count(1);
+    }
+
+    fn queued_ts(q: &Queue) -> Vec<u64> {
+        q.points
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.point.ts_ms)
+            .collect()
+    }
+
+    fn queue_with(hw: HighWater) -> Queue {
+        Queue {
+            points: Mutex::new(VecDeque::new()),
+            high_water: Mutex::new(hw),
+            ready: Notify::new(),
+            final_scan_done: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn a_far_future_timestamp_is_dropped_and_counted_and_never_stops_forwarding() {
+        // Year 2100, u64::MAX (sent as -1 in the protobuf's i64), and just past the bound.
+        let year_2100 = 4_102_444_800_000;
+        let just_past = NOW + MAX_AHEAD.as_millis() as u64 + 1;
+        let just_within = NOW + MAX_AHEAD.as_millis() as u64;
+        let t = TestTable::new(2, 32);
+        let (q, fwd) = (queue_with(HighWater::default()), Forwarder::default());
+        let mut cursors = Vec::new();
+        store(&t.table, 1..=3);
+        store_at(&t.table, 4, year_2100);
+        store_at(&t.table, 5, u64::MAX);
+        store_at(&t.table, 6, just_past);
+        store(&t.table, 7..=8);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
+        assert_eq!(queued_ts(&q), vec![1000, 2000, 3000, 7000, 8000]);
+        assert_eq!(fwd.future.load(Ordering::Relaxed), 3 * SERIES as u64);
+        assert_eq!(fwd.dropped.load(Ordering::Relaxed), 3 * SERIES as u64);
+        assert!(fwd
+            .metrics_text()
+            .contains("\nsentinel_remote_write_samples_future_total 9\n"));
+        // Accepted: the mark is the newest sent point, not the far-future one...
+        accept(&q, 5);
+        remove_front(&q, &fwd, 5);
+        assert_eq!(
+            q.high_water
+                .lock()
+                .unwrap()
+                .accepted
+                .values()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![8000]
+        );
+        // ...so forwarding goes on with the next points (a point at the bound is sent).
+        store(&t.table, 9..=10);
+        store_at(&t.table, 11, just_within);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
+        assert_eq!(queued_ts(&q), vec![9000, 10_000, just_within]);
+        assert_eq!(fwd.future.load(Ordering::Relaxed), 3 * SERIES as u64);
+    }
+
+    #[test]
+    fn a_saved_high_water_mark_in_the_future_is_lowered_to_now_on_load() {
+        let dir = std::env::temp_dir().join(format!("sentinel-rw-future-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.remote-write");
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        // What a master before the bound saved after one sample stamped u64::MAX.
+        std::fs::write(&path, format!("{a} {}\n{b} 5000\n", u64::MAX)).unwrap();
+        let mut hw = HighWater::load(&path, NOW);
+        assert_eq!(hw.accepted[&a], NOW);
+        assert_eq!(hw.accepted[&b], 5000);
+        hw.save(&path);
+        assert_eq!(HighWater::load(&path, NOW).accepted[&a], NOW);
+        // The host resumes: points after now are sent again.
+        let t = TestTable::new(2, 8);
+        store_at(&t.table, 1, NOW + 1000);
+        let q = queue_with(HighWater::load(&path, NOW));
+        scan(
+            &t.table,
+            &cfg(1000),
+            &mut Vec::new(),
+            &q,
+            &Forwarder::default(),
+            NOW,
+        );
+        assert_eq!(queued_ts(&q), vec![NOW + 1000]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -630,8 +770,8 @@ mod tests {
         );
         let mut cursors = Vec::new();
         store(&t.table, 1..=5);
-        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd);
-        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd); // nothing new
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW); // nothing new
         let ts: Vec<u64> = q
             .points
             .lock()
@@ -643,10 +783,10 @@ mod tests {
         // A full queue stops the scan; the ring (8 points) keeps what was not read.
         q.points.lock().unwrap().clear();
         store(&t.table, 6..=9);
-        scan(&t.table, &cfg(2 * SERIES), &mut cursors, &q, &fwd);
+        scan(&t.table, &cfg(2 * SERIES), &mut cursors, &q, &fwd, NOW);
         assert_eq!(q.points.lock().unwrap().len(), 2);
         q.points.lock().unwrap().clear();
-        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
         let ts: Vec<u64> = q
             .points
             .lock()
@@ -659,7 +799,7 @@ mod tests {
         // Twelve more points into an 8-point ring: 4 are gone before they were read.
         q.points.lock().unwrap().clear();
         store(&t.table, 10..=21);
-        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
         assert_eq!(q.points.lock().unwrap().len(), 8);
         assert_eq!(fwd.dropped.load(Ordering::Relaxed), 4 * SERIES as u64);
         // The request: one series per metric, labels sorted, original timestamps.
@@ -687,11 +827,11 @@ mod tests {
         let fwd = Forwarder::default();
         let mut cursors = Vec::new();
         store(&t.table, 1..=5);
-        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
         q.points.lock().unwrap().clear();
         let w = t.table.writer().unwrap();
         w.clear(0); // removed
-        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd); // sees the free slot
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW); // sees the free slot
         let mut rec = Record::zeroed();
         let hello = Hello {
             version: 1,
@@ -717,8 +857,8 @@ mod tests {
             w.commit_in_place(0, &mut rec, None, point);
         }
         // Two scans: the first notices the new host and starts over, the second reads it.
-        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd);
-        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
         let got: Vec<(String, u64)> = q
             .points
             .lock()
@@ -749,12 +889,12 @@ mod tests {
         // First process: points 1..=4 accepted, 5 and 6 not yet.
         let q = new_queue(HighWater::default());
         let fwd = Forwarder::default();
-        scan(&t.table, &cfg(1000), &mut Vec::new(), &q, &fwd);
+        scan(&t.table, &cfg(1000), &mut Vec::new(), &q, &fwd, NOW);
         accept(&q, 4);
         q.high_water.lock().unwrap().save(&path);
         // Next process (same table restored, or the agents' replay): only 5 and 6 are sent.
-        let q = new_queue(HighWater::load(&path));
-        scan(&t.table, &cfg(1000), &mut Vec::new(), &q, &fwd);
+        let q = new_queue(HighWater::load(&path, NOW));
+        scan(&t.table, &cfg(1000), &mut Vec::new(), &q, &fwd, NOW);
         let ts: Vec<u64> = q
             .points
             .lock()

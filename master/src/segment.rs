@@ -18,11 +18,30 @@ fn os_id(name: &str) -> String {
     format!("/{name}")
 }
 
+/// Wall-clock unix ms: for timestamps shown or stored (receive times, snapshot ages). It
+/// steps with NTP or an operator's `date`: never judge a process's liveness by it
+/// ([`boot_ms`]).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Milliseconds of CLOCK_BOOTTIME: never steps (NTP, `date -s`) and is the same clock for
+/// every process of one boot, so an age written by one process (the collector's heartbeat)
+/// and judged by another (the supervisor's watchdog, /healthz) survives wall-clock steps.
+/// Unlike CLOCK_MONOTONIC it also counts a suspend, which is still time without a heartbeat.
+pub fn boot_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 impl Segment {
@@ -181,7 +200,10 @@ fn salvage(
         .filter(|&p| p != 0 && is_live_master(p as i32))
         .collect::<Vec<_>>()
     };
-    while !orphans().is_empty() && std::time::Instant::now() < deadline {
+    while !orphans().is_empty()
+        && std::time::Instant::now() < deadline
+        && !crate::supervisor::stopping()
+    {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     if let left @ [_, ..] = orphans().as_slice() {

@@ -72,10 +72,18 @@ impl Snapshots {
                 Err(e) => tracing::warn!(error = %e, "cannot restore the stale table's image"),
             }
         }
-        let bytes = match fs::read(&self.path) {
+        let bytes = match read_file(&self.path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::info!(snapshot = %self.path.display(), "no table snapshot; starting with an empty table");
+                return;
+            }
+            Err(ReadError::Stopping) => {
+                tracing::info!(snapshot = %self.path.display(), "stop requested while reading the table snapshot; not restoring it");
+                return;
+            }
+            Err(e @ ReadError::NotRegular(_)) => {
+                self.refuse(&e);
                 return;
             }
             Err(e) => {
@@ -85,17 +93,21 @@ impl Snapshots {
         };
         match table.restore(&bytes) {
             Ok((info, left_out)) => log_restored(&self.path.display().to_string(), info, left_out),
-            Err(e) => {
-                let rejected = self.path.with_extension("snapshot.rejected");
-                let kept = fs::rename(&self.path, &rejected).is_ok();
-                tracing::warn!(
-                    snapshot = %self.path.display(),
-                    error = %e,
-                    kept_as = %if kept { rejected.display().to_string() } else { "-".into() },
-                    "refusing the table snapshot; starting with an empty table"
-                );
-            }
+            Err(e) => self.refuse(&e),
         }
+    }
+
+    /// Sets an unusable snapshot aside as `*.rejected` (kept for an operator, never
+    /// overwritten by the next snapshot) and logs why; the table stays empty.
+    fn refuse(&self, e: &dyn std::fmt::Display) {
+        let rejected = self.path.with_extension("snapshot.rejected");
+        let kept = fs::rename(&self.path, &rejected).is_ok();
+        tracing::warn!(
+            snapshot = %self.path.display(),
+            error = %e,
+            kept_as = %if kept { rejected.display().to_string() } else { "-".into() },
+            "refusing the table snapshot; starting with an empty table"
+        );
     }
 
     /// Writes a snapshot if one is due.
@@ -157,6 +169,66 @@ fn log_restored(from: &str, info: image::ImageInfo, left_out: usize) {
             left_out,
             "the snapshot holds more hosts than `capacity`; the rest were left out"
         );
+    }
+}
+
+/// Bytes read per `read` call while restoring: between two calls the supervisor's stop flag
+/// is checked, so SIGTERM during the restore of a large snapshot is honoured within one chunk.
+const READ_CHUNK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A FIFO, device, socket or directory: reading it could block forever (a FIFO without a
+    /// writer) or never end (a character device).
+    #[error("not a regular file (a {0}): a snapshot is only ever a regular file")]
+    NotRegular(&'static str),
+    #[error("stop requested")]
+    Stopping,
+}
+
+/// Reads the snapshot file without ever waiting on it: opened with O_NONBLOCK (opening a FIFO
+/// for reading would otherwise block until a writer comes) and refused unless fstat says it
+/// is a regular file; read in chunks, giving up as soon as the supervisor is stopping.
+fn read_file(path: &Path) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = f.metadata()?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        return Err(ReadError::NotRegular(if kind.is_fifo() {
+            "FIFO"
+        } else if kind.is_dir() {
+            "directory"
+        } else if kind.is_socket() {
+            "socket"
+        } else if kind.is_char_device() {
+            "character device"
+        } else if kind.is_block_device() {
+            "block device"
+        } else {
+            "special file"
+        }));
+    }
+    // What the file claims, up to one chunk's worth of slack: a sparse file claiming terabytes
+    // grows the buffer only as far as bytes actually arrive.
+    let mut bytes = Vec::with_capacity((meta.len() as usize).min(64 * READ_CHUNK));
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        if crate::supervisor::stopping() {
+            return Err(ReadError::Stopping);
+        }
+        match f.read(&mut chunk) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

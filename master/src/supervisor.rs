@@ -9,13 +9,13 @@ use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::config::{Config, Role};
-use crate::segment::{now_ms, Segment};
+use crate::segment::{boot_ms, Segment};
 use crate::snapshot::Snapshots;
 
 /// Environment variable carrying the inherited listening socket's fd number to a child.
@@ -37,9 +37,28 @@ const HUNG_COLLECTOR: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(20);
 
 static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+/// False until the supervisor is about to create the segment: before that nothing needs
+/// cleaning up, so a signal ends the process at once (whatever start-up step it is waiting
+/// in, e.g. reading a token file that is a FIFO). From then on a signal only sets
+/// [`SIGNALLED`] and every start-up step checks it.
+static NEEDS_CLEANUP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     SIGNALLED.store(sig, Ordering::SeqCst);
+    if !NEEDS_CLEANUP.load(Ordering::SeqCst) {
+        const MSG: &[u8] = b"sentinel-master: stopped by a signal during start-up\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe.
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::_exit(0);
+        }
+    }
+}
+
+/// True once SIGTERM or SIGINT arrived: start-up steps that can take long (the snapshot
+/// read, the wait for a dead master's children) give up when it is.
+pub fn stopping() -> bool {
+    SIGNALLED.load(Ordering::SeqCst) != 0
 }
 
 fn install_signal_handlers() {
@@ -76,6 +95,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // Created once and kept open for the supervisor's life: every collector and http process
     // (restarts included) gets the same channel (control.rs says why it cannot wedge).
     let control = crate::control::Pair::new().context("cannot create the control channel")?;
+    NEEDS_CLEANUP.store(true, Ordering::SeqCst);
     let (segment, salvaged) =
         Segment::create(&config.shm_name, config.capacity, config.history_points)?;
     // Before any child runs: nobody else has the new table yet.
@@ -85,6 +105,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config.snapshot_interval,
     );
     snapshots.restore(segment.table(), salvaged);
+    if stopping() {
+        // No child ran: the snapshot file on disk is still the freshest state (a salvaged
+        // image was saved as it before the restore), so it is not overwritten.
+        tracing::info!("stop requested during start-up; removing the segment");
+        drop(segment); // unlinks /dev/shm/NAME
+        return Ok(());
+    }
     let (agent_addr, http_addr) = (agents.local_addr()?, http.local_addr()?);
     tracing::info!(
         agent_addr = %agent_addr,
@@ -338,9 +365,9 @@ fn watchdog(collector: &Child, segment: &Segment) {
     let beat = segment
         .table()
         .header()
-        .collector_heartbeat_ms
+        .collector_heartbeat_boot_ms
         .load(Ordering::Acquire);
-    if now_ms().saturating_sub(beat) > HUNG_COLLECTOR.as_millis() as u64 {
+    if boot_ms().saturating_sub(beat) > HUNG_COLLECTOR.as_millis() as u64 {
         tracing::error!(pid, "collector heartbeat stopped; killing it");
         // SAFETY: signal to our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };

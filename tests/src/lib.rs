@@ -450,6 +450,16 @@ impl Master {
         self.wait_healthy(Duration::from_secs(10));
     }
 
+    /// Starts a new supervisor like [`Master::respawn`] but returns at once, without waiting
+    /// for it to be healthy (tests that signal a master during its start-up).
+    pub fn respawn_no_wait(&mut self) {
+        self.log = self.dir.path().join(format!(
+            "master-{}.log",
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        ));
+        self.child = self.spawn();
+    }
+
     /// SIGKILLs the supervisor and waits until its children (SIGTERMed by PDEATHSIG) are
     /// gone too, as systemd waits for the unit's cgroup to empty before a restart. The
     /// segment stays behind in /dev/shm. Returns the children's pids.

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::{json_response, not_found, Resp};
+use crate::segment::boot_ms;
 use crate::status::Status;
 use crate::table::layout::Summary;
 use crate::table::{Recent, Record, Table};
@@ -22,19 +23,20 @@ pub const HEARTBEAT_STALE_MS: u64 = 2000;
 /// see a trend, small enough that 5,000 hosts stay a few MB of JSON.
 pub const SPARK_POINTS: usize = 60;
 
-pub fn collector_alive(table: &Table, now: u64) -> bool {
-    now.saturating_sub(
+/// Judged on the boot clock (the heartbeat's), never on the wall clock a request renders with.
+pub fn collector_alive(table: &Table) -> bool {
+    boot_ms().saturating_sub(
         table
             .header()
-            .collector_heartbeat_ms
+            .collector_heartbeat_boot_ms
             .load(Ordering::Acquire),
     ) <= HEARTBEAT_STALE_MS
 }
 
-pub fn healthz(table: &Table, now: u64) -> Resp {
+pub fn healthz(table: &Table) -> Resp {
     let h = table.header();
-    let beat = h.collector_heartbeat_ms.load(Ordering::Acquire);
-    let age = now.saturating_sub(beat);
+    let beat = h.collector_heartbeat_boot_ms.load(Ordering::Acquire);
+    let age = boot_ms().saturating_sub(beat);
     let ok = age <= HEARTBEAT_STALE_MS;
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },
@@ -478,8 +480,8 @@ struct CachedHost {
 impl CacheInner {
     /// Follows the table's slot count and the collector's liveness (which every host's
     /// `connected` depends on).
-    fn follow(&mut self, table: &Table, now: u64) -> bool {
-        let alive = collector_alive(table, now);
+    fn follow(&mut self, table: &Table) -> bool {
+        let alive = collector_alive(table);
         if self.alive != alive {
             self.hosts.clear();
             self.alive = alive;
@@ -550,7 +552,7 @@ impl HostsCache {
         self.requested.notify_one();
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let c = &mut *c;
-        let alive = c.follow(table, now);
+        let alive = c.follow(table);
         c.refresh(table, now, alive, 0..usize::MAX);
         if !c.order_valid {
             let hosts = &c.hosts;
@@ -590,7 +592,7 @@ impl HostsCache {
         let mut start = 0;
         loop {
             let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            let alive = c.follow(table, now);
+            let alive = c.follow(table);
             if start >= c.hosts.len() {
                 return rendered;
             }
@@ -602,7 +604,7 @@ impl HostsCache {
 
 /// The fleet, every host rendered now (the uncached form of [`HostsCache::render`]).
 pub fn hosts(table: &Table, now: u64) -> Value {
-    let alive = collector_alive(table, now);
+    let alive = collector_alive(table);
     let mut hosts: Vec<(Record, Value)> = (0..table.host_count())
         .filter_map(|i| fleet_host(table, i, now, alive))
         .collect();
@@ -623,7 +625,7 @@ pub fn host_detail(table: &Table, id: &str, now: u64) -> Resp {
     let Some(detail) = found.and_then(|i| table.read_detail(i)) else {
         return not_found();
     };
-    let mut host = host_json(&detail.record, now, collector_alive(table, now));
+    let mut host = host_json(&detail.record, now, collector_alive(table));
     let sample = detail
         .sample
         .and_then(|b| stored_sample(&b))

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::api::{records, status_of};
 use crate::collector::handshake::RefusalCode;
+use crate::segment::boot_ms;
 use crate::status::Status;
 use crate::table::layout::CollectorCounters;
 use crate::table::{Record, Table};
@@ -18,7 +19,25 @@ pub fn label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-type Getter = fn(&Record, u64) -> Option<f64>;
+/// A sample value as /metrics prints it: an f32 the agent sent in its own shortest form
+/// (`2.39`, not the `2.390000104904175` of its f64 widening), anything else as f64.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Num {
+    F32(f32),
+    F64(f64),
+}
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Rust's float Display is the shortest text that parses back to the same value.
+        match self {
+            Num::F32(v) => write!(f, "{v}"),
+            Num::F64(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+type Getter = fn(&Record, u64) -> Option<Num>;
 
 /// Per-host families: (name, type, help, value; `None` = no series for that host).
 const HOST_FAMILIES: &[(&str, &str, &str, Getter)] = &[
@@ -26,157 +45,161 @@ const HOST_FAMILIES: &[(&str, &str, &str, Getter)] = &[
         "sentinel_host_up",
         "gauge",
         "1 if the host's status is up (a sample within 3 intervals), else 0.",
-        |r, now| Some(f64::from(u8::from(status_of(r, now) == Status::Up))),
+        |r, now| {
+            Some(Num::F64(f64::from(u8::from(
+                status_of(r, now) == Status::Up,
+            ))))
+        },
     ),
     (
         "sentinel_host_cpu_ratio",
         "gauge",
         "CPU busy share of the latest sample (0-1).",
-        |r, _| Some(f64::from(r.summary.cpu_percent) / 100.0),
+        |r, _| Some(Num::F32(r.summary.cpu_percent / 100.0)),
     ),
     (
         "sentinel_host_cpu_iowait_ratio",
         "gauge",
         "CPU iowait share of the latest sample (0-1).",
-        |r, _| Some(f64::from(r.summary.cpu_iowait_percent) / 100.0),
+        |r, _| Some(Num::F32(r.summary.cpu_iowait_percent / 100.0)),
     ),
     (
         "sentinel_host_memory_total_bytes",
         "gauge",
         "Total memory of the latest sample.",
-        |r, _| Some(r.summary.mem_total_bytes as f64),
+        |r, _| Some(Num::F64(r.summary.mem_total_bytes as f64)),
     ),
     (
         "sentinel_host_memory_available_bytes",
         "gauge",
         "Available memory of the latest sample.",
-        |r, _| Some(r.summary.mem_available_bytes as f64),
+        |r, _| Some(Num::F64(r.summary.mem_available_bytes as f64)),
     ),
     (
         "sentinel_host_memory_used_bytes",
         "gauge",
         "Used memory of the latest sample.",
-        |r, _| Some(r.summary.mem_used_bytes as f64),
+        |r, _| Some(Num::F64(r.summary.mem_used_bytes as f64)),
     ),
     (
         "sentinel_host_swap_total_bytes",
         "gauge",
         "Total swap of the latest sample.",
-        |r, _| Some(r.summary.swap_total_bytes as f64),
+        |r, _| Some(Num::F64(r.summary.swap_total_bytes as f64)),
     ),
     (
         "sentinel_host_swap_used_bytes",
         "gauge",
         "Used swap of the latest sample.",
-        |r, _| Some(r.summary.swap_used_bytes as f64),
+        |r, _| Some(Num::F64(r.summary.swap_used_bytes as f64)),
     ),
     (
         "sentinel_host_load1",
         "gauge",
         "One-minute load average of the latest sample.",
-        |r, _| Some(f64::from(r.summary.load1)),
+        |r, _| Some(Num::F32(r.summary.load1)),
     ),
     (
         "sentinel_host_load5",
         "gauge",
         "Five-minute load average of the latest sample.",
-        |r, _| Some(f64::from(r.summary.load5)),
+        |r, _| Some(Num::F32(r.summary.load5)),
     ),
     (
         "sentinel_host_load15",
         "gauge",
         "Fifteen-minute load average of the latest sample.",
-        |r, _| Some(f64::from(r.summary.load15)),
+        |r, _| Some(Num::F32(r.summary.load15)),
     ),
     (
         "sentinel_host_uptime_seconds",
         "gauge",
         "Host uptime at the latest sample.",
-        |r, _| Some(r.summary.uptime_s as f64),
+        |r, _| Some(Num::F64(r.summary.uptime_s as f64)),
     ),
     (
         "sentinel_host_processes",
         "gauge",
         "Processes at the latest sample.",
-        |r, _| Some(f64::from(r.summary.processes)),
+        |r, _| Some(Num::F64(f64::from(r.summary.processes))),
     ),
     (
         "sentinel_host_network_receive_bytes_total",
         "counter",
         "Bytes received on all interfaces (the agent's counters; resets when the agent restarts).",
-        |r, _| (r.rate_base.valid == 1).then_some(r.rate_base.net_rx_bytes as f64),
+        |r, _| (r.rate_base.valid == 1).then_some(Num::F64(r.rate_base.net_rx_bytes as f64)),
     ),
     (
         "sentinel_host_network_transmit_bytes_total",
         "counter",
         "Bytes sent on all interfaces (the agent's counters; resets when the agent restarts).",
-        |r, _| (r.rate_base.valid == 1).then_some(r.rate_base.net_tx_bytes as f64),
+        |r, _| (r.rate_base.valid == 1).then_some(Num::F64(r.rate_base.net_tx_bytes as f64)),
     ),
     (
         "sentinel_host_disk_read_bytes_total",
         "counter",
         "Bytes read from disks (the agent's counters; resets when the agent restarts).",
-        |r, _| (r.rate_base.valid == 1).then_some(r.rate_base.disk_read_bytes as f64),
+        |r, _| (r.rate_base.valid == 1).then_some(Num::F64(r.rate_base.disk_read_bytes as f64)),
     ),
     (
         "sentinel_host_disk_written_bytes_total",
         "counter",
         "Bytes written to disks (the agent's counters; resets when the agent restarts).",
-        |r, _| (r.rate_base.valid == 1).then_some(r.rate_base.disk_write_bytes as f64),
+        |r, _| (r.rate_base.valid == 1).then_some(Num::F64(r.rate_base.disk_write_bytes as f64)),
     ),
     (
         "sentinel_host_last_seen_timestamp_seconds",
         "gauge",
         "Master receive time of the host's latest frame (unix seconds).",
-        |r, _| Some(r.last_seen_ms as f64 / 1000.0),
+        |r, _| Some(Num::F64(r.last_seen_ms as f64 / 1000.0)),
     ),
     (
         "sentinel_host_clock_offset_seconds",
         "gauge",
         "Agent clock minus master clock at the last handshake.",
-        |r, _| Some(r.clock_offset_ms as f64 / 1000.0),
+        |r, _| Some(Num::F64(r.clock_offset_ms as f64 / 1000.0)),
     ),
     (
         "sentinel_host_connected",
         "gauge",
         "1 while the agent has a connection to the collector.",
-        |r, _| Some(f64::from(r.connected)),
+        |r, _| Some(Num::F64(f64::from(r.connected))),
     ),
     (
         "sentinel_host_samples_received_total",
         "counter",
         "Distinct samples stored for the host (all runs).",
-        |r, _| Some(r.samples_received as f64),
+        |r, _| Some(Num::F64(r.samples_received as f64)),
     ),
     (
         "sentinel_host_samples_replayed_total",
         "counter",
         "Stored samples that arrived in a replay batch.",
-        |r, _| Some(r.samples_replayed as f64),
+        |r, _| Some(Num::F64(r.samples_replayed as f64)),
     ),
     (
         "sentinel_host_samples_dropped_total",
         "counter",
         "Samples the agent dropped from its full spool.",
-        |r, _| Some(r.samples_dropped as f64),
+        |r, _| Some(Num::F64(r.samples_dropped as f64)),
     ),
     (
         "sentinel_host_samples_missing_total",
         "counter",
         "Sequence gaps that no reported drop explains.",
-        |r, _| Some(r.samples_missing as f64),
+        |r, _| Some(Num::F64(r.samples_missing as f64)),
     ),
     (
         "sentinel_host_samples_duplicate_total",
         "counter",
         "Samples received again that the table already held.",
-        |r, _| Some(r.duplicates as f64),
+        |r, _| Some(Num::F64(r.duplicates as f64)),
     ),
     (
         "sentinel_host_reconnects_total",
         "counter",
         "Handshakes after the first.",
-        |r, _| Some(r.reconnects as f64),
+        |r, _| Some(Num::F64(r.reconnects as f64)),
     ),
 ];
 
@@ -206,8 +229,10 @@ pub fn render(table: &Table, now: u64) -> String {
         }
     }
     let h = table.header();
-    let alive = super::api::collector_alive(table, now);
-    let age = now.saturating_sub(h.collector_heartbeat_ms.load(Ordering::Acquire)) as f64 / 1000.0;
+    let alive = super::api::collector_alive(table);
+    let age = boot_ms().saturating_sub(h.collector_heartbeat_boot_ms.load(Ordering::Acquire))
+        as f64
+        / 1000.0;
     let connected = recs.iter().filter(|r| r.connected == 1 && alive).count();
     let ingested: u64 = recs.iter().map(|r| r.samples_received).sum();
     let mut by_status = [0usize; 4];
@@ -347,5 +372,104 @@ fn collector_counters(out: &mut String, c: &CollectorCounters) {
             code.as_str(),
             c.refused[code.index()].load(Ordering::Relaxed)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{account, Record, TestTable};
+    use sentinel_protocol::{Hello, HostInfo, Sample};
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    /// One host whose latest sample holds `cpu`, `iowait` and the three loads.
+    fn table_with(cpu: f32, iowait: f32, loads: [f32; 3]) -> TestTable {
+        let t = TestTable::new(2, 4);
+        let w = t.table.writer().unwrap();
+        let hello = Hello {
+            version: 1,
+            agent_id: "cccccccccccccccccccccccccccccccc".into(),
+            run_id: 1,
+            hostname: "floats".into(),
+            interval_ms: 1000,
+            clock_ms: NOW,
+            agent_version: "1.0".into(),
+            host: HostInfo::default(),
+            proof: vec![0; 32],
+            key: None,
+            key_proof: None,
+        };
+        let mut rec = Record::zeroed();
+        account::handshake(&mut rec, &hello, "10.0.0.1:5000", NOW);
+        let sample = Sample {
+            seq: 1,
+            ts_ms: NOW,
+            cpu_percent: cpu,
+            cpu_iowait_percent: iowait,
+            load1: loads[0],
+            load5: loads[1],
+            load15: loads[2],
+            mem_total_bytes: 1000,
+            ..Sample::default()
+        };
+        let (_, point) = account::apply_sample(&mut rec, &sample, false, NOW);
+        let mut cbor = Vec::new();
+        sentinel_protocol::encode_sample(&sample, &mut cbor).unwrap();
+        w.commit(0, rec, Some(&cbor), point);
+        w.publish_host_count(1);
+        drop(w);
+        t
+    }
+
+    /// The value of `family`'s one host series.
+    fn value<'a>(text: &'a str, family: &str) -> &'a str {
+        let prefix = format!("{family}{{");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no {family} series"));
+        line.rsplit(' ').next().unwrap()
+    }
+
+    #[test]
+    fn f32_values_are_printed_in_their_shortest_form_and_round_trip() {
+        let cases: [(f32, f32, [f32; 3]); 4] = [
+            (23.4, 1.7, [2.39, 0.1, 17.0]),
+            (99.99, 0.01, [0.3, 1e-3, 123.456]),
+            (0.0, 100.0, [0.0, 65504.0, 3.4e38]),
+            (33.333332, 7.1234565, [1.0e-7, 12345.678, 0.5]),
+        ];
+        for (cpu, iowait, loads) in cases {
+            let t = table_with(cpu, iowait, loads);
+            let text = render(&t.table, NOW);
+            let expect = [
+                ("sentinel_host_cpu_ratio", cpu / 100.0),
+                ("sentinel_host_cpu_iowait_ratio", iowait / 100.0),
+                ("sentinel_host_load1", loads[0]),
+                ("sentinel_host_load5", loads[1]),
+                ("sentinel_host_load15", loads[2]),
+            ];
+            for (family, want) in expect {
+                let printed = value(&text, family);
+                let parsed: f32 = printed
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{family} {printed}: {e}"));
+                assert_eq!(parsed, want, "{family} {printed} does not round-trip");
+                // Shortest: no shorter decimal parses to the same f32 (Rust's Display is
+                // that shortest form; ryu gives the same digits).
+                assert_eq!(printed, want.to_string(), "{family}");
+                let all: String = printed.chars().filter(char::is_ascii_digit).collect();
+                let digits = all.trim_matches('0').len();
+                assert!(
+                    digits <= 9,
+                    "{family} {printed}: {digits} significant digits"
+                );
+            }
+        }
+        let t = table_with(23.4, 1.7, [2.39, 0.1, 17.0]);
+        let text = render(&t.table, NOW);
+        assert_eq!(value(&text, "sentinel_host_load1"), "2.39");
+        assert_eq!(value(&text, "sentinel_host_cpu_ratio"), "0.234");
     }
 }

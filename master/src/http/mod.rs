@@ -226,7 +226,81 @@ fn boxed(r: Resp) -> Response<Body> {
     r.map(|b| b.boxed_unsync())
 }
 
-/// The live event stream needs the running feed; everything else is [`route`].
+/// What a request asks for. [`resolve`] is the only place that matches methods and paths:
+/// production ([`handle`]), the tests and the fuzzer ([`route_with`]) all route through it,
+/// so HEAD (answered like GET, without the body) works on every GET route by construction.
+enum Endpoint<'a> {
+    Asset(assets::Asset),
+    Healthz,
+    Metrics,
+    Hosts,
+    HostDetail(&'a str),
+    Events,
+    NotFound,
+    MethodNotAllowed,
+}
+
+fn resolve<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
+    if method != Method::GET && method != Method::HEAD {
+        return Endpoint::MethodNotAllowed;
+    }
+    if let Some(asset) = assets::get(path) {
+        return Endpoint::Asset(asset);
+    }
+    match path {
+        "/healthz" => Endpoint::Healthz,
+        "/metrics" => Endpoint::Metrics,
+        "/api/v1/hosts" => Endpoint::Hosts,
+        "/api/v1/events" => Endpoint::Events,
+        _ => match path.strip_prefix("/api/v1/hosts/") {
+            Some(id) if !id.is_empty() && !id.contains('/') => Endpoint::HostDetail(id),
+            _ => Endpoint::NotFound,
+        },
+    }
+}
+
+const EVENT_STREAM: &str = "text/event-stream; charset=utf-8";
+
+/// The event stream's response head with no body: what HEAD gets, and what [`route_with`]
+/// (which has no running feed) answers for it.
+fn events_head<B>(body: B) -> Response<B> {
+    let mut r = Response::new(body);
+    set_common_headers(&mut r, EVENT_STREAM);
+    r
+}
+
+/// The endpoints that need nothing but the table and the clock.
+fn render(table: &Table, endpoint: Endpoint, now: u64, metrics_extra: &str) -> Resp {
+    match endpoint {
+        Endpoint::MethodNotAllowed => {
+            let mut r = json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method not allowed"}),
+            );
+            r.headers_mut()
+                .insert("allow", HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+        Endpoint::Asset(asset) => respond(StatusCode::OK, asset.content_type, asset.body),
+        Endpoint::Healthz => api::healthz(table),
+        Endpoint::Metrics => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::render(table, now) + metrics_extra,
+        ),
+        Endpoint::Hosts => json_response(StatusCode::OK, &api::hosts(table, now)),
+        Endpoint::HostDetail(id) => api::host_detail(table, id, now),
+        Endpoint::Events => events_head(Full::new(Data::new())),
+        Endpoint::NotFound => not_found(),
+    }
+}
+
+/// Production routing: [`resolve`], then the running feed for the event stream and the
+/// cached renderer for /api/v1/hosts; everything else is [`render`]. A HEAD response is the
+/// GET response (hyper sends its head, Content-Length included, never the body); the event
+/// stream's HEAD gets the stream's headers and no subscription. hyper leaves out
+/// `Transfer-Encoding: chunked` from that head (RFC 9110 9.3.2 lets a HEAD response omit
+/// the framing header fields).
 fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
     if state.access.viewer.is_some() && auth::protects(req.uri().path()) {
         let who = state.access.identify(req.headers().get(AUTHORIZATION));
@@ -234,29 +308,27 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
             return boxed(unauthorized());
         }
     }
-    if req.uri().path() == "/api/v1/events" && req.method() == Method::GET {
-        let mut r = Response::new(sse::stream(state));
-        set_common_headers(&mut r, "text/event-stream; charset=utf-8");
-        return r;
-    }
+    let head = req.method() == Method::HEAD;
     let now = now_ms();
-    if req.uri().path() == "/api/v1/hosts" && req.method() == Method::GET {
-        let mut r = Response::new(Full::new(state.hosts.render(state.table, now)));
-        set_common_headers(&mut r, "application/json");
-        return boxed(r);
+    match resolve(req.method(), req.uri().path()) {
+        // Nothing to subscribe to for a head: an empty body (hyper sends the head only).
+        Endpoint::Events if head => events_head(
+            http_body_util::StreamBody::new(futures_util::stream::empty()).boxed_unsync(),
+        ),
+        Endpoint::Events => events_head(sse::stream(state)),
+        Endpoint::Hosts => {
+            let mut r = Response::new(Full::new(state.hosts.render(state.table, now)));
+            set_common_headers(&mut r, "application/json");
+            boxed(r)
+        }
+        endpoint => {
+            let extra = match (&endpoint, &state.forwarder) {
+                (Endpoint::Metrics, Some(f)) => f.metrics_text(),
+                _ => String::new(),
+            };
+            boxed(render(state.table, endpoint, now, &extra))
+        }
     }
-    let extra = state
-        .forwarder
-        .as_ref()
-        .map(|f| f.metrics_text())
-        .unwrap_or_default();
-    boxed(route_with(
-        state.table,
-        req.method(),
-        req.uri().path(),
-        now,
-        &extra,
-    ))
 }
 
 type Resp = Response<Full<Data>>;
@@ -311,7 +383,8 @@ pub fn route(table: &Table, method: &Method, path: &str, now: u64) -> Resp {
 }
 
 /// `metrics_extra`: families of this process's own (the remote_write forwarder's counters).
-/// Public for `fuzz/` (the router as a pure function).
+/// Public for `fuzz/` (the router as a pure function): the same [`resolve`] as production;
+/// /api/v1/hosts rendered without the cache, the event stream as its head only.
 pub fn route_with(
     table: &Table,
     method: &Method,
@@ -319,37 +392,14 @@ pub fn route_with(
     now: u64,
     metrics_extra: &str,
 ) -> Resp {
-    if method != Method::GET && method != Method::HEAD {
-        let mut r = json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &json!({"error": "method not allowed"}),
-        );
-        r.headers_mut()
-            .insert("allow", HeaderValue::from_static("GET, HEAD"));
-        return r;
-    }
-    if let Some(asset) = assets::get(path) {
-        return respond(StatusCode::OK, asset.content_type, asset.body);
-    }
-    match path {
-        "/healthz" => api::healthz(table, now),
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics::render(table, now) + metrics_extra,
-        ),
-        "/api/v1/hosts" => json_response(StatusCode::OK, &api::hosts(table, now)),
-        _ => match path.strip_prefix("/api/v1/hosts/") {
-            Some(id) if !id.is_empty() && !id.contains('/') => api::host_detail(table, id, now),
-            _ => not_found(),
-        },
-    }
+    render(table, resolve(method, path), now, metrics_extra)
 }
 
 #[cfg(test)]
 mod tests {
     use super::assets::{APP_JS, INDEX_HTML};
     use super::*;
+    use crate::segment::boot_ms;
     use crate::table::{account, Record, TestTable};
     use bytes::Buf;
     use http_body_util::BodyExt;
@@ -420,8 +470,8 @@ mod tests {
         add_host(&t.table, 1, B, "alpha <script>\"x\"\n", NOW);
         t.table
             .header()
-            .collector_heartbeat_ms
-            .store(NOW - 100, Ordering::Relaxed);
+            .collector_heartbeat_boot_ms
+            .store(boot_ms() - 100, Ordering::Relaxed);
         t
     }
 
@@ -497,7 +547,7 @@ mod tests {
         assert!(statuses(&v).iter().all(|s| s.ends_with(r#""down""#)));
         t.table
             .header()
-            .collector_heartbeat_ms
+            .collector_heartbeat_boot_ms
             .store(0, Ordering::Relaxed);
         let v = same(NOW + 60_000);
         assert!(v["hosts"]
@@ -601,8 +651,8 @@ mod tests {
         }
         t.table
             .header()
-            .collector_heartbeat_ms
-            .store(NOW - 2001, Ordering::Relaxed);
+            .collector_heartbeat_boot_ms
+            .store(boot_ms() - 2001, Ordering::Relaxed);
         let (code, _, body) = get(&t.table, "/healthz");
         assert_eq!(
             (code, json(&body)["status"].as_str()),

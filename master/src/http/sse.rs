@@ -57,7 +57,7 @@ impl Feed {
 /// The `snapshot` event's data (every host's fleet row), recording in `announced` what it
 /// held (bounded: one entry per slot per snapshot, drained every watcher tick).
 fn snapshot(table: &Table, now: u64, announced: &Announced) -> Value {
-    let alive = collector_alive(table, now);
+    let alive = collector_alive(table);
     let mut held = Vec::new();
     let hosts: Vec<Value> = (0..table.host_count())
         .filter_map(|i| {
@@ -147,7 +147,7 @@ async fn watch_table(
             continue;
         }
         let now = now_ms();
-        let alive = collector_alive(table, now);
+        let alive = collector_alive(table);
         let all = alive != last_alive;
         last_alive = alive;
         let count = table.host_count();
@@ -292,8 +292,8 @@ mod tests {
         let table = &t.table;
         table
             .header()
-            .collector_heartbeat_ms
-            .store(now_ms() + 60_000, Ordering::Relaxed);
+            .collector_heartbeat_boot_ms
+            .store(crate::segment::boot_ms() + 60_000, Ordering::Relaxed);
         write_sample(table, 1);
         let (stop_tx, stop_rx) = watch::channel(false);
         let state = State {

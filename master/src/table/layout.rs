@@ -54,8 +54,10 @@ pub struct Header {
     pub supervisor_pid: AtomicU64,
     pub collector_pid: AtomicU64,
     pub http_pid: AtomicU64,
-    /// Unix ms, written by the collector every 250 ms; /healthz judges the collector by it.
-    pub collector_heartbeat_ms: AtomicU64,
+    /// CLOCK_BOOTTIME ms (`segment::boot_ms`, not unix ms: a wall-clock step must not make a
+    /// healthy collector look hung), written by the collector every 250 ms; the supervisor's
+    /// watchdog and /healthz judge the collector by it. Never in images (docs/MASTER-NOTES.md).
+    pub collector_heartbeat_boot_ms: AtomicU64,
     /// Unix ms when the current collector started.
     pub collector_started_ms: AtomicU64,
     /// Slots in use (`0..host_count`); only grows, published after the slot is written.
