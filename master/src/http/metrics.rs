@@ -9,7 +9,7 @@ use super::api::{records, status_of};
 use crate::collector::handshake::RefusalCode;
 use crate::segment::boot_ms;
 use crate::status::Status;
-use crate::table::layout::CollectorCounters;
+use crate::table::layout::{CollectorCounters, NetTotals};
 use crate::table::{Record, Table};
 
 /// A Prometheus label value: backslash, double quote and newline escaped.
@@ -126,14 +126,14 @@ const HOST_FAMILIES: &[(&str, &str, &str, Getter)] = &[
     (
         "sentinel_host_network_receive_bytes_total",
         "counter",
-        "Bytes received on all interfaces (the agent's counters; resets when the agent restarts).",
-        |r, _| (r.rate_base.valid == 1).then_some(Num::F64(r.rate_base.net_rx_bytes as f64)),
+        "Bytes received on the host's counted interfaces (the physical ones when it has any); never decreases (docs/CONTRACT.md).",
+        |r, _| net_total(r).map(|t| Num::F64(t.rx_bytes as f64)),
     ),
     (
         "sentinel_host_network_transmit_bytes_total",
         "counter",
-        "Bytes sent on all interfaces (the agent's counters; resets when the agent restarts).",
-        |r, _| (r.rate_base.valid == 1).then_some(Num::F64(r.rate_base.net_tx_bytes as f64)),
+        "Bytes sent on the host's counted interfaces (the physical ones when it has any); never decreases (docs/CONTRACT.md).",
+        |r, _| net_total(r).map(|t| Num::F64(t.tx_bytes as f64)),
     ),
     (
         "sentinel_host_disk_read_bytes_total",
@@ -202,6 +202,11 @@ const HOST_FAMILIES: &[(&str, &str, &str, Getter)] = &[
         |r, _| Some(Num::F64(r.reconnects as f64)),
     ),
 ];
+
+/// The host's network totals once it has reported a sample (`account::advance_net_totals`).
+fn net_total(r: &Record) -> Option<NetTotals> {
+    (r.net_totals != NetTotals::default()).then_some(r.net_totals)
+}
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -113,15 +113,11 @@ pub fn apply_sample(
 /// The history point of `s`, with rates from the previous stored sample of the run (0 for the
 /// first one, or after a counter reset), and advances the rate base.
 fn history_point(rec: &mut Record, s: &Sample) -> HistoryPoint {
-    let rx: u64 = s
-        .interfaces
-        .iter()
-        .fold(0u64, |a, i| a.wrapping_add(i.rx_bytes));
-    let tx: u64 = s
-        .interfaces
-        .iter()
-        .fold(0u64, |a, i| a.wrapping_add(i.tx_bytes));
+    let reading = net_reading(&s.interfaces);
+    let (rx, tx, _) = reading;
     let base = rec.rate_base;
+    let prev = (base.valid == 1).then_some((base.net_rx_bytes, base.net_tx_bytes));
+    let (rx_added, tx_added) = advance_net_totals(&mut rec.net_totals, prev, reading);
     let dt_s = s.ts_ms.saturating_sub(base.ts_ms) as f64 / 1000.0;
     let rate = |now: u64, prev: u64| -> f32 {
         if base.valid == 0 || dt_s <= 0.0 || now < prev {
@@ -130,13 +126,21 @@ fn history_point(rec: &mut Record, s: &Sample) -> HistoryPoint {
             ((now - prev) as f64 / dt_s) as f32
         }
     };
+    // The network's increase comes from the totals (counted interfaces, set unchanged).
+    let per_s = |added: u64| -> f32 {
+        if base.valid == 0 || dt_s <= 0.0 {
+            0.0
+        } else {
+            (added as f64 / dt_s) as f32
+        }
+    };
     let point = HistoryPoint {
         ts_ms: s.ts_ms,
         mem_used_bytes: s.mem_used_bytes,
         cpu_percent: s.cpu_percent,
         load1: s.load1,
-        net_rx_bytes_per_s: rate(rx, base.net_rx_bytes),
-        net_tx_bytes_per_s: rate(tx, base.net_tx_bytes),
+        net_rx_bytes_per_s: per_s(rx_added),
+        net_tx_bytes_per_s: per_s(tx_added),
         disk_read_bytes_per_s: rate(s.disk_read_bytes, base.disk_read_bytes),
         disk_write_bytes_per_s: rate(s.disk_write_bytes, base.disk_write_bytes),
     };

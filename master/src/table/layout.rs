@@ -12,7 +12,8 @@ pub const MAGIC: [u8; 8] = *b"SNTLTBL\0";
 /// Version 2 added [`CollectorCounters`] to the header, and sample buffers hold the sample's
 /// wire form (short keys, `sentinel_protocol::decode_sample`) as the agent sent it; the
 /// record struct is unchanged since 1.
-/// Version 3 appended the identity fields to [`Record`] (pinned key, clone report); images
+/// Version 3 appended the identity fields to [`Record`] (pinned key, clone report) and the
+/// monotonic network totals ([`NetTotals`]); images
 /// of layouts 1 and 2 are migrated on restore (`table::image`: old record bytes copied, the
 /// new tail zeroed, which means "no key pinned, never cloned").
 pub const LAYOUT_VERSION: u32 = 3;
@@ -324,8 +325,11 @@ pub struct Record {
     pub cloned_ms: u64,
     /// The refused peer's address at `cloned_ms`.
     pub cloned_address: Text<64>,
+    /// The network counters /metrics exports (monotonic; all zero = no sample yet, and a
+    /// migrated older record seeds them from its next sample).
+    pub net_totals: NetTotals,
 }
-const _: () = assert!(std::mem::size_of::<Record>() == 2032 + 32 + 24 + 72);
+const _: () = assert!(std::mem::size_of::<Record>() == 2032 + 32 + 24 + 72 + 24);
 const _: () = assert!(std::mem::size_of::<Record>() % 8 == 0);
 
 impl Record {
