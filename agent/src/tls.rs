@@ -25,7 +25,6 @@ use rustls::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -151,7 +150,10 @@ impl ServerCertVerifier for PinVerifier {
         if let Some(ca) = &self.ca {
             ca.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
         }
-        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        let got: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref())
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes");
         if got != self.pin {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                 rustls::OtherError(Arc::new(PinMismatch {
