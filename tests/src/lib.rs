@@ -143,14 +143,31 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
 /// One HTTP/1.0 `GET path` over `stream` (plain or TLS) with extra header lines (each ending
 /// in CRLF): (status, head, body).
 pub fn http_request(
-    mut stream: impl Read + Write,
+    stream: impl Read + Write,
     addr: SocketAddr,
     path: &str,
     headers: &str,
 ) -> std::io::Result<(u16, String, String)> {
+    http_exchange(stream, addr, "GET", path, headers)
+}
+
+/// One HTTP/1.0 request (`method path`, extra header lines each ending in CRLF) over
+/// `stream`, read to the server's close: (status, head, body).
+fn http_exchange(
+    mut stream: impl Read + Write,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<(u16, String, String)> {
+    let length = if method == "GET" || method == "HEAD" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{length}{headers}\r\n"
     )?;
     stream.flush()?;
     let mut raw = Vec::new();
@@ -174,24 +191,10 @@ pub fn http_call(
     headers: &str,
 ) -> std::io::Result<(u16, String, String)> {
     let timeout = Duration::from_secs(10);
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    let s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n{headers}\r\n"
-    )?;
-    s.flush()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
-    Ok((status, head.to_string(), body.to_string()))
+    http_exchange(s, addr, method, path, headers)
 }
 
 pub fn http_json(addr: SocketAddr, path: &str) -> Option<Value> {
