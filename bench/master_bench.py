@@ -93,7 +93,9 @@ class Master:
             [MASTER, "--config", conf, "--listen", f"127.0.0.1:{self.listen}", "--http", f"127.0.0.1:{self.http}",
              "--token-file", self.token, "--shm-name", self.shm, "--capacity", str(capacity),
              "--state-dir", os.path.join(OUT, "state"), "--snapshot-interval", "0s",
-             "--max-connections", str(max(16384, capacity + 100))],
+             "--max-connections", str(max(16384, capacity + 100)),
+             # loadgen's thousands of agents all connect from 127.0.0.1
+             "--new-hosts-per-minute", "0"],
             stdout=subprocess.DEVNULL, stderr=self.log)
         h = wait_for("master healthz", 15, lambda: http_json(self.http, "/healthz"))
         self.collector = h["collector_pid"]

@@ -31,10 +31,15 @@ time.sleep(3600)
 PY
 for _ in $(seq 50); do grep -q hungfs /proc/self/mounts && break; sleep 0.1; done
 grep -q hungfs /proc/self/mounts || { echo "FAIL: no hung mount"; exit 1; }
-port=$((20000 + RANDOM % 20000))
-"$sink" sink --listen "127.0.0.1:$port" --dump > "$w/wire.bin" 2>/dev/null &
-sleep 0.3
-"$agent" --config "$w/empty.toml" --master "127.0.0.1:$port" --state-dir "$w/state" --interval 1s 2> "$w/agent.log" &
+# Port 0: the sink prints the address it bound ("null sink listening on ADDR").
+"$sink" sink --listen 127.0.0.1:0 --dump > "$w/wire.bin" 2> "$w/sink.log" &
+addr=
+for _ in $(seq 100); do
+  addr=$(sed -n 's/^null sink listening on \(.*\)$/\1/p' "$w/sink.log")
+  [[ -n $addr ]] && break; sleep 0.05
+done
+[[ -n $addr ]] || { echo "FAIL: the sink did not start"; cat "$w/sink.log"; exit 1; }
+"$agent" --config "$w/empty.toml" --master "$addr" --state-dir "$w/state" --interval 1s 2> "$w/agent.log" &
 a=$!
 sleep 9
 t0=$(date +%s%N); kill -TERM $a; wait $a; t1=$(date +%s%N)

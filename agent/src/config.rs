@@ -45,7 +45,8 @@ pub struct Cli {
     /// Sampling cadence, e.g. "1s", "500ms" (100ms..=300s).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub interval: Option<Duration>,
-    /// Hostname reported to the master (default: the system hostname).
+    /// Hostname reported to the master (default: the system hostname). ASCII letters,
+    /// digits, `-`, `.` and `_` only (the master refuses others).
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
     /// File holding the fleet token (trailing whitespace trimmed). None = empty token.
@@ -82,7 +83,9 @@ pub struct FileConfig {
     /// Sampling cadence in human units ("1s", "500ms"); 100ms..=300s. Default "1s".
     #[serde(default, with = "humantime_serde")]
     pub interval: Option<Duration>,
-    /// Hostname reported to the master. Default: the system hostname.
+    /// Hostname reported to the master. Default: the system hostname. ASCII letters,
+    /// digits, `-`, `.` and `_` only (the master refuses others; the agent then fails at
+    /// start naming the hostname).
     pub hostname: Option<String>,
     /// File holding the fleet token; its trailing whitespace is trimmed. Default: no token
     /// (an empty token, which only a master without a token accepts).

@@ -1,15 +1,24 @@
 //! The agent's stable identity: `<state_dir>/agent-id`, 32 lowercase hex digits. Created once
 //! as the first 16 bytes of SHA-256(machine-id || "\n" || hostname), so it survives restarts
 //! and differs for distinct `--hostname`s on one machine.
+//!
+//! Beside it, `<state_dir>/agent-key`: the agent's Ed25519 key pair as a PKCS#8 v2 document
+//! (mode 0600), created once. The agent proves possession of it in every hello, and the master
+//! pins its public key to the agent id, so a fleet-token holder cannot speak for this host.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use ring::signature::{Ed25519KeyPair, KeyPair};
 
 use sentinel_protocol::is_valid_agent_id;
 use sha2::{Digest, Sha256};
 
 /// Name of the id file inside the state directory.
 pub const ID_FILE: &str = "agent-id";
+/// Name of the key file inside the state directory.
+pub const KEY_FILE: &str = "agent-key";
 const MACHINE_ID: &str = "/etc/machine-id";
 
 /// 32 lowercase hex digits; only constructed from a validated string.
@@ -42,6 +51,10 @@ pub enum IdentityError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("{path} is not an Ed25519 PKCS#8 v2 key ({reason}); restore it from a backup, or delete it and have the master forget this host's key")]
+    BadKey { path: PathBuf, reason: String },
+    #[error("cannot create a key pair: {0}")]
+    Generate(String),
 }
 
 /// The id derived from a machine id and a hostname; random when there is no machine id.
@@ -128,12 +141,79 @@ fn load_or_create_with(
 }
 
 fn write_atomically(dir: &Path, path: &Path, id: &AgentId) -> std::io::Result<()> {
+    write_file_atomically(dir, path, format!("{id}\n").as_bytes(), 0o644)
+}
+
+/// The agent's one "write temp, fsync, rename, fsync the directory": a crash at any moment
+/// leaves the old file or the new one, never a torn one. The temp file gets `mode` from its
+/// creation on (a key is never readable by others, not even for a moment).
+fn write_file_atomically(dir: &Path, path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{ID_FILE}.tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(format!("{id}\n").as_bytes())?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The agent's key pair, from `<state_dir>/agent-key`.
+#[derive(Debug)]
+pub enum LoadedKey {
+    Existing(Ed25519KeyPair),
+    Created(Ed25519KeyPair),
+    /// The state dir is not writable: the agent runs without a key (its host shows
+    /// `unpinned`), since a key that changes at every start would be refused once pinned.
+    Unsaved(IdentityError),
+}
+
+/// Reads the key pair, creating it (mode 0600, atomically) if the file is missing. A file
+/// that exists but cannot be read or is not a valid key fails the start: regenerating would
+/// lock the host out of a master that pinned the old key.
+pub fn load_or_create_key(state_dir: &Path) -> Result<LoadedKey, IdentityError> {
+    let path = state_dir.join(KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(doc) => {
+            return Ed25519KeyPair::from_pkcs8(&doc)
+                .map(LoadedKey::Existing)
+                .map_err(|e| IdentityError::BadKey {
+                    path,
+                    reason: e.to_string(),
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(IdentityError::Read { path, error }),
+    }
+    let rng = ring::rand::SystemRandom::new();
+    let doc =
+        Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| IdentityError::Generate(e.to_string()))?;
+    let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref())
+        .map_err(|e| IdentityError::Generate(e.to_string()))?;
+    match write_file_atomically(state_dir, &path, doc.as_ref(), 0o600) {
+        Ok(()) => Ok(LoadedKey::Created(pair)),
+        Err(error) => Ok(LoadedKey::Unsaved(IdentityError::Write { path, error })),
+    }
+}
+
+/// The hello's `key` and `key_proof` for this connection's nonce (PROTOCOL.md section 3).
+pub fn key_proof(
+    pair: &Ed25519KeyPair,
+    nonce: &sentinel_protocol::Nonce,
+    run_id: u64,
+    agent_id: &str,
+) -> (Vec<u8>, Vec<u8>) {
+    let msg = sentinel_protocol::auth::key_message(nonce, run_id, agent_id);
+    (
+        pair.public_key().as_ref().to_vec(),
+        pair.sign(&msg).as_ref().to_vec(),
+    )
 }
 
 #[cfg(test)]
@@ -163,6 +243,62 @@ mod tests {
         let a = derive(None, "h");
         assert!(is_valid_agent_id(a.as_str()));
         assert_ne!(a, derive(None, "h"));
+    }
+
+    fn temp_dir(what: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "sentinel-{what}-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ))
+    }
+
+    #[test]
+    fn key_file_is_created_once_with_mode_0600_then_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("key");
+        let LoadedKey::Created(first) = load_or_create_key(&dir).unwrap() else {
+            panic!("expected a new key")
+        };
+        let meta = std::fs::metadata(dir.join(KEY_FILE)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let LoadedKey::Existing(again) = load_or_create_key(&dir).unwrap() else {
+            panic!("expected the same key")
+        };
+        assert_eq!(first.public_key().as_ref(), again.public_key().as_ref());
+        // No temp file is left behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_key_file_fails_with_its_path_and_is_never_replaced() {
+        let dir = temp_dir("badkey");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(KEY_FILE), b"garbage").unwrap();
+        let err = load_or_create_key(&dir).unwrap_err();
+        assert!(matches!(err, IdentityError::BadKey { .. }), "{err}");
+        assert!(err.to_string().contains(KEY_FILE), "{err}");
+        assert_eq!(std::fs::read(dir.join(KEY_FILE)).unwrap(), b"garbage");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn key_proof_verifies_for_this_nonce_run_and_id_only() {
+        use ring::signature::{UnparsedPublicKey, ED25519};
+        let rng = ring::rand::SystemRandom::new();
+        let doc = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let (key, sig) = key_proof(&pair, &[1; 32], 7, id);
+        let verify = |nonce: &[u8; 32], run: u64| {
+            UnparsedPublicKey::new(&ED25519, &key)
+                .verify(&sentinel_protocol::auth::key_message(nonce, run, id), &sig)
+                .is_ok()
+        };
+        assert!(verify(&[1; 32], 7));
+        assert!(!verify(&[2; 32], 7));
+        assert!(!verify(&[1; 32], 8));
     }
 
     #[test]

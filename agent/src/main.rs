@@ -101,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return print_once(collector, &hostname, &agent_id, &host);
     }
     let agent_id = agent_id(&settings.state_dir, &hostname)?;
+    let key = agent_key(&settings.state_dir)?;
     let token = read_token(settings.token_file.as_deref()).map_err(misconfigured)?;
     let master = settings
         .master
@@ -113,6 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         token,
         run_id: fastrand::u64(..),
         interval: settings.interval,
+        key,
     };
     let tls = match &settings.tls {
         Some(t) => Some(tls::Client::new(t).map_err(misconfigured)?),
@@ -147,7 +149,17 @@ fn hostname(settings: &Settings) -> anyhow::Result<String> {
     if name.is_empty() {
         return Err(anyhow!("the system hostname is empty; set --hostname"));
     }
-    Ok(collect::truncate_text(name, MAX_HOSTNAME_BYTES))
+    let name = collect::truncate_text(name, MAX_HOSTNAME_BYTES);
+    // The master refuses any other hostname (docs/PROTOCOL.md section 2): fail at start,
+    // naming it, rather than be refused at every connection.
+    if let Some((at, c)) = sentinel_protocol::text::first_bad_hostname_char(&name) {
+        return Err(anyhow!(
+            "the hostname {} has U+{:04X} at byte {at}, outside the characters the master accepts (A-Z a-z 0-9 - . _); set --hostname",
+            sentinel_protocol::escape(&name),
+            u32::from(c)
+        ));
+    }
+    Ok(name)
 }
 
 fn agent_id(state_dir: &Path, hostname: &str) -> anyhow::Result<identity::AgentId> {
@@ -162,6 +174,23 @@ fn agent_id(state_dir: &Path, hostname: &str) -> anyhow::Result<identity::AgentI
         }
     }
     Ok(loaded.id().clone())
+}
+
+fn agent_key(
+    state_dir: &Path,
+) -> anyhow::Result<Option<std::sync::Arc<ring::signature::Ed25519KeyPair>>> {
+    use identity::LoadedKey;
+    Ok(match identity::load_or_create_key(state_dir)? {
+        LoadedKey::Existing(pair) => Some(std::sync::Arc::new(pair)),
+        LoadedKey::Created(pair) => {
+            tracing::info!(key_file = %state_dir.join(identity::KEY_FILE).display(), "Created this host's key pair.");
+            Some(std::sync::Arc::new(pair))
+        }
+        LoadedKey::Unsaved(error) => {
+            tracing::warn!(%error, "Cannot persist the key pair; connecting without a key (the master shows this host unpinned).");
+            None
+        }
+    })
 }
 
 /// The fleet token: file content without trailing whitespace; no file = empty token.

@@ -15,8 +15,8 @@ use futures_util::{SinkExt, StreamExt};
 use sentinel_protocol::frame::{codec, FrameError, PREFIX_BYTES};
 use sentinel_protocol::limits::{idle_timeout, HANDSHAKE_TIMEOUT, MAX_BATCH_SAMPLES};
 use sentinel_protocol::{
-    decode_body, encode_frame, AgentMessage, Batch, Goodbye, Hello, HostInfo, MasterMessage, Nonce,
-    Sample, PROTOCOL_VERSION,
+    decode_body, encode_frame, escape, AgentMessage, Batch, Goodbye, Hello, HostInfo,
+    MasterMessage, Nonce, Sample, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::signal::unix::{signal, SignalKind};
@@ -57,6 +57,9 @@ pub struct Identity {
     /// Random per process start: the master tells runs apart by it.
     pub run_id: u64,
     pub interval: Duration,
+    /// The key pair whose public key the master pins to `agent_id`; `None` when it could not
+    /// be persisted (the hello then carries no key, like a 0.1.0 agent's).
+    pub key: Option<std::sync::Arc<ring::signature::Ed25519KeyPair>>,
 }
 
 /// What the event loop needs besides the identity.
@@ -167,6 +170,13 @@ async fn handshake(
         .as_slice()
         .try_into()
         .map_err(|_| ShipError::BadNonce(challenge.nonce.len()))?;
+    let (key, key_proof) = match &id.key {
+        Some(pair) => {
+            let (key, sig) = crate::identity::key_proof(pair, &nonce, id.run_id, &id.agent_id);
+            (Some(key), Some(sig))
+        }
+        None => (None, None),
+    };
     let hello = Hello {
         version: PROTOCOL_VERSION,
         agent_id: id.agent_id.clone(),
@@ -177,6 +187,8 @@ async fn handshake(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         host: id.host.clone(),
         proof: sentinel_protocol::proof(&id.token, &nonce, &id.agent_id).to_vec(),
+        key,
+        key_proof,
     };
     conn.send(encode(&AgentMessage::Hello(hello))?).await?;
     match read_msg(&mut conn).await? {
@@ -474,15 +486,15 @@ impl Agent {
                     .to_string();
             match &error {
                 ShipError::Refused { code, reason } => tracing::error!(
-                    master = %self.opts.master, code = %code, reason = %reason, suppressed, retry_in = %retry_in,
+                    master = %self.opts.master, code = %escape(code), reason = %escape(reason), suppressed, retry_in = %retry_in,
                     "The master refused this agent."
                 ),
                 ShipError::Tls(_) => tracing::error!(
-                    master = %self.opts.master, error = %error, suppressed, retry_in = %retry_in,
+                    master = %self.opts.master, error = %escape(&error), suppressed, retry_in = %retry_in,
                     "TLS with the master failed (a wrong or unexpected certificate?); nothing is sent to it and samples are spooled meanwhile."
                 ),
                 _ => tracing::warn!(
-                    master = %self.opts.master, error = %error, suppressed, retry_in = %retry_in,
+                    master = %self.opts.master, error = %escape(&error), suppressed, retry_in = %retry_in,
                     "Cannot reach the master; samples are spooled meanwhile."
                 ),
             }
@@ -500,11 +512,11 @@ impl Agent {
         let delay = self.backoff.next_delay();
         match self.disconnects.failed() {
             Some(suppressed) => tracing::warn!(
-                master = %self.opts.master, error = %error, unacked = self.spool.len(), suppressed,
+                master = %self.opts.master, error = %escape(&error), unacked = self.spool.len(), suppressed,
                 "Lost the connection to the master; will reconnect."
             ),
             None => tracing::debug!(
-                master = %self.opts.master, error = %error, unacked = self.spool.len(),
+                master = %self.opts.master, error = %escape(&error), unacked = self.spool.len(),
                 "Lost the connection to the master again; will reconnect."
             ),
         }

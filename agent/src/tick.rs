@@ -95,39 +95,42 @@ fn timerfd(every: Duration) -> std::io::Result<AsyncFd<OwnedFd>> {
 mod tests {
     use std::time::{Duration, Instant};
 
+    // Periods of 200 ms and bounds of half a period: a loaded test machine (2 cores, several
+    // builds) delays a wake-up by tens of milliseconds, which a 10 ms bound took for a bug.
+    const PERIOD: Duration = Duration::from_millis(200);
+
     #[tokio::test]
     async fn ticks_come_at_the_cadence_and_the_first_at_once() {
-        let mut t = super::Ticker::new(Duration::from_millis(50));
+        let mut t = super::Ticker::new(PERIOD);
         assert!(matches!(t, super::Ticker::Timerfd(_)), "Linux has timerfd");
         let start = Instant::now();
         t.tick().await;
-        assert!(
-            start.elapsed() < Duration::from_millis(30),
-            "first tick at once"
-        );
+        assert!(start.elapsed() < PERIOD / 2, "first tick at once");
         for _ in 0..4 {
             t.tick().await;
         }
         let took = start.elapsed();
         assert!(
-            took >= Duration::from_millis(195) && took < Duration::from_secs(2),
+            took >= PERIOD * 4 - Duration::from_millis(5) && took < Duration::from_secs(5),
             "{took:?}"
         );
     }
 
     #[tokio::test]
     async fn missed_ticks_fold_into_one() {
-        let mut t = super::Ticker::new(Duration::from_millis(20));
+        let mut t = super::Ticker::new(PERIOD);
         t.tick().await;
-        std::thread::sleep(Duration::from_millis(110)); // five ticks missed
+        // Five ticks missed, and the next one due 150 ms after the sleep: a tick that came
+        // only then would be the cadence, not the missed ones folded into one.
+        std::thread::sleep(PERIOD * 5 + PERIOD / 4);
         let start = Instant::now();
         t.tick().await; // the missed ones, once
-        assert!(start.elapsed() < Duration::from_millis(10));
+        assert!(start.elapsed() < PERIOD / 2, "{:?}", start.elapsed());
         for _ in 0..3 {
             t.tick().await; // then the cadence again: three ticks span two periods at least
         }
         assert!(
-            start.elapsed() >= Duration::from_millis(39),
+            start.elapsed() >= PERIOD * 2 - Duration::from_millis(5),
             "{:?}",
             start.elapsed()
         );

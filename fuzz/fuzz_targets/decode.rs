@@ -28,7 +28,7 @@ fn agent(m: &AgentMessage) {
         AgentMessage::Hello(h) => h.validate(),
         AgentMessage::Sample(s) => s.validate(),
         AgentMessage::Batch(b) => b.validate(),
-        AgentMessage::Goodbye(_) => Ok(()),
+        AgentMessage::Goodbye(g) => g.validate(),
     };
 }
 
@@ -61,7 +61,9 @@ fuzz_target!(|body: &[u8]| {
     check::<Batch>(body, |b| {
         let _ = b.validate();
     });
-    check::<Goodbye>(body, |_| ());
+    check::<Goodbye>(body, |g| {
+        let _ = g.validate();
+    });
     check::<Challenge>(body, |_| ());
     check::<Welcome>(body, |_| ());
     check::<Refused>(body, |_| ());

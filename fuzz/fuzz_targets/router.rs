@@ -50,6 +50,8 @@ fn table() -> &'static Table {
             agent_version: "1.0".into(),
             host: HostInfo::default(),
             proof: vec![0; 32],
+            key: None,
+            key_proof: None,
         };
         let mut rec = Record::zeroed();
         account::handshake(&mut rec, &hello, "10.0.0.1:5000", NOW);

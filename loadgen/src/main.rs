@@ -122,6 +122,10 @@ struct RunArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Text the simulated hosts report as agent_version, os, kernel, cpu_model and first
+    /// mount point (hostile-input tests: the dashboard must show it as text).
+    #[arg(long)]
+    host_text: Option<String>,
 }
 
 fn unix_ms() -> u64 {
@@ -167,18 +171,21 @@ fn sample(i: u64, seq: u64, rng: &mut fastrand::Rng) -> Sample {
                 fs_type: "ext4".into(),
                 total_bytes: 100 << 30,
                 available_bytes: 40 << 30,
+                free_bytes: None,
             },
             Filesystem {
                 mount: "/var".into(),
                 fs_type: "xfs".into(),
                 total_bytes: 500 << 30,
                 available_bytes: 90 << 30,
+                free_bytes: None,
             },
         ],
         interfaces: vec![Interface {
             name: "eth0".into(),
             rx_bytes: t * 12_000 + i,
             tx_bytes: t * 3_000,
+            is_virtual: None,
         }],
         disk_read_bytes: t * 4096,
         disk_write_bytes: t * 16_384,
@@ -231,7 +238,16 @@ async fn connect(
             cpu_count: 4,
         },
         proof: proof(token, &nonce, &agent_id).to_vec(),
+        key: None,
+        key_proof: None,
     };
+    let mut hello = hello;
+    if let Some(text) = &args.host_text {
+        hello.agent_version.clone_from(text);
+        hello.host.os.clone_from(text);
+        hello.host.kernel.clone_from(text);
+        hello.host.cpu_model.clone_from(text);
+    }
     conn.send(encode(&AgentMessage::Hello(hello))?).await?;
     match read_master(&mut conn).await? {
         MasterMessage::Welcome(_) => Ok(conn),
@@ -324,14 +340,21 @@ async fn agent(
 }
 
 fn next_frame(args: &RunArgs, i: u64, seq: &mut u64, rng: &mut fastrand::Rng) -> Result<Bytes> {
+    let mut sample = |seq: u64| {
+        let mut s = sample(i, seq, rng);
+        if let Some(text) = &args.host_text {
+            s.filesystems[0].mount.clone_from(text);
+        }
+        s
+    };
     if args.batch <= 1 {
         *seq += 1;
-        return encode(&AgentMessage::Sample(sample(i, *seq, rng)));
+        return encode(&AgentMessage::Sample(sample(*seq)));
     }
     let samples = (0..args.batch.min(limits::MAX_BATCH_SAMPLES))
         .map(|_| {
             *seq += 1;
-            sample(i, *seq, rng)
+            sample(*seq)
         })
         .collect();
     encode(&AgentMessage::Batch(Batch { samples }))
@@ -668,6 +691,7 @@ fn probe_args(
         id_base,
         watch_pid: None,
         json: false,
+        host_text: None,
     }
 }
 

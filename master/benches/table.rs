@@ -25,11 +25,13 @@ fn sample(seq: u64) -> Sample {
             fs_type: "ext4".into(),
             total_bytes: 100 << 30,
             available_bytes: 41 << 30,
+            free_bytes: None,
         }],
         interfaces: vec![Interface {
             name: "eth0".into(),
             rx_bytes: seq * 1000,
             tx_bytes: seq * 100,
+            is_virtual: None,
         }],
         ..Sample::default()
     }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
-use crate::http::auth::BasicAuth;
+use crate::http::auth::{ApiToken, BasicAuth};
 use crate::tls::TlsFiles;
 
 /// Used when `--config` is not given; a missing default file means "all defaults".
@@ -54,9 +54,52 @@ pub struct Cli {
     /// How often the table is snapshotted; "0s" = only at shutdown [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub snapshot_interval: Option<std::time::Duration>,
+    /// Refuse agents whose hello carries no key (0.1.0 agents) with code `identity` [default: off]
+    #[arg(long)]
+    pub require_agent_keys: bool,
+    /// Remove hosts down or stopped longer than this; "0" = never [default: 7days]
+    #[arg(long, value_name = "DURATION", value_parser = parse_expiry)]
+    pub host_expiry: Option<std::time::Duration>,
+    /// New host identities accepted per peer address (IPv6: per /64) per minute; 0 = no
+    /// bound [default: 60]
+    #[arg(long, value_name = "N")]
+    pub new_hosts_per_minute: Option<u32>,
+    /// Once both listeners are bound, write their addresses to PATH (`agents=ADDR` and
+    /// `http=ADDR` lines), so that a master started on port 0 can be found; removed at a
+    /// clean stop. For tests and scripts; the packaged unit does not use it.
+    #[arg(long, value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
     /// Internal: the process role, set by the supervisor when it starts its children.
     #[arg(long, hide = true, value_enum)]
     pub role: Option<Role>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Operator commands against a running master (instead of running one).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Remove a host (by agent id) from the running master's table, through its HTTP API on
+    /// this machine with the operator token (`api_token_file`); exits 0 if it was removed.
+    RemoveHost {
+        /// The host's agent id (the `id` of /api/v1/hosts).
+        id: String,
+    },
+    /// Forget the agent key pinned to a host (a reinstalled host that lost its key), so its
+    /// next key is pinned; through the running master's HTTP API like `remove-host`.
+    ForgetKey {
+        /// The host's agent id (the `id` of /api/v1/hosts).
+        id: String,
+    },
+}
+
+/// `host_expiry`: a humantime duration, or a bare "0" for never.
+pub fn parse_expiry(text: &str) -> Result<std::time::Duration, String> {
+    if text.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("expected a duration like \"7days\" or \"12h\", or 0 for never: {e}"))
 }
 
 /// The keys of master.toml (every one optional; flags override them).
@@ -85,6 +128,10 @@ pub struct FileConfig {
     pub snapshot_interval: Option<String>,
     /// Optional: push every stored sample to a Prometheus remote-write endpoint.
     pub remote_write: Option<RemoteWriteFile>,
+    /// Refuse agents that do not prove an Ed25519 key in their hello (0.1.0 agents, or an
+    /// agent that cannot write its state directory) with code `identity` [default: false].
+    /// Off, such agents stream and their hosts show `identity: "unpinned"`.
+    pub require_agent_keys: Option<bool>,
     /// TLS on the agent listener: the certificate chain (PEM, server certificate first).
     /// With `tls_key_file`, agents must connect with TLS; plaintext ones are refused.
     pub tls_cert_file: Option<PathBuf>,
@@ -99,6 +146,22 @@ pub struct FileConfig {
     /// HTTP basic authentication: SHA-256 of the password, 64 hex digits
     /// (`printf %s 'PASSWORD' | sha256sum`). The password itself is never stored.
     pub http_basic_auth_sha256: Option<String>,
+    /// Operator user (basic auth) who may also write (remove hosts): the user name. Without
+    /// an operator user or `api_token_file`, the write routes do not exist (405).
+    pub http_operator_user: Option<String>,
+    /// Operator user: SHA-256 of the password, 64 hex digits, as `http_basic_auth_sha256`.
+    pub http_operator_sha256: Option<String>,
+    /// File holding the operator API token (trailing whitespace trimmed, at least 16 bytes),
+    /// sent as `Authorization: Bearer TOKEN`; it may read and write. `sentinel-master
+    /// remove-host` uses it.
+    pub api_token_file: Option<PathBuf>,
+    /// Remove hosts that have been `down` or `stopped` longer than this, e.g. "7days", "12h";
+    /// "0" = never [default: "7days"].
+    pub host_expiry: Option<String>,
+    /// New host identities (agent ids the table does not know) accepted per peer address per
+    /// minute (IPv6: per /64); more are refused `throttled`. 0 = no bound [default: 60]. A
+    /// site with many new hosts behind one NAT address raises it for a rollout.
+    pub new_hosts_per_minute: Option<u32>,
 }
 
 /// `[remote_write]` in master.toml: the http process pushes every sample the table stores
@@ -239,6 +302,20 @@ pub struct Config {
     pub http_tls: Option<TlsFiles>,
     /// Basic auth on the HTTP listener (`http_basic_auth_user`/`http_basic_auth_sha256`).
     pub basic_auth: Option<BasicAuth>,
+    /// `require_agent_keys`: a hello without a key is refused `identity`.
+    pub require_agent_keys: bool,
+    /// The operator user (`http_operator_user`/`http_operator_sha256`): reads and writes.
+    pub operator: Option<BasicAuth>,
+    /// The operator API token (`api_token_file`), kept as its SHA-256.
+    pub api_token: Option<ApiToken>,
+    /// Where the token came from (`sentinel-master remove-host` reads it again).
+    pub api_token_file: Option<PathBuf>,
+    /// `host_expiry`; zero = never.
+    pub host_expiry: std::time::Duration,
+    /// `new_hosts_per_minute`; zero = no bound.
+    pub new_hosts_per_minute: u32,
+    /// Where the supervisor reports the bound addresses (`--addr-file`; flag only).
+    pub addr_file: Option<PathBuf>,
 }
 
 pub fn default_listen() -> String {
@@ -266,6 +343,18 @@ pub fn default_state_dir() -> PathBuf {
 /// much of every host's history; writing more often costs a full table copy each time.
 pub const fn default_snapshot_interval() -> std::time::Duration {
     std::time::Duration::from_secs(10)
+}
+
+/// A host silent (down or stopped) this long is removed: a week covers a long weekend, a
+/// holiday shutdown or a hardware repair, and still frees a decommissioned host's slot.
+pub const fn default_host_expiry() -> std::time::Duration {
+    std::time::Duration::from_secs(7 * 24 * 3600)
+}
+/// A real rollout behind one address (a NAT, a proxy) adds one host per Ansible fork; 60 a
+/// minute lets 500 hosts in within ~9 minutes (refused agents retry with backoff), while one
+/// token holder needs over an hour per address to fill a 4,096-slot table.
+pub const fn default_new_hosts_per_minute() -> u32 {
+    60
 }
 
 /// Upper bounds that keep the segment within reason (1M hosts x 1 day at 1 s would be TBs).
@@ -340,6 +429,7 @@ impl Config {
                 file.http_tls_key_file,
             )
             .with_context(|| format!("invalid config file {source}"))?,
+            require_agent_keys: cli.require_agent_keys || file.require_agent_keys.unwrap_or(false),
             basic_auth: match (file.http_basic_auth_user, file.http_basic_auth_sha256) {
                 (None, None) => None,
                 (Some(user), Some(hash)) => Some(
@@ -348,7 +438,45 @@ impl Config {
                 ),
                 _ => bail!("invalid config file {source}: keys `http_basic_auth_user` and `http_basic_auth_sha256`: set both or neither"),
             },
+            operator: match (file.http_operator_user, file.http_operator_sha256) {
+                (None, None) => None,
+                (Some(user), Some(hash)) => Some(
+                    BasicAuth::new(&user, &hash)
+                        .map_err(|e| {
+                            let e = e
+                                .replace("http_basic_auth_user", "http_operator_user")
+                                .replace("http_basic_auth_sha256", "http_operator_sha256");
+                            anyhow::anyhow!("invalid config file {source}: {e}")
+                        })?,
+                ),
+                _ => bail!("invalid config file {source}: keys `http_operator_user` and `http_operator_sha256`: set both or neither"),
+            },
+            api_token_file: file.api_token_file.clone(),
+            api_token: match &file.api_token_file {
+                None => None,
+                Some(path) => Some(
+                    ApiToken::new(read(path)?.trim_end())
+                        .map_err(|e| anyhow::anyhow!("invalid config file {source}: key `api_token_file` ({}): {e}", path.display()))?,
+                ),
+            },
+            host_expiry: match (cli.host_expiry, file.host_expiry) {
+                (Some(d), _) => d,
+                (None, Some(text)) => parse_expiry(&text).map_err(|e| {
+                    anyhow::anyhow!("invalid config file {source}: key `host_expiry`: {e}, got {text:?}")
+                })?,
+                (None, None) => default_host_expiry(),
+            },
+            new_hosts_per_minute: cli
+                .new_hosts_per_minute
+                .or(file.new_hosts_per_minute)
+                .unwrap_or(default_new_hosts_per_minute()),
+            addr_file: cli.addr_file.clone(),
         };
+        if let (Some(viewer), Some(op)) = (&config.basic_auth, &config.operator) {
+            if viewer.user == op.user {
+                bail!("invalid config file {source}: keys `http_basic_auth_user` and `http_operator_user`: the viewer and the operator need different user names");
+            }
+        }
         config
             .check()
             .with_context(|| format!("invalid configuration (flags or {source})"))?;
@@ -532,8 +660,38 @@ mod tests {
             max_connections: c.max_connections,
             state_dir: c.state_dir.clone(),
             snapshot_interval: c.snapshot_interval,
+            require_agent_keys: c.require_agent_keys,
+            host_expiry: c.host_expiry,
+            new_hosts_per_minute: c.new_hosts_per_minute,
+            addr_file: c.addr_file.clone(),
             role: c.role,
+            command: c.command.clone(),
         }
+    }
+
+    #[test]
+    fn require_agent_keys_comes_from_the_file_or_the_flag_and_is_off_by_default() {
+        let dir = std::env::temp_dir().join(format!("sentinel-cfg-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |text: &str, flag: bool| {
+            let path = dir.join("m.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Cli {
+                config: Some(path),
+                require_agent_keys: flag,
+                ..Cli::default()
+            })
+            .map(|c| c.require_agent_keys)
+        };
+        assert!(!load("", false).unwrap());
+        assert!(load("require_agent_keys = true\n", false).unwrap());
+        assert!(load("require_agent_keys = false\n", true).unwrap());
+        let err = format!(
+            "{:#}",
+            load("require_agent_keys = \"yes\"\n", false).unwrap_err()
+        );
+        assert!(err.contains("require_agent_keys"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -609,6 +767,70 @@ mod tests {
             ("[remote_write]\nqueue_samples = 5\n", "url"),
         ] {
             let err = load(text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn lifecycle_and_operator_keys_are_checked_at_load() {
+        let dir = std::env::temp_dir().join(format!("sentinel-cfg5-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |text: &str| {
+            let path = dir.join("life.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Cli {
+                config: Some(path),
+                ..Cli::default()
+            })
+            .map_err(|e| format!("{e:#}"))
+        };
+        let c = load("").unwrap();
+        assert_eq!(c.host_expiry, default_host_expiry());
+        assert_eq!(c.new_hosts_per_minute, 60);
+        assert!(c.operator.is_none() && c.api_token.is_none());
+        let c = load("host_expiry = \"0\"\nnew_hosts_per_minute = 0\n").unwrap();
+        assert_eq!(
+            (c.host_expiry, c.new_hosts_per_minute),
+            (std::time::Duration::ZERO, 0)
+        );
+        assert_eq!(
+            load("host_expiry = \"12h\"\n").unwrap().host_expiry,
+            std::time::Duration::from_secs(43200)
+        );
+        let token = dir.join("api-token");
+        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+        let c = load(&format!(
+            "api_token_file = {:?}\n",
+            token.display().to_string()
+        ))
+        .unwrap();
+        assert!(c.api_token.is_some());
+        let hash = "c4bbcb1fbec99d65bf59d85c8cb62ee2db963f0fe106f483d9afa73bd4e39a8a";
+        assert_eq!(
+            load(&format!(
+                "http_operator_user = \"admin\"\nhttp_operator_sha256 = \"{hash}\"\n"
+            ))
+            .unwrap()
+            .operator
+            .unwrap()
+            .user,
+            "admin"
+        );
+        std::fs::write(&token, "short\n").unwrap();
+        for (text, want) in [
+            ("host_expiry = \"soon\"\n".to_string(), "key `host_expiry`"),
+            ("http_operator_user = \"admin\"\n".to_string(), "http_operator_sha256"),
+            (
+                "http_operator_user = \"admin\"\nhttp_operator_sha256 = \"nothex\"\n".to_string(),
+                "key `http_operator_sha256`",
+            ),
+            (
+                format!("http_operator_user = \"ops\"\nhttp_operator_sha256 = \"{hash}\"\nhttp_basic_auth_user = \"ops\"\nhttp_basic_auth_sha256 = \"{hash}\"\n"),
+                "different user names",
+            ),
+            (format!("api_token_file = {:?}\n", token.display().to_string()), "key `api_token_file`"),
+        ] {
+            let err = load(&text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");
         }
     }

@@ -4,7 +4,9 @@
 
 pub mod collector;
 pub mod config;
+pub mod control;
 pub mod http;
+pub mod operator;
 pub mod remote_write;
 pub mod segment;
 pub mod snapshot;

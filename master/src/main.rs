@@ -3,8 +3,8 @@
 
 use clap::Parser;
 
-use sentinel_master::config::{Cli, Config, Role};
-use sentinel_master::{collector, http, supervisor};
+use sentinel_master::config::{Cli, Command, Config, Role};
+use sentinel_master::{collector, http, operator, supervisor};
 
 fn main() -> std::process::ExitCode {
     init_logging();
@@ -18,6 +18,22 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(78);
         }
     };
+    if let Some(command) = &cli.command {
+        let (name, answer) = match command {
+            Command::RemoveHost { id } => ("remove-host", operator::remove_host(&config, id)),
+            Command::ForgetKey { id } => ("forget-key", operator::forget_key(&config, id)),
+        };
+        return match answer {
+            Ok(answer) => {
+                println!("{answer}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sentinel-master {name}: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let result = match cli.role {
         None => supervisor::run(config),
         Some(Role::Collector) => collector::run(config),

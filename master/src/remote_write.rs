@@ -327,6 +327,17 @@ fn scan(
         };
         let rec = &recent.record;
         if rec.in_use != 1 {
+            // A free slot (removed or expired host): the next host in it starts from point 0.
+            *cursor = Cursor::default();
+            continue;
+        }
+        if cursor
+            .host
+            .as_ref()
+            .is_some_and(|(_, k)| k.id != rec.agent_id())
+        {
+            // The slot went to another host between two scans: start over at its point 0.
+            *cursor = Cursor::default();
             continue;
         }
         if recent.first > cursor.next {
@@ -635,6 +646,8 @@ mod tests {
             agent_version: "1".into(),
             host: HostInfo::default(),
             proof: vec![0; 32],
+            key: None,
+            key_proof: None,
         };
         let mut rec = if t.host_count() == 0 {
             let mut r = Record::zeroed();
@@ -800,6 +813,64 @@ mod tests {
         assert_eq!(names, vec!["__name__", "host", "id", "master"]);
         assert_eq!(req.timeseries[0].samples[0].timestamp, 14_000);
         assert_eq!(req.timeseries[0].samples[0].value, 0.14);
+    }
+
+    #[test]
+    fn a_slot_freed_and_taken_by_another_host_is_read_from_its_first_point() {
+        let t = TestTable::new(2, 8);
+        let q = Queue {
+            points: Mutex::new(VecDeque::new()),
+            high_water: Mutex::new(HighWater::default()),
+            ready: Notify::new(),
+            final_scan_done: AtomicBool::new(false),
+        };
+        let fwd = Forwarder::default();
+        let mut cursors = Vec::new();
+        store(&t.table, 1..=5);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
+        q.points.lock().unwrap().clear();
+        let w = t.table.writer().unwrap();
+        w.clear(0); // removed
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW); // sees the free slot
+        let mut rec = Record::zeroed();
+        let hello = Hello {
+            version: 1,
+            agent_id: "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb".into(),
+            run_id: 1,
+            hostname: "web-2".into(),
+            interval_ms: 1000,
+            clock_ms: 0,
+            agent_version: "1".into(),
+            host: HostInfo::default(),
+            proof: vec![0; 32],
+            key: None,
+            key_proof: None,
+        };
+        account::handshake(&mut rec, &hello, "x", 1);
+        for seq in 1..=3 {
+            let s = Sample {
+                seq,
+                ts_ms: 10_000 + 1000 * seq,
+                ..Sample::default()
+            };
+            let (_, point) = account::apply_sample(&mut rec, &s, false, 1);
+            w.commit_in_place(0, &mut rec, None, point);
+        }
+        // Two scans: the first notices the new host and starts over, the second reads it.
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
+        let got: Vec<(String, u64)> = q
+            .points
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| (p.host.id.clone(), p.point.ts_ms))
+            .collect();
+        let b = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb".to_string();
+        assert_eq!(
+            got,
+            vec![(b.clone(), 11_000), (b.clone(), 12_000), (b, 13_000)]
+        );
     }
 
     #[test]

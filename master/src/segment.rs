@@ -115,7 +115,7 @@ impl Segment {
 }
 
 /// Removes /dev/shm/NAME unless its recorded supervisor is a live sentinel-master. A stale
-/// table of this binary's layout is imaged first (read-only, with the seqlock reader, after
+/// table of this binary's layout, or of an older one (`table::older`, migrated), is imaged first (read-only, with the seqlock reader, after
 /// its children are gone): a SIGKILLed supervisor's table is the freshest state there is.
 fn remove_stale(name: &str) -> anyhow::Result<Option<Vec<u8>>> {
     let mut salvaged = None;
@@ -126,7 +126,21 @@ fn remove_stale(name: &str) -> anyhow::Result<Option<Vec<u8>>> {
                 Ok(t) => {
                     let pid = t.header().supervisor_pid.load(std::sync::atomic::Ordering::Relaxed);
                     if !is_live_master(pid as i32) || pid == u64::from(std::process::id()) {
-                        salvaged = salvage(name, &t);
+                        salvaged = salvage(name, t.header(), || t.image(now_ms()));
+                    }
+                    Some(pid)
+                }
+                Err(TableError::BadVersion { found }) if found < layout::LAYOUT_VERSION => {
+                    // An older Sentinel's table (an upgrade after a SIGKILL): imaged with its
+                    // own slot geometry and migrated, like an older snapshot.
+                    // SAFETY: open() checked the mapping holds at least a header.
+                    let header = unsafe { &*(shmem.as_ptr() as *const layout::Header) };
+                    let pid = header.supervisor_pid.load(std::sync::atomic::Ordering::Relaxed);
+                    if !is_live_master(pid as i32) {
+                        // SAFETY: the mapping lives until the end of this block.
+                        salvaged = salvage(name, header, || unsafe {
+                            crate::table::older::image_of_older_segment(shmem.as_ptr(), shmem.len(), now_ms())
+                        });
                     }
                     Some(pid)
                 }
@@ -170,9 +184,12 @@ const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// An image of a stale table, once the children recorded in its header are gone. A child
 /// still running after [`ORPHAN_GRACE`] may still write: the image is taken anyway (the
 /// seqlock reader gives consistent hosts; later writes are lost with the old segment).
-fn salvage(name: &str, table: &Table) -> Option<Vec<u8>> {
+fn salvage(
+    name: &str,
+    header: &layout::Header,
+    image: impl FnOnce() -> Result<Vec<u8>, crate::table::image::ImageError>,
+) -> Option<Vec<u8>> {
     use std::sync::atomic::Ordering::Acquire;
-    let header = table.header();
     let deadline = std::time::Instant::now() + ORPHAN_GRACE;
     let orphans = || {
         [
@@ -192,9 +209,11 @@ fn salvage(name: &str, table: &Table) -> Option<Vec<u8>> {
     if let left @ [_, ..] = orphans().as_slice() {
         tracing::warn!(segment = %format!("/dev/shm/{name}"), pids = ?left, "children of the dead master are still running; imaging its table anyway");
     }
-    match table.image(now_ms()) {
+    match image() {
         Ok(image) => {
-            tracing::info!(segment = %format!("/dev/shm/{name}"), hosts = table.host_count(), "took an image of the stale table to restore it");
+            let hosts = header.host_count.load(Acquire);
+            let layout = header.layout_version;
+            tracing::info!(segment = %format!("/dev/shm/{name}"), hosts, layout, "took an image of the stale table to restore it");
             Some(image)
         }
         Err(e) => {

@@ -92,6 +92,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let agents = bind(&config.listen, "listen")?;
     let http = bind(&config.http, "http")?;
+    // Created once and kept open for the supervisor's life: every collector and http process
+    // (restarts included) gets the same channel (control.rs says why it cannot wedge).
+    let control = crate::control::Pair::new().context("cannot create the control channel")?;
     NEEDS_CLEANUP.store(true, Ordering::SeqCst);
     let (segment, salvaged) =
         Segment::create(&config.shm_name, config.capacity, config.history_points)?;
@@ -109,14 +112,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         drop(segment); // unlinks /dev/shm/NAME
         return Ok(());
     }
+    let (agent_addr, http_addr) = (agents.local_addr()?, http.local_addr()?);
     tracing::info!(
-        agent_addr = %agents.local_addr()?,
-        http_addr = %http.local_addr()?,
+        agent_addr = %agent_addr,
+        http_addr = %http_addr,
         segment = %format!("/dev/shm/{}", config.shm_name),
         capacity = config.capacity,
         history_points = config.history_points,
         "sentinel-master listening"
     );
+    if let Some(path) = &config.addr_file {
+        write_addr_file(path, agent_addr, http_addr)?;
+    }
     let now = Instant::now();
     let mut children = [
         Child {
@@ -147,13 +154,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             // The children are gone: this is the table's final state.
             let _ = snapshots.write(segment.table(), "shutdown");
             drop(segment); // unlinks /dev/shm/NAME
+            if let Some(path) = &config.addr_file {
+                // Nothing listens there any more.
+                let _ = std::fs::remove_file(path);
+            }
             tracing::info!("stopped");
             return Ok(());
         }
         for child in children.iter_mut() {
             reap(child, &segment);
             if child.pid.is_none() && Instant::now() >= child.next_start {
-                if let Err(e) = start(child, &segment, &exe, &args) {
+                if let Err(e) = start(child, &segment, &control, &exe, &args) {
                     tracing::error!(role = ?child.role, error = %format!("{e:#}"), "cannot start child; retrying");
                     child.next_start = Instant::now() + MAX_BACKOFF;
                 }
@@ -209,6 +220,24 @@ fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
+/// Writes the bound addresses for whoever started this master on port 0 (`--addr-file`):
+/// `agents=ADDR` and `http=ADDR` lines, through a temp file and a rename, so a reader never
+/// sees half a file.
+fn write_addr_file(
+    path: &std::path::Path,
+    agents: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("agents={agents}\nhttp={http}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write the address file {}", path.display()))?;
+    tracing::info!(path = %path.display(), "listening addresses written");
+    Ok(())
+}
+
 fn role_arg(role: Role) -> &'static str {
     match role {
         Role::Collector => "collector",
@@ -219,6 +248,7 @@ fn role_arg(role: Role) -> &'static str {
 fn start(
     child: &mut Child,
     segment: &Segment,
+    control: &crate::control::Pair,
     exe: &std::path::Path,
     args: &[std::ffi::OsString],
 ) -> anyhow::Result<()> {
@@ -239,11 +269,16 @@ fn start(
         header.generation.fetch_add(1, Ordering::AcqRel);
     }
     let fd = child.listener.as_raw_fd();
+    let control_fd = match child.role {
+        Role::Collector => control.collector_fd(),
+        Role::Http => control.http_fd(),
+    };
     let parent = std::process::id() as i32;
     let mut cmd = Command::new(exe);
     cmd.arg("--role").arg(role_arg(child.role)).args(args);
     cmd.env(LISTEN_FD_ENV, fd.to_string())
-        .env(SUPERVISOR_PID_ENV, parent.to_string());
+        .env(SUPERVISOR_PID_ENV, parent.to_string())
+        .env(crate::control::CONTROL_FD_ENV, control_fd.to_string());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -253,8 +288,12 @@ fn start(
             if libc::getppid() != parent {
                 libc::_exit(0); // the supervisor died before prctl took effect
             }
-            // Let exactly this listener survive exec.
+            // Let exactly this listener (and the control end below) survive exec.
             if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // And this child's end of the control channel.
+            if libc::fcntl(control_fd, libc::F_SETFD, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

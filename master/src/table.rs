@@ -13,6 +13,7 @@
 pub mod account;
 pub mod image;
 pub mod layout;
+pub mod older;
 
 use std::ptr;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -645,6 +646,45 @@ impl Writer<'_> {
         seq.store(odd + 1, Ordering::Release);
     }
 
+    /// Frees slot `i`: the record becomes all zero (`in_use` = 0, no sample, no history) and
+    /// the history ring is zeroed, through the same seqlock and journal as every write, so a
+    /// reader sees the host or the free slot, never half of each, and a collector killed
+    /// mid-clear leaves a slot that repair completes (the journal holds the zero record).
+    pub fn clear(&self, i: usize) {
+        let _guard = self.lock.lock().ok();
+        let t = self.table;
+        let slot = t.slot(i);
+        let seq = t.seq(i);
+        let s = seq.load(Ordering::Relaxed);
+        let odd = s | 1;
+        let odd = if odd == s { s + 2 } else { odd };
+        seq.store(odd, Ordering::Relaxed);
+        fence(Ordering::Release);
+        let mut zero = Record::zeroed();
+        zero.pending_index = u64::MAX;
+        // SAFETY: slot i is in bounds; this thread holds the lock and the slot is odd.
+        unsafe {
+            write_words(
+                &zero as *const Record as *const u8,
+                ptr::addr_of_mut!((*slot).journal) as *mut u8,
+                std::mem::size_of::<Record>(),
+            );
+            t.journal_seq(i).store(odd, Ordering::Release);
+            fence(Ordering::Release);
+            write_words(
+                &zero as *const Record as *const u8,
+                ptr::addr_of_mut!((*slot).record) as *mut u8,
+                std::mem::size_of::<Record>(),
+            );
+            ptr::write_bytes(
+                t.ring(i) as *mut u8,
+                0,
+                t.history_points as usize * std::mem::size_of::<HistoryPoint>(),
+            );
+        }
+        seq.store(odd + 1, Ordering::Release);
+    }
+
     /// Makes slot `count` (fresh) visible to readers by publishing the new host count.
     pub fn publish_host_count(&self, count: usize) {
         self.table
@@ -730,7 +770,7 @@ mod tests {
     #[test]
     fn layout_sizes_are_fixed() {
         assert_eq!(std::mem::size_of::<Header>(), 512);
-        assert_eq!(std::mem::size_of::<Record>(), 2032);
+        assert_eq!(std::mem::size_of::<Record>(), 2160);
         assert_eq!(std::mem::size_of::<HistoryPoint>(), 40);
         assert_eq!(slot_size(600) % 64, 0);
         assert_eq!(segment_size(4096, 600), 512 + 4096 * slot_size(600));
@@ -856,6 +896,28 @@ mod tests {
             t.writer().unwrap().commit(1, record(3), None, None);
             assert_eq!(t.read_record(1).unwrap().samples_received, 3);
         }
+    }
+
+    #[test]
+    fn a_cleared_slot_is_free_with_no_sample_and_no_history() {
+        let mut mem = Mem::new(2, 4);
+        let t = table(&mut mem, 2, 4);
+        let w = t.writer().unwrap();
+        let p = HistoryPoint {
+            ts_ms: 9,
+            ..Default::default()
+        };
+        w.commit(0, record(1), Some(b"one"), Some(p));
+        w.publish_host_count(1);
+        w.clear(0);
+        let d = t.read_detail(0).unwrap();
+        assert_eq!(d.record.in_use, 0);
+        assert!(d.sample.is_none() && d.history.is_empty());
+        // A new host in the slot starts from nothing.
+        w.commit(0, record(2), None, Some(p));
+        let d = t.read_detail(0).unwrap();
+        assert_eq!((d.record.samples_received, d.history.len()), (2, 1));
+        assert!(t.repair().is_empty());
     }
 
     #[test]

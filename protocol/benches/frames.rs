@@ -29,12 +29,14 @@ pub fn sample(seq: u64) -> Sample {
                 fs_type: "ext4".into(),
                 total_bytes: 100 << 30,
                 available_bytes: 41_234_567_890,
+                free_bytes: Some(46_234_567_890),
             },
             Filesystem {
                 mount: "/var/lib".into(),
                 fs_type: "xfs".into(),
                 total_bytes: 500 << 30,
                 available_bytes: 91_234_567_890,
+                free_bytes: Some(91_234_567_890),
             },
         ],
         interfaces: vec![
@@ -42,11 +44,13 @@ pub fn sample(seq: u64) -> Sample {
                 name: "eth0".into(),
                 rx_bytes: 123_456_789_012,
                 tx_bytes: 23_456_789_012,
+                is_virtual: None,
             },
             Interface {
                 name: "eth1".into(),
                 rx_bytes: 3_456_789_012,
                 tx_bytes: 456_789_012,
+                is_virtual: None,
             },
         ],
         disk_read_bytes: 45_678_901_234,

@@ -148,3 +148,50 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod depth_tests {
+    use crate::{AgentMessage, Batch, Filesystem, Interface, Sample};
+
+    /// The smallest recursion limit ciborium decodes `body` with.
+    fn depth_needed(body: &[u8]) -> usize {
+        (1..=crate::limits::MAX_CBOR_DEPTH)
+            .find(|&limit| {
+                ciborium::de::from_reader_with_recursion_limit::<AgentMessage, _>(body, limit)
+                    .is_ok()
+            })
+            .expect("decodes within MAX_CBOR_DEPTH")
+    }
+
+    /// docs/PROTOCOL.md section 1 states the real nesting of the deepest messages.
+    #[test]
+    fn the_deepest_real_message_nests_as_documented() {
+        let sample = Sample {
+            seq: 1,
+            filesystems: vec![Filesystem::default()],
+            interfaces: vec![Interface::default()],
+            cpu_cores_percent: vec![1.0],
+            ..Sample::default()
+        };
+        let mut one = Vec::new();
+        super::encode_body(&AgentMessage::Sample(sample.clone()), &mut one).unwrap();
+        let mut batch = Vec::new();
+        super::encode_body(
+            &AgentMessage::Batch(Batch {
+                samples: vec![sample],
+            }),
+            &mut batch,
+        )
+        .unwrap();
+        assert_eq!(
+            depth_needed(&one),
+            4,
+            "sample: message map, sample, fs list, fs entry"
+        );
+        assert_eq!(
+            depth_needed(&batch),
+            6,
+            "batch: message map, batch, samples, sample, fs list, fs entry"
+        );
+    }
+}

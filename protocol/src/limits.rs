@@ -33,7 +33,8 @@ pub const MIN_INTERVAL_MS: u32 = 100;
 /// Longest interval an agent may declare: beyond it, liveness (3 and 10 intervals) is too coarse.
 pub const MAX_INTERVAL_MS: u32 = 300_000;
 
-/// Longest hostname: a fully qualified DNS name is at most 253 bytes.
+/// Longest hostname: a fully qualified DNS name is at most 253 bytes (and only the characters
+/// of `text::is_valid_hostname` are allowed).
 pub const MAX_HOSTNAME_BYTES: usize = 253;
 
 /// Longest other text field (agent version, OS, kernel, CPU model, mount point, interface name).
@@ -47,7 +48,15 @@ pub const MAX_FILESYSTEMS: usize = 64;
 /// See [`MAX_FILESYSTEMS`].
 pub const MAX_INTERFACES: usize = 64;
 
-/// CBOR nesting depth accepted by the decoder. Real messages nest 4 deep; the bound keeps a
+/// Length of the `key` in a hello: an Ed25519 public key is exactly 32 bytes (RFC 8032); any
+/// other length is refused before the signature is looked at.
+pub const AGENT_KEY_BYTES: usize = 32;
+
+/// Length of the `key_proof` in a hello: an Ed25519 signature is exactly 64 bytes (RFC 8032).
+pub const KEY_PROOF_BYTES: usize = 64;
+
+/// CBOR nesting depth accepted by the decoder. Real messages nest at most 6 deep (a batch:
+/// `frame::depth_tests`); the bound keeps a
 /// hostile deeply-nested item from exhausting the stack.
 pub const MAX_CBOR_DEPTH: usize = 16;
 

@@ -61,6 +61,14 @@ pub struct Hello {
     /// HMAC-SHA256(token, "sentinel-auth-v1" || nonce || agent_id).
     #[serde(with = "serde_bytes")]
     pub proof: Vec<u8>,
+    /// The agent's Ed25519 public key (32 bytes); absent from a 0.1.0 agent. Optional key
+    /// (PROTOCOL.md 1.2): a master that does not know it ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub key: Option<Vec<u8>>,
+    /// Ed25519 signature (64 bytes) with that key over [`crate::auth::key_message`]; present
+    /// exactly when `key` is.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub key_proof: Option<Vec<u8>>,
 }
 
 /// Facts about the host that do not change while the agent runs.
@@ -149,6 +157,38 @@ pub struct Filesystem {
     pub fs_type: String,
     pub total_bytes: u64,
     pub available_bytes: u64,
+    /// Free bytes including the blocks reserved for root (statvfs `f_bfree * f_frsize`), so
+    /// that "used" is `total - free` as df shows it. Optional: 0.1.0 agents do not send it,
+    /// and the master then falls back to `total - available`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+}
+
+impl Filesystem {
+    /// Used bytes as df shows them: `total - free`, or `total - available` without `free`.
+    pub fn used_bytes(&self) -> u64 {
+        used_bytes(self.total_bytes, self.available_bytes, self.free_bytes)
+    }
+
+    /// Used fraction as df computes it: `used / (used + available)` (0 for an empty one).
+    pub fn used_ratio(&self) -> f64 {
+        used_ratio(self.total_bytes, self.available_bytes, self.free_bytes)
+    }
+}
+
+/// [`Filesystem::used_bytes`] from the figures alone (the master's borrowed fast path has no
+/// `Filesystem`).
+pub fn used_bytes(total: u64, available: u64, free: Option<u64>) -> u64 {
+    total.saturating_sub(free.unwrap_or(available))
+}
+
+/// [`Filesystem::used_ratio`] from the figures alone.
+pub fn used_ratio(total: u64, available: u64, free: Option<u64>) -> f64 {
+    let used = used_bytes(total, available, free);
+    match used.saturating_add(available) {
+        0 => 0.0,
+        whole => used as f64 / whole as f64,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -156,6 +196,13 @@ pub struct Interface {
     pub name: String,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// The agent's classification: `Some(false)` for a physical device (the kernel shows a
+    /// `device` link for it in sysfs), `Some(true)` for a virtual one (veth, bridge, bond,
+    /// tun/tap, ifb, dummy, ...). `None` from agents before 0.2, which did not say. The
+    /// master's host totals count physical interfaces only when a host has any, so traffic
+    /// that crosses a bridge or a veth pair on its way out is not counted twice.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "virtual")]
+    pub is_virtual: Option<bool>,
 }
 
 /// Why a well-formed message is still unacceptable.
@@ -183,8 +230,25 @@ pub enum Invalid {
     BadInterval(u32),
     #[error("proof must be {expected} bytes, got {got}")]
     BadProof { expected: usize, got: usize },
+    #[error("key must be {expected} bytes, got {got}")]
+    BadKey { expected: usize, got: usize },
+    #[error("key_proof must be {expected} bytes, got {got}")]
+    BadKeyProof { expected: usize, got: usize },
+    #[error("key and key_proof must be sent together")]
+    KeyWithoutProof,
     #[error("hostname is empty")]
     EmptyHostname,
+    #[error("hostname has U+{code:04X} at byte {at}, outside the allowed A-Z a-z 0-9 - . _")]
+    BadHostname { at: usize, code: u32 },
+    #[error("field {field} ({value}) is above {bound} ({bound_value})")]
+    Contradicts {
+        field: &'static str,
+        value: u64,
+        bound: &'static str,
+        bound_value: u64,
+    },
+    #[error("batch sequence numbers must be strictly ascending: seq {seq} follows {previous}")]
+    BatchNotAscending { previous: u64, seq: u64 },
     #[error("seq must start at 1")]
     ZeroSeq,
     #[error("batch holds {0} samples, the limit is {MAX_BATCH_SAMPLES}")]
@@ -199,6 +263,26 @@ fn text(field: &'static str, s: &str, max: usize) -> Result<(), Invalid> {
             field,
             len: s.len(),
             max,
+        });
+    }
+    Ok(())
+}
+
+/// `value` (of `field`) must not exceed `bound_value` (of `bound`): figures that contradict
+/// each other are a broken or hostile agent, not data (a used above total showed as
+/// 2147483647 %).
+fn at_most(
+    field: &'static str,
+    value: u64,
+    bound: &'static str,
+    bound_value: u64,
+) -> Result<(), Invalid> {
+    if value > bound_value {
+        return Err(Invalid::Contradicts {
+            field,
+            value,
+            bound,
+            bound_value,
         });
     }
     Ok(())
@@ -241,6 +325,14 @@ impl Hello {
             return Err(Invalid::EmptyHostname);
         }
         text("hostname", &self.hostname, MAX_HOSTNAME_BYTES)?;
+        if let Some((at, c)) = crate::text::first_bad_hostname_char(&self.hostname) {
+            // The character's code, not the name: the reason goes back to the agent and
+            // into the master's log, and must not carry the hostile text itself.
+            return Err(Invalid::BadHostname {
+                at,
+                code: u32::from(c),
+            });
+        }
         if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&self.interval_ms) {
             return Err(Invalid::BadInterval(self.interval_ms));
         }
@@ -254,6 +346,24 @@ impl Hello {
                 expected: crate::auth::PROOF_BYTES,
                 got: self.proof.len(),
             });
+        }
+        match (&self.key, &self.key_proof) {
+            (None, None) => {}
+            (Some(key), Some(sig)) => {
+                if key.len() != AGENT_KEY_BYTES {
+                    return Err(Invalid::BadKey {
+                        expected: AGENT_KEY_BYTES,
+                        got: key.len(),
+                    });
+                }
+                if sig.len() != KEY_PROOF_BYTES {
+                    return Err(Invalid::BadKeyProof {
+                        expected: KEY_PROOF_BYTES,
+                        got: sig.len(),
+                    });
+                }
+            }
+            _ => return Err(Invalid::KeyWithoutProof),
         }
         Ok(())
     }
@@ -277,10 +387,35 @@ impl Sample {
         non_negative("load1", self.load1)?;
         non_negative("load5", self.load5)?;
         non_negative("load15", self.load15)?;
+        let (mt, mt_name) = (self.mem_total_bytes, "mem_total_bytes");
+        at_most("mem_used_bytes", self.mem_used_bytes, mt_name, mt)?;
+        at_most("mem_available_bytes", self.mem_available_bytes, mt_name, mt)?;
+        at_most(
+            "swap_used_bytes",
+            self.swap_used_bytes,
+            "swap_total_bytes",
+            self.swap_total_bytes,
+        )?;
         count("filesystems", self.filesystems.len(), MAX_FILESYSTEMS)?;
         for fs in &self.filesystems {
             text("filesystems.mount", &fs.mount, MAX_TEXT_BYTES)?;
             text("filesystems.fs_type", &fs.fs_type, MAX_TEXT_BYTES)?;
+            let total = ("filesystems.total_bytes", fs.total_bytes);
+            at_most(
+                "filesystems.available_bytes",
+                fs.available_bytes,
+                total.0,
+                total.1,
+            )?;
+            if let Some(free) = fs.free_bytes {
+                at_most("filesystems.free_bytes", free, total.0, total.1)?;
+                at_most(
+                    "filesystems.available_bytes",
+                    fs.available_bytes,
+                    "filesystems.free_bytes",
+                    free,
+                )?;
+            }
         }
         count("interfaces", self.interfaces.len(), MAX_INTERFACES)?;
         for i in &self.interfaces {
@@ -298,6 +433,216 @@ impl Batch {
         if self.samples.len() > MAX_BATCH_SAMPLES {
             return Err(Invalid::BatchTooLarge(self.samples.len()));
         }
-        self.samples.iter().try_for_each(Sample::validate)
+        self.samples.iter().try_for_each(Sample::validate)?;
+        // Acks are cumulative: a batch out of order would have its earlier samples acked
+        // as stored and then dropped as "older than the slot's last_seq" (silently lost).
+        for pair in self.samples.windows(2) {
+            if pair[1].seq <= pair[0].seq {
+                return Err(Invalid::BatchNotAscending {
+                    previous: pair[0].seq,
+                    seq: pair[1].seq,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Goodbye {
+    /// The reason is text like every other field: bounded by [`MAX_TEXT_BYTES`].
+    pub fn validate(&self) -> Result<(), Invalid> {
+        text("reason", &self.reason, MAX_TEXT_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fs(total: u64, available: u64, free: Option<u64>) -> Filesystem {
+        Filesystem {
+            mount: "/".into(),
+            fs_type: "ext4".into(),
+            total_bytes: total,
+            available_bytes: available,
+            free_bytes: free,
+        }
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            seq: 1,
+            mem_total_bytes: 100,
+            mem_available_bytes: 40,
+            mem_used_bytes: 60,
+            swap_total_bytes: 10,
+            swap_used_bytes: 10,
+            filesystems: vec![fs(100, 20, Some(30))],
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn figures_that_contradict_each_other_are_refused_naming_the_field() {
+        type Edit = fn(&mut Sample);
+        let cases: [(&str, Edit, Option<&str>); 10] = [
+            ("consistent", |_| {}, None),
+            ("used = total", |s| s.mem_used_bytes = 100, None),
+            (
+                "used > total",
+                |s| s.mem_used_bytes = 101,
+                Some("mem_used_bytes"),
+            ),
+            (
+                "available > total",
+                |s| s.mem_available_bytes = 101,
+                Some("mem_available_bytes"),
+            ),
+            (
+                "swap used > swap total",
+                |s| s.swap_used_bytes = 11,
+                Some("swap_used_bytes"),
+            ),
+            (
+                "fs available > total",
+                |s| s.filesystems[0] = fs(100, 101, None),
+                Some("filesystems.available_bytes"),
+            ),
+            (
+                "fs free > total",
+                |s| s.filesystems[0] = fs(100, 20, Some(101)),
+                Some("filesystems.free_bytes"),
+            ),
+            (
+                "fs available > free",
+                |s| s.filesystems[0] = fs(100, 31, Some(30)),
+                Some("filesystems.available_bytes"),
+            ),
+            (
+                "fs without free (0.1.0)",
+                |s| s.filesystems[0] = fs(100, 100, None),
+                None,
+            ),
+            (
+                "all zero",
+                |s| {
+                    *s = Sample {
+                        seq: 1,
+                        ..Sample::default()
+                    }
+                },
+                None,
+            ),
+        ];
+        for (what, edit, field) in cases {
+            let mut s = sample();
+            edit(&mut s);
+            match (s.validate(), field) {
+                (Ok(()), None) => {}
+                (Err(Invalid::Contradicts { field: got, .. }), Some(want)) => {
+                    assert_eq!(got, want, "{what}");
+                    let text = s.validate().unwrap_err().to_string();
+                    assert!(text.contains(want), "{what}: {text}");
+                }
+                (other, _) => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn used_is_total_minus_free_and_the_ratio_is_as_df_computes_it() {
+        // 100 blocks, 30 free, 20 available to users (10 reserved): df shows used 70, 78 %.
+        let f = fs(100, 20, Some(30));
+        assert_eq!(f.used_bytes(), 70);
+        assert!((f.used_ratio() - 70.0 / 90.0).abs() < 1e-12);
+        // A 0.1.0 agent sends no free: used = total - available.
+        let old = fs(100, 20, None);
+        assert_eq!(old.used_bytes(), 80);
+        assert!((old.used_ratio() - 0.8).abs() < 1e-12);
+        assert_eq!(fs(0, 0, Some(0)).used_ratio(), 0.0);
+    }
+
+    #[test]
+    fn a_batch_must_be_strictly_ascending() {
+        let at = |seqs: &[u64]| Batch {
+            samples: seqs
+                .iter()
+                .map(|&seq| Sample {
+                    seq,
+                    ..Sample::default()
+                })
+                .collect(),
+        };
+        assert_eq!(at(&[1, 2, 5]).validate(), Ok(()));
+        assert_eq!(
+            at(&[2, 1]).validate(),
+            Err(Invalid::BatchNotAscending {
+                previous: 2,
+                seq: 1
+            })
+        );
+        assert_eq!(
+            at(&[3, 3]).validate(),
+            Err(Invalid::BatchNotAscending {
+                previous: 3,
+                seq: 3
+            })
+        );
+        assert!(at(&[2, 1])
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("seq"));
+    }
+
+    #[test]
+    fn a_goodbye_reason_is_bounded_like_every_text() {
+        let bye = |n: usize| Goodbye {
+            last_seq: 1,
+            reason: "x".repeat(n),
+        };
+        assert_eq!(bye(MAX_TEXT_BYTES).validate(), Ok(()));
+        assert!(matches!(
+            bye(MAX_TEXT_BYTES + 1).validate(),
+            Err(Invalid::TooLong {
+                field: "reason",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_hello_with_a_hostname_outside_the_character_set_is_invalid() {
+        let hello = |hostname: &str| Hello {
+            version: 1,
+            agent_id: "0123456789abcdef0123456789abcdef".into(),
+            run_id: 1,
+            hostname: hostname.into(),
+            interval_ms: 1000,
+            clock_ms: 0,
+            agent_version: "t".into(),
+            host: HostInfo::default(),
+            proof: vec![0; crate::auth::PROOF_BYTES],
+            key: None,
+            key_proof: None,
+        };
+        assert_eq!(hello("web-1.example_x").validate(), Ok(()));
+        let bad = hello("ab\u{202e}c").validate().unwrap_err();
+        assert_eq!(
+            bad,
+            Invalid::BadHostname {
+                at: 2,
+                code: 0x202e
+            }
+        );
+        let text = bad.to_string();
+        assert!(
+            text.contains("hostname") && text.contains("U+202E at byte 2"),
+            "{text}"
+        );
+        assert_eq!(
+            hello("a\nb").validate(),
+            Err(Invalid::BadHostname { at: 1, code: 10 })
+        );
     }
 }

@@ -73,6 +73,9 @@ struct WireFilesystem {
     total_bytes: u64,
     #[serde(rename = "av")]
     available_bytes: u64,
+    /// Optional (absent from 0.1.0 agents): see [`Filesystem::free_bytes`].
+    #[serde(rename = "fr", default, skip_serializing_if = "Option::is_none")]
+    free_bytes: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,6 +86,9 @@ struct WireInterface {
     rx_bytes: u64,
     #[serde(rename = "tx")]
     tx_bytes: u64,
+    /// Optional (0.2): true for a virtual interface, false for a physical one.
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    is_virtual: Option<bool>,
 }
 
 impl From<&Sample> for WireSample {
@@ -113,6 +119,7 @@ impl From<&Sample> for WireSample {
                     fs_type: f.fs_type.clone(),
                     total_bytes: f.total_bytes,
                     available_bytes: f.available_bytes,
+                    free_bytes: f.free_bytes,
                 })
                 .collect(),
             interfaces: s
@@ -122,6 +129,7 @@ impl From<&Sample> for WireSample {
                     name: i.name.clone(),
                     rx_bytes: i.rx_bytes,
                     tx_bytes: i.tx_bytes,
+                    is_virtual: i.is_virtual,
                 })
                 .collect(),
             disk_read_bytes: s.disk_read_bytes,
@@ -161,6 +169,7 @@ impl From<WireSample> for Sample {
                     fs_type: f.fs_type,
                     total_bytes: f.total_bytes,
                     available_bytes: f.available_bytes,
+                    free_bytes: f.free_bytes,
                 })
                 .collect(),
             interfaces: w
@@ -170,6 +179,7 @@ impl From<WireSample> for Sample {
                     name: i.name,
                     rx_bytes: i.rx_bytes,
                     tx_bytes: i.tx_bytes,
+                    is_virtual: i.is_virtual,
                 })
                 .collect(),
             disk_read_bytes: w.disk_read_bytes,
@@ -235,15 +245,27 @@ pub struct FilesystemRef<'a> {
     pub fs_type: &'a str,
     pub total_bytes: u64,
     pub available_bytes: u64,
+    pub free_bytes: Option<u64>,
 }
 
 impl FilesystemRef<'_> {
+    /// See [`Filesystem::used_bytes`].
+    pub fn used_bytes(&self) -> u64 {
+        crate::message::used_bytes(self.total_bytes, self.available_bytes, self.free_bytes)
+    }
+
+    /// See [`Filesystem::used_ratio`].
+    pub fn used_ratio(&self) -> f64 {
+        crate::message::used_ratio(self.total_bytes, self.available_bytes, self.free_bytes)
+    }
+
     pub fn to_filesystem(&self) -> Filesystem {
         Filesystem {
             mount: self.mount.to_owned(),
             fs_type: self.fs_type.to_owned(),
             total_bytes: self.total_bytes,
             available_bytes: self.available_bytes,
+            free_bytes: self.free_bytes,
         }
     }
 }
@@ -260,12 +282,14 @@ pub fn decode_filesystems(body: &[u8]) -> Result<Vec<FilesystemRef<'_>>, FrameEr
     }
     fn filesystem<'b>(d: &mut Decoder<'b>) -> Result<FilesystemRef<'b>, Error> {
         let (mut mount, mut fs_type, mut total, mut available) = (None, None, None, None);
+        let mut free = None;
         for _ in 0..definite(d.map()?)? {
             match d.str()? {
                 "m" => mount = Some(d.str()?),
                 "t" => fs_type = Some(d.str()?),
                 "sz" => total = Some(d.u64()?),
                 "av" => available = Some(d.u64()?),
+                "fr" => free = Some(d.u64()?),
                 _ => d.skip()?,
             }
         }
@@ -276,6 +300,7 @@ pub fn decode_filesystems(body: &[u8]) -> Result<Vec<FilesystemRef<'_>>, FrameEr
                     fs_type,
                     total_bytes,
                     available_bytes,
+                    free_bytes: free,
                 })
             }
             _ => Err(Error::message("filesystem without m, t, sz or av")),
@@ -329,6 +354,7 @@ mod tests {
                 fs_type: "ext4".into(),
                 total_bytes: 10 << 30,
                 available_bytes: 4 << 30,
+                free_bytes: Some(5 << 30),
             }],
             ..Sample::default()
         };
@@ -367,6 +393,7 @@ mod tests {
                 name: "eth0".into(),
                 rx_bytes: 1,
                 tx_bytes: 2,
+                is_virtual: None,
             }],
             ..Sample::default()
         };
@@ -389,11 +416,13 @@ mod tests {
                 fs_type: "ext4".into(),
                 total_bytes: 10,
                 available_bytes: 5,
+                free_bytes: None,
             }],
             interfaces: vec![Interface {
                 name: "eth0".into(),
                 rx_bytes: 1,
                 tx_bytes: 2,
+                is_virtual: None,
             }],
             ..Sample::default()
         };

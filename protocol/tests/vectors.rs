@@ -37,17 +37,36 @@ fn sample(seq: u64) -> Sample {
             fs_type: "ext4".into(),
             total_bytes: 64_424_509_440,
             available_bytes: 32_212_254_720,
+            free_bytes: None,
         }],
         interfaces: vec![Interface {
             name: "eth0".into(),
             rx_bytes: 1_000_000,
             tx_bytes: 250_000,
+            is_virtual: None,
         }],
         disk_read_bytes: 4096,
         disk_write_bytes: 8192,
         uptime_s: 86_400,
         boot_time_s: 1_763_913_600,
         processes: 120,
+    }
+}
+
+/// The example agent key: Ed25519 from the seed of 32 bytes 0x42 (RFC 8032 keys are their seed).
+fn example_key() -> ring::signature::Ed25519KeyPair {
+    ring::signature::Ed25519KeyPair::from_seed_unchecked(&[0x42; 32]).unwrap()
+}
+
+/// `hello` with the optional identity keys of section 3.
+fn keyed(hello: Hello) -> Hello {
+    use ring::signature::KeyPair;
+    let key = example_key();
+    let msg = auth::key_message(&nonce(), hello.run_id, &hello.agent_id);
+    Hello {
+        key: Some(key.public_key().as_ref().to_vec()),
+        key_proof: Some(key.sign(&msg).as_ref().to_vec()),
+        ..hello
     }
 }
 
@@ -68,6 +87,8 @@ fn agent_vectors() -> Vec<(&'static str, AgentMessage)> {
             cpu_count: 2,
         },
         proof: proof(TOKEN, &nonce(), AGENT_ID).to_vec(),
+        key: None,
+        key_proof: None,
     };
     let small = |seq| Sample {
         cpu_cores_percent: vec![],
@@ -76,7 +97,8 @@ fn agent_vectors() -> Vec<(&'static str, AgentMessage)> {
         ..sample(seq)
     };
     vec![
-        ("hello", AgentMessage::Hello(hello)),
+        ("hello", AgentMessage::Hello(hello.clone())),
+        ("hello_keyed", AgentMessage::Hello(keyed(hello))),
         ("sample", AgentMessage::Sample(sample(1))),
         (
             "batch",
@@ -115,7 +137,7 @@ fn master_vectors() -> Vec<(&'static str, MasterMessage)> {
             "refused",
             MasterMessage::Refused(Refused {
                 code: "version".into(),
-                reason: "protocol version 2 is not supported; this master speaks 1".into(),
+                reason: sentinel_protocol::version_refusal_reason(2),
             }),
         ),
     ]
@@ -205,6 +227,55 @@ fn documented_hello_proof_verifies_with_the_example_token() {
         println!(
             "<!-- vector: proof -->\n```hex\n{}\n```\n",
             to_hex_lines(&hello.proof)
+        );
+    }
+}
+
+#[test]
+fn documented_key_proof_verifies_and_a_0_1_0_decoder_ignores_the_keys() {
+    let AgentMessage::Hello(hello) = &agent_vectors()[1].1 else {
+        unreachable!()
+    };
+    let msg = auth::key_message(&nonce(), 42, AGENT_ID);
+    assert_eq!(msg.len(), 15 + 32 + 8 + 32);
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ED25519,
+        hello.key.as_deref().unwrap(),
+    );
+    key.verify(&msg, hello.key_proof.as_deref().unwrap())
+        .expect("the documented key proof verifies");
+    // A 0.1.0 peer decodes the keyed hello as the plain one: unknown keys are ignored.
+    #[derive(serde::Deserialize, PartialEq, Debug)]
+    struct OldHello {
+        version: u16,
+        agent_id: String,
+        run_id: u64,
+        hostname: String,
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
+    }
+    #[derive(serde::Deserialize, PartialEq, Debug)]
+    #[serde(rename_all = "snake_case")]
+    enum OldMessage {
+        Hello(OldHello),
+    }
+    let mut frame = Vec::new();
+    encode_frame(&agent_vectors()[1].1, &mut frame).unwrap();
+    let OldMessage::Hello(old) = decode_body::<OldMessage>(&frame[4..]).unwrap();
+    assert_eq!(
+        (old.run_id, old.proof.as_slice()),
+        (42, hello.proof.as_slice())
+    );
+    if std::env::var_os("SENTINEL_PRINT_VECTORS").is_none() {
+        assert_eq!(
+            documented_hex("key_proof"),
+            hello.key_proof.as_deref().unwrap(),
+            "PROTOCOL.md's key proof vector"
+        );
+    } else {
+        println!(
+            "<!-- vector: key_proof -->\n```hex\n{}\n```\n",
+            to_hex_lines(hello.key_proof.as_deref().unwrap())
         );
     }
 }

@@ -1,6 +1,8 @@
 // The dashboard in headless Chromium against a real master fed by real agents:
 // every host row appears; values change without a reload; sorting and filtering work; hostile
-// hostnames are literal text and run no script; the host view draws non-empty charts; the
+// host texts (agent version, OS, kernel, CPU model, mount point: hostnames are limited to
+// A-Z a-z 0-9 - . _, docs/PROTOCOL.md) are literal text and run no script; an odd but allowed
+// hostname is shown as it is; the host view draws non-empty charts; the
 // "connection lost" state appears when the master is stopped and clears when it is back on
 // the same ports. Screenshots go to artifacts/ (and docs/img/ with UPDATE_DOCS_IMG=1).
 "use strict";
@@ -11,7 +13,12 @@ const path = require("node:path");
 const L = require("./lib");
 
 const HOSTILE = ["<img src=x onerror=alert(1)>", "\"><script>alert(2)</script>"];
-const NAMES = ["web-1", "web-2", "db-1", "cache-1", ...HOSTILE];
+// Real agents; the last is a hostname as odd as the allowed characters get.
+const ODD = "x--_..0dd.-host_";
+const NAMES = ["web-1", "web-2", "db-1", "cache-1", ODD];
+// Simulated hosts (loadgen, --id-base i) reporting HOSTILE[i] in every free-text field.
+const EVIL = HOSTILE.map((_, i) => "load-" + String(i).padStart(5, "0"));
+const ALL = [...NAMES, ...EVIL];
 
 async function rowNames(page) {
   return page.$$eval("#hosts tr[data-id] td.host a", (as) => as.map((a) => a.textContent));
@@ -28,11 +35,12 @@ async function main() {
   try {
     await master.start();
     const agents = NAMES.map((n, i) => L.startAgent(master, dir, n, i));
+    HOSTILE.forEach((text, i) => L.startHostileHost(master, dir, i, text));
     let seen = [];
     await L.waitFor("every agent in the table", 20000, async () => {
       const hosts = await master.hosts();
       seen = hosts.map((h) => h.hostname + ":" + h.samples_received);
-      return hosts.length === NAMES.length && hosts.every((h) => h.samples_received >= 2);
+      return hosts.length === ALL.length && hosts.every((h) => h.samples_received >= 2);
     }).catch((e) => { throw new Error(e.message + " (table: " + seen.join(", ") + ")"); });
 
     browser = await L.launchBrowser();
@@ -48,22 +56,25 @@ async function main() {
     // 1. Every host row appears.
     await page.goto(master.url("/"));
     await page.waitForFunction((n) => document.querySelectorAll("#hosts tr[data-id]").length === n,
-      NAMES.length, { timeout: 15000 });
-    assert.deepEqual([...(await rowNames(page))].sort(), [...NAMES].sort());
+      ALL.length, { timeout: 15000 });
+    assert.deepEqual([...(await rowNames(page))].sort(), [...ALL].sort());
     assert.equal(await page.textContent("#live"), "live");
     const seenText = await page.$eval("#hosts tr[data-id] .seen", (e) => e.textContent);
     assert.match(seenText, /^last seen \d+ s ago$/);
-    step("every host row appears (" + NAMES.length + " rows), live over SSE");
+    step("every host row appears (" + ALL.length + " rows), live over SSE");
 
-    // 2. Hostile hostnames are literal text and no script of theirs ran.
+    // 2. Hostile texts are literal text and no script of theirs ran (the fleet row shows the
+    // agent version); the odd hostname is shown as it is.
     for (const h of HOSTILE) {
-      const n = await page.$$eval("#hosts td.host a", (as, h) => as.filter((a) => a.textContent === h).length, h);
-      assert.equal(n, 1, "literal hostname shown: " + h);
+      const n = await page.$$eval("#hosts td.ver", (ts, h) => ts.filter((t) => t.textContent === h).length, h);
+      assert.equal(n, 1, "literal agent version shown: " + h);
     }
-    assert.equal(await page.$$eval("#hosts img, #hosts script", (e) => e.length), 0, "no element from a hostname");
+    const odd = await page.$$eval("#hosts td.host a", (as, n) => as.filter((a) => a.textContent === n).length, ODD);
+    assert.equal(odd, 1, "odd hostname shown as it is: " + ODD);
+    assert.equal(await page.$$eval("#hosts img, #hosts script", (e) => e.length), 0, "no element from a host's text");
     assert.equal(await page.$$eval("script", (s) => s.length), 1, "only app.js");
     assert.ok(requests.every((u) => u.startsWith(master.url("/"))), "no request leaves the master: " + requests.filter((u) => !u.startsWith(master.url("/"))));
-    step("hostile hostnames shown literally; no dialog, no injected element");
+    step("hostile host texts shown literally; no dialog, no injected element");
 
     // 3. Values change over time without a reload.
     await page.evaluate(() => { window.__noReload = true; });
@@ -97,7 +108,7 @@ async function main() {
     for (const key of ["status", "mem", "load", "fs", "rx", "tx", "uptime", "version"]) {
       await clickSort(key);
       await page.waitForFunction((k) => document.querySelector(`#fleet th[data-sort="${k}"]`).getAttribute("aria-sort") !== "none", key);
-      assert.equal((await rowNames(page)).length, NAMES.length, "all rows after sorting by " + key);
+      assert.equal((await rowNames(page)).length, ALL.length, "all rows after sorting by " + key);
     }
     await clickSort("hostname");
     step("sorting by hostname (both ways), CPU and every other column");
@@ -106,8 +117,9 @@ async function main() {
     await page.fill("#filter", "web");
     await page.waitForFunction(() => document.querySelectorAll("#hosts tr[data-id]").length === 2);
     assert.deepEqual((await rowNames(page)).sort(), ["web-1", "web-2"]);
-    await page.fill("#filter", "<script>");
+    await page.fill("#filter", "0DD");
     await page.waitForFunction(() => document.querySelectorAll("#hosts tr[data-id]").length === 1);
+    assert.deepEqual(await rowNames(page), [ODD]);
     await page.fill("#filter", "");
     await L.stop(agents[NAMES.indexOf("cache-1")]); // goodbye -> "stopped"
     await page.selectOption("#status-filter", "stopped");
@@ -117,9 +129,9 @@ async function main() {
     }, null, { timeout: 10000 });
     const counts = await page.textContent("#counts");
     assert.match(counts, /1 stopped/);
-    assert.match(counts, new RegExp((NAMES.length - 1) + " up"));
+    assert.match(counts, new RegExp((ALL.length - 1) + " up"));
     await page.selectOption("#status-filter", "");
-    await page.waitForFunction((n) => document.querySelectorAll("#hosts tr[data-id]").length === n, NAMES.length);
+    await page.waitForFunction((n) => document.querySelectorAll("#hosts tr[data-id]").length === n, ALL.length);
     step("filter by name and by status; counts per status (" + counts.trim() + ")");
     await page.screenshot({ path: path.join(L.ARTIFACTS, "fleet.png") });
 
@@ -149,11 +161,19 @@ async function main() {
     await page.screenshot({ path: path.join(L.ARTIFACTS, "host.png"), fullPage: true });
     step("host view: charts drawn " + JSON.stringify(drawn));
 
-    // The hostile host's view shows its name literally too.
-    const evil = (await master.hosts()).find((h) => h.hostname === HOSTILE[1]).id;
-    await page.goto(master.url("/hosts/" + evil));
-    await page.waitForFunction((n) => document.getElementById("host-title").textContent === n, HOSTILE[1]);
-    assert.equal(await page.$$eval("main script, main img", (e) => e.length), 0);
+    // The hostile hosts' views show their texts literally too (OS, kernel, CPU, mount point).
+    for (const [i, name] of EVIL.entries()) {
+      const evil = (await master.hosts()).find((h) => h.hostname === name).id;
+      await page.goto(master.url("/hosts/" + evil));
+      await page.waitForFunction((n) => document.getElementById("host-title").textContent === n, name);
+      await page.waitForFunction(() => document.querySelectorAll("#host-fs tr").length >= 1);
+      const body = await page.textContent("main");
+      assert.ok(body.includes(HOSTILE[i] + " " + HOSTILE[i]), "literal OS and kernel: " + HOSTILE[i]);
+      const mounts = await page.$$eval("#host-fs tr td:first-child", (t) => t.map((x) => x.textContent));
+      assert.ok(mounts.includes(HOSTILE[i]), "literal mount point: " + mounts);
+      assert.equal(await page.$$eval("main script, main img", (e) => e.length), 0);
+    }
+    step("hostile hosts' views: OS, kernel, CPU model and mount point shown literally");
 
     // 7. Without the event stream (a proxy that breaks it, say) the page polls and stays live.
     const polled = await browser.newPage();

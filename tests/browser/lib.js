@@ -1,12 +1,11 @@
 // Process and browser helpers for the dashboard tests: real sentinel-master and
-// sentinel-agent processes on 127.0.0.1 free ports, each tracked by PID and always cleaned
+// sentinel-agent processes on 127.0.0.1 (masters on port 0, read back), each tracked by PID and always cleaned
 // up; Debian's /usr/bin/chromium driven by playwright-core. Every wait is a condition with a
 // deadline.
 "use strict";
 
 const { spawn } = require("node:child_process");
 const fs = require("node:fs");
-const net = require("node:net");
 const os = require("node:os");
 const path = require("node:path");
 const http = require("node:http");
@@ -30,16 +29,18 @@ function log(...args) {
   console.log(new Date().toISOString().slice(11, 23), ...args);
 }
 
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.unref();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
+// The `agents=ADDR` and `http=ADDR` lines a master started with `--addr-file` writes once
+// it is bound (docs/CONTRACT.md): [agentPort, httpPort], or null while incomplete.
+function readAddrFile(file) {
+  let text;
+  try { text = fs.readFileSync(file, "utf8"); } catch (e) { return null; }
+  const port = (key) => {
+    const line = text.split("\n").find((l) => l.startsWith(key + "="));
+    const m = line && /:(\d+)$/.exec(line.trim());
+    return m ? Number(m[1]) : null;
+  };
+  const [agents, http] = [port("agents"), port("http")];
+  return agents && http ? [agents, http] : null;
 }
 
 function tempDir(tag) {
@@ -110,21 +111,28 @@ class Master {
     fs.writeFileSync(path.join(dir, "token"), TOKEN + "\n");
     fs.writeFileSync(path.join(dir, "master.toml"),
       "capacity = " + (opts.capacity || 64) + "\nhistory_points = " + (opts.historyPoints || 600) +
-      "\nstate_dir = " + JSON.stringify(dir) + "\n" + (opts.extraToml || ""));
+      "\nstate_dir = " + JSON.stringify(dir) +
+      // Every simulated host connects from 127.0.0.1: no bound on new identities per address.
+      "\nnew_hosts_per_minute = 0\n" + (opts.extraToml || ""));
   }
 
+  // The first start binds 127.0.0.1:0 for both ports and reads the bound ports back from
+  // the master's --addr-file; a restart binds those same ports again.
   async start() {
-    if (!this.agentPort) {
-      this.agentPort = await freePort();
-      this.httpPort = await freePort();
-    }
+    const addrFile = path.join(this.dir, "addr");
+    fs.rmSync(addrFile, { force: true });
     this.child = start(BIN("sentinel-master"), [
       "--config", path.join(this.dir, "master.toml"),
-      "--listen", "127.0.0.1:" + this.agentPort,
-      "--http", "127.0.0.1:" + this.httpPort,
+      "--listen", "127.0.0.1:" + (this.agentPort || 0),
+      "--http", "127.0.0.1:" + (this.httpPort || 0),
+      "--addr-file", addrFile,
       "--shm-name", this.shm,
       "--token-file", path.join(this.dir, "token"),
     ], "master", path.join(this.dir, "master.log"));
+    [this.agentPort, this.httpPort] = await waitFor("master --addr-file", 15000, async () => {
+      if (!alive(this.child)) throw new Error("master exited; see " + path.join(this.dir, "master.log"));
+      return readAddrFile(addrFile);
+    }, 20);
     await waitFor("master /healthz", 15000, async () => {
       if (!alive(this.child)) throw new Error("master exited; see " + path.join(this.dir, "master.log"));
       const r = await getJson(this.httpPort, "/healthz");
@@ -167,6 +175,22 @@ function startAgent(master, dir, hostname, i, interval = "500ms") {
   ], "agent " + i, path.join(dir, "agent-" + i + ".log"));
 }
 
+// One simulated host (sentinel-loadgen, the real protocol) named load-<idBase, 5 digits>
+// whose agent_version, os, kernel, cpu_model and first mount point are `text`: hostnames
+// are limited to A-Z a-z 0-9 - . _, so hostile text reaches the dashboard through these.
+function startHostileHost(master, dir, idBase, text, interval = "500ms") {
+  return start(BIN("sentinel-loadgen"), [
+    "run",
+    "--master", "127.0.0.1:" + master.agentPort,
+    "--agents", "1",
+    "--interval", interval,
+    "--duration", "600s",
+    "--token-file", path.join(master.dir, "token"),
+    "--id-base", String(idBase),
+    "--host-text", text,
+  ], "loadgen " + idBase, path.join(dir, "loadgen-" + idBase + ".log"));
+}
+
 async function cleanup(master) {
   for (const c of [...children]) {
     try { await stop(c, "SIGTERM", 5000); } catch (_) { /* gone */ }
@@ -194,6 +218,6 @@ async function closeBrowser(context) {
 }
 
 module.exports = {
-  ROOT, ARTIFACTS, TOKEN, BIN, log, freePort, tempDir, start, stop, alive, waitFor, getJson,
-  Master, startAgent, cleanup, launchBrowser, closeBrowser, children,
+  ROOT, ARTIFACTS, TOKEN, BIN, log, readAddrFile, tempDir, start, stop, alive, waitFor, getJson,
+  Master, startAgent, startHostileHost, cleanup, launchBrowser, closeBrowser, children,
 };

@@ -25,7 +25,7 @@ fi
 # The dashboard test runs the debug binaries; the 5,000-host measurement runs the binaries
 # that ship (one release build of master and loadgen, reused when up to date).
 if [ "$what" != perf ]; then
-    (cd "$root" && cargo build -q -p sentinel-master -p sentinel-agent)
+    (cd "$root" && cargo build -q -p sentinel-master -p sentinel-agent -p sentinel-loadgen)
 fi
 if [ "$what" != dashboard ]; then
     (cd "$root" && cargo build -q --release -p sentinel-master -p sentinel-loadgen)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sentinel against a real Prometheus (Debian's `prometheus` package, which also gives
-# `promtool`): the #[ignore]d tests of master/tests/prometheus.rs.
+# `promtool`): the #[ignore]d tests of tests/tests/prometheus.rs.
 #   - promtool check metrics on /metrics; a Prometheus scraping the master answers PromQL
 #     with every host's CPU and sentinel_host_up (~10 s)
 #   - remote_write across a 20 s master outage in a 60 s run: every sample in Prometheus (~65 s)
@@ -13,4 +13,4 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
 fi
 cd "$root"
 cargo build -q --workspace --bins
-exec cargo test -q -p sentinel-master --test prometheus -- --ignored --test-threads 1 --nocapture "$@"
+exec cargo test -q -p sentinel-tests --test prometheus -- --ignored --test-threads 1 --nocapture "$@"

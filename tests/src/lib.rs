@@ -4,9 +4,12 @@
 //! Every process a test starts is owned by a guard that kills it by PID on drop, and every
 //! master gets its own shared-memory segment name, so a failing test leaves nothing behind.
 
+/// Either release of master and agent side by side (tests/tests/compat.rs).
+pub mod compat;
+
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,6 +19,9 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
+
+mod fake_master;
+pub use fake_master::{FakeMaster, MasterConn, ReservedPort, AGENT_DEADLINE};
 
 pub const TOKEN: &str = "e2e-fleet-token";
 
@@ -42,13 +48,72 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// 127.0.0.1 port 0: the kernel picks a free port when the master binds, and the harness
+/// reads the port back from the master's `--addr-file` (no port is picked by binding and
+/// releasing it, which races with every other process on the machine).
+pub const ANY_LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// How long a master gets to bind its listeners and write its `--addr-file`.
+pub const ADDR_FILE_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until a master started with `--addr-file path` wrote its bound addresses, and
+/// returns (agents, http). `None` if `child` exited first (a master that refused to start)
+/// or nothing came within `timeout`.
+pub fn read_addr_file(
+    path: &Path,
+    child: &mut Child,
+    timeout: Duration,
+) -> Option<(SocketAddr, SocketAddr)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(addrs) = parse_addr_file(&fs::read_to_string(path).unwrap_or_default()) {
+            return Some(addrs);
+        }
+        if !matches!(child.try_wait(), Ok(None)) || Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `agents=ADDR` and `http=ADDR` lines of an address file (docs/CONTRACT.md).
+pub fn parse_addr_file(text: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((field("agents")?, field("http")?))
+}
+
+/// `asked` with the port the master reported when `asked` had port 0 (the reported IP is
+/// the bound one, e.g. 0.0.0.0, so the asked one is kept).
+fn with_bound_port(asked: SocketAddr, bound: SocketAddr) -> SocketAddr {
+    if asked.port() == 0 {
+        SocketAddr::new(asked.ip(), bound.port())
+    } else {
+        asked
+    }
+}
+
+/// Environment variable that replays a test's random faults: the `seed=` a run printed.
+pub const SEED_ENV: &str = "SENTINEL_TEST_SEED";
+
+/// The random number generator of a test's faults (random bytes, a random moment to kill,
+/// a shuffled order): seeded from `SENTINEL_TEST_SEED` if set, else at random, and the seed
+/// is printed (`<what>: seed=N`; cargo test shows it for a failing test) so that a failure
+/// can be replayed with `SENTINEL_TEST_SEED=N`.
+pub fn test_rng(what: &str) -> fastrand::Rng {
+    let seed = match std::env::var(SEED_ENV) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{SEED_ENV}={text:?} is not a u64")),
+        Err(_) => fastrand::u64(..),
+    };
+    eprintln!("{what}: seed={seed} (replay with {SEED_ENV}={seed})");
+    fastrand::Rng::with_seed(seed)
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -90,6 +155,35 @@ pub fn http_request(
     stream.flush()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
+    Ok((status, head.to_string(), body.to_string()))
+}
+
+/// One HTTP/1.0 request with any method and extra header lines (each ending in CRLF) on a
+/// new connection: (status, head, body).
+pub fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<(u16, String, String)> {
+    let timeout = Duration::from_secs(10);
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n{headers}\r\n"
+    )?;
+    s.flush()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -198,12 +292,12 @@ impl Master {
 
     /// A master on loopback with extra flags.
     pub fn start_with(extra_args: &[&str]) -> Master {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        Self::start_in(None, listen, http, extra_args)
+        Self::start_in(None, ANY_LOOPBACK, ANY_LOOPBACK, extra_args)
     }
 
-    /// A master listening on `listen`/`http`, inside network namespace `netns` if given.
+    /// A master listening on `listen`/`http`, inside network namespace `netns` if given. A
+    /// port 0 is replaced by the one the master bound (read from its `--addr-file`); a
+    /// restart keeps that concrete port.
     pub fn start_in(
         netns: Option<&str>,
         listen: SocketAddr,
@@ -226,9 +320,21 @@ impl Master {
     /// files the config names). It does not wait for /healthz: with HTTPS or basic auth the
     /// test knows how to ask.
     pub fn start_configured(config: &str, dir: tempfile::TempDir) -> Master {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        Self::spawn_configured(None, listen, http, &[], config, dir)
+        Self::spawn_configured(None, ANY_LOOPBACK, ANY_LOOPBACK, &[], config, dir)
+    }
+
+    /// A master on loopback with `config` as its master.toml and extra flags, once healthy.
+    pub fn start_with_config(config: &str, extra_args: &[&str]) -> Master {
+        let m = Self::spawn_configured(
+            None,
+            ANY_LOOPBACK,
+            ANY_LOOPBACK,
+            extra_args,
+            config,
+            tempfile::tempdir().unwrap(),
+        );
+        m.wait_healthy(Duration::from_secs(10));
+        m
     }
 
     fn spawn_configured(
@@ -255,7 +361,7 @@ impl Master {
             netns,
             config,
         );
-        Master {
+        let mut m = Master {
             child,
             listen,
             http,
@@ -266,6 +372,26 @@ impl Master {
             extra_args,
             netns: netns.map(str::to_string),
             config: config.to_string(),
+        };
+        m.read_bound_addrs();
+        m
+    }
+
+    /// Replaces a port 0 in `listen`/`http` by the port the master reported in its
+    /// `--addr-file`. A master that exits at start (a test of a refused config) reports
+    /// nothing: the test sees its exit status, its addresses keep port 0. A running master
+    /// that reports nothing in time fails the test (dropping `self` kills it).
+    fn read_bound_addrs(&mut self) {
+        match read_addr_file(&addr_file(&self.dir), &mut self.child, ADDR_FILE_WAIT) {
+            Some((agents, http)) => {
+                self.listen = with_bound_port(self.listen, agents);
+                self.http = with_bound_port(self.http, http);
+            }
+            None => assert!(
+                !matches!(self.child.try_wait(), Ok(None)),
+                "the master wrote no --addr-file within {ADDR_FILE_WAIT:?}; log:\n{}",
+                self.log_text()
+            ),
         }
     }
 
@@ -416,6 +542,11 @@ impl Master {
     }
 }
 
+/// Where a harness master reports its bound addresses (`--addr-file`).
+fn addr_file(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("addr")
+}
+
 #[allow(clippy::too_many_arguments)]
 fn spawn_master(
     dir: &tempfile::TempDir,
@@ -431,6 +562,9 @@ fn spawn_master(
     // Never the default path: whatever /etc/sentinel holds on the test machine is ignored.
     let config = dir.path().join("master.toml");
     fs::write(&config, config_text).unwrap();
+    // A restart must not read the previous supervisor's file.
+    let addr_file = addr_file(dir);
+    let _ = fs::remove_file(&addr_file);
     let mut cmd = match netns {
         None => Command::new(bin("sentinel-master")),
         Some(ns) => {
@@ -448,6 +582,8 @@ fn spawn_master(
         .args(["--shm-name", shm_name])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
+        .arg("--addr-file")
+        .arg(&addr_file)
         .args(extra_args)
         .env("SENTINEL_LOG", "info")
         .stdin(Stdio::null())
@@ -516,6 +652,49 @@ impl Agent {
         opts: &AgentOpts,
     ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
+        Self::spawn_in(master, token_file, hostname, interval, opts, dir)
+    }
+
+    /// An agent whose state directory starts as a copy of `from`'s (its `agent-id` and
+    /// `agent-key`, whichever exist): a cloned machine, the same host after a restart, or
+    /// (without `agent-key`) a reinstalled host that kept its id and lost its key.
+    pub fn start_with_state_of(
+        master: &Master,
+        hostname: &str,
+        interval: &str,
+        from: &Agent,
+    ) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["agent-id", "agent-key"] {
+            let src = from.state_dir().join(name);
+            if src.exists() {
+                fs::copy(&src, dir.path().join(name))
+                    .unwrap_or_else(|e| panic!("copy {name}: {e}"));
+            }
+        }
+        Self::spawn_in(
+            master.listen,
+            &master.token_file,
+            hostname,
+            interval,
+            &AgentOpts::default(),
+            dir,
+        )
+    }
+
+    /// The agent's `--state-dir` (agent-id, agent-key, spool).
+    pub fn state_dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    fn spawn_in(
+        master: SocketAddr,
+        token_file: &Path,
+        hostname: &str,
+        interval: &str,
+        opts: &AgentOpts,
+        dir: tempfile::TempDir,
+    ) -> Agent {
         let log = dir.path().join("agent.log");
         let config = dir.path().join("agent.toml");
         fs::write(&config, &opts.config).unwrap();
@@ -528,6 +707,8 @@ impl Agent {
             }
         };
         let child = cmd
+            .env("SENTINEL_LOG", "info")
+            // After the default, so a test can ask for SENTINEL_LOG=debug.
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(&config)
@@ -550,7 +731,6 @@ impl Agent {
                     .flatten(),
             )
             .args(&opts.args)
-            .env("SENTINEL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
@@ -576,12 +756,30 @@ impl Agent {
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until its log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        wait_for(timeout, &format!("{needle:?} in the agent's log"), || {
+            self.log_text().contains(needle).then_some(())
+        });
+    }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         stop_child(&mut self.child, Signal::SIGKILL);
     }
+}
+
+/// The cores an agent reports (`cpu_cores_percent` entries, `host.cpu_count`): the `cpuN`
+/// lines of /proc/stat, every online core. Not `available_parallelism()`, which follows this
+/// process's CPU affinity and cgroup quota and so differs on a CI runner or in a container.
+pub fn online_cpus() -> usize {
+    fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count()
 }
 
 /// MemTotal of this machine in bytes.
@@ -758,6 +956,20 @@ impl Master {
         self.pids().into_iter().map(rss_kib).sum()
     }
 
+    /// Waits until a line of the current log contains every one of `words`; returns it.
+    pub fn wait_log(&self, words: &[&str], timeout: Duration) -> String {
+        wait_for(
+            timeout,
+            &format!("a master log line with {words:?}"),
+            || {
+                self.log_text()
+                    .lines()
+                    .find(|l| words.iter().all(|w| l.contains(w)))
+                    .map(str::to_string)
+            },
+        )
+    }
+
     /// Log lines containing every one of `words`.
     pub fn log_lines_with(&self, words: &[&str]) -> usize {
         self.log_text()
@@ -775,7 +987,40 @@ pub struct Peer {
 
 impl Peer {
     pub fn connect(addr: SocketAddr) -> Peer {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        Self::try_connect(addr).unwrap()
+    }
+
+    /// [`Peer::connect`] that returns the error (a peer that reconnects in a loop).
+    pub fn try_connect(addr: SocketAddr) -> std::io::Result<Peer> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(8)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(8)))?;
+        Ok(Peer {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The next frame, expected to be an ack: its sequence number.
+    pub fn ack(&mut self) -> u64 {
+        match self.read() {
+            Some(sentinel_protocol::MasterMessage::Ack(a)) => a.seq,
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+
+    /// A connection from `source` (another loopback address such as 127.0.0.2, so the
+    /// master sees a second peer address), bound before it connects.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Peer {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .expect("bind the peer's source address");
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(5))
+            .unwrap();
+        let stream: TcpStream = socket.into();
         stream
             .set_read_timeout(Some(Duration::from_secs(8)))
             .unwrap();
@@ -858,11 +1103,67 @@ impl Peer {
         token: &str,
     ) -> Option<sentinel_protocol::MasterMessage> {
         let nonce = self.challenge();
+        self.hello(&nonce, hello, token)
+    }
+
+    /// [`Peer::handshake`] for a peer that outlives masters going away (a reconnect loop):
+    /// `None` instead of a panic when no challenge comes.
+    pub fn try_handshake(
+        &mut self,
+        hello: &sentinel_protocol::Hello,
+        token: &str,
+    ) -> Option<sentinel_protocol::MasterMessage> {
+        let Some(sentinel_protocol::MasterMessage::Challenge(c)) = self.read() else {
+            return None;
+        };
+        let nonce: sentinel_protocol::Nonce = c.nonce.as_slice().try_into().ok()?;
+        self.hello(&nonce, hello, token)
+    }
+
+    /// Sends `hello` with the proof for `nonce` and `token`; returns the master's answer.
+    fn hello(
+        &mut self,
+        nonce: &sentinel_protocol::Nonce,
+        hello: &sentinel_protocol::Hello,
+        token: &str,
+    ) -> Option<sentinel_protocol::MasterMessage> {
+        let mut hello = hello.clone();
+        hello.proof = sentinel_protocol::proof(token.as_bytes(), nonce, &hello.agent_id).to_vec();
+        if !self.send(&sentinel_protocol::AgentMessage::Hello(hello)) {
+            return None;
+        }
+        self.read()
+    }
+
+    /// [`Peer::handshake`] with an Ed25519 `key` (PROTOCOL.md section 3): the hello carries its
+    /// public key and a key proof over this connection's nonce, `hello.run_id` and agent id.
+    pub fn handshake_with_key(
+        &mut self,
+        hello: &sentinel_protocol::Hello,
+        token: &str,
+        key: &ring::signature::Ed25519KeyPair,
+    ) -> Option<sentinel_protocol::MasterMessage> {
+        use ring::signature::KeyPair;
+        let nonce = self.challenge();
         let mut hello = hello.clone();
         hello.proof = sentinel_protocol::proof(token.as_bytes(), &nonce, &hello.agent_id).to_vec();
+        let msg = sentinel_protocol::auth::key_message(&nonce, hello.run_id, &hello.agent_id);
+        hello.key = Some(key.public_key().as_ref().to_vec());
+        hello.key_proof = Some(key.sign(&msg).as_ref().to_vec());
         self.send(&sentinel_protocol::AgentMessage::Hello(hello));
         self.read()
     }
+}
+
+/// The key pair an agent keeps in `<state_dir>/agent-key`.
+pub fn agent_key(state_dir: &Path) -> ring::signature::Ed25519KeyPair {
+    let doc = fs::read(state_dir.join("agent-key")).expect("agent-key");
+    ring::signature::Ed25519KeyPair::from_pkcs8(&doc).expect("a PKCS#8 Ed25519 key")
+}
+
+/// A key pair that is no agent's (a forger's), from a fixed seed.
+pub fn forged_key(seed: u8) -> ring::signature::Ed25519KeyPair {
+    ring::signature::Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("seed")
 }
 
 /// A hello that passes every check (the proof is filled in by [`Peer::handshake`]).
@@ -877,6 +1178,8 @@ pub fn test_hello(agent_id: &str, hostname: &str, run_id: u64) -> sentinel_proto
         agent_version: "test".into(),
         host: sentinel_protocol::HostInfo::default(),
         proof: vec![0; 32],
+        key: None,
+        key_proof: None,
     }
 }
 

@@ -82,7 +82,12 @@ fn ack_of(p: &mut Peer, msg: &AgentMessage) -> u64 {
 /// After a good handshake, `msg` must be refused `invalid` and logged with `word`.
 fn refuse_after_handshake(master: &Master, case: &str, msg: &[u8], word: &str) {
     let id = format!("{:032x}", fastrand::u128(..));
-    let mut p = welcomed(master, &id, case, 1);
+    // The case as a hostname within the allowed characters (PROTOCOL.md section 4).
+    let hostname: String = case
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let mut p = welcomed(master, &id, &hostname, 1);
     p.send_body(msg);
     let r = p.refusal();
     assert_eq!(
@@ -169,12 +174,11 @@ fn malformed_frames_and_values_are_refused_naming_the_peer_while_an_agent_stream
     });
     let rss_before = master.rss_kib();
     let seq_before = master.host("honest").unwrap()["last_seq"].as_u64().unwrap();
+    let mut rng = test_rng("malformed frames");
 
     // Random bytes, as the first frame and instead of any frame.
     for i in 0..5 {
-        let noise: Vec<u8> = (0..fastrand::usize(1..8192))
-            .map(|_| fastrand::u8(..))
-            .collect();
+        let noise: Vec<u8> = (0..rng.usize(1..8192)).map(|_| rng.u8(..)).collect();
         let mut p = Peer::connect(master.listen);
         p.challenge();
         p.send_raw(&noise);
@@ -189,9 +193,7 @@ fn malformed_frames_and_values_are_refused_naming_the_peer_while_an_agent_stream
     }
     // Random bodies inside well-formed frames.
     for _ in 0..5 {
-        let noise: Vec<u8> = (0..fastrand::usize(1..8192))
-            .map(|_| fastrand::u8(..))
-            .collect();
+        let noise: Vec<u8> = (0..rng.usize(1..8192)).map(|_| rng.u8(..)).collect();
         refuse_first_frame(
             &master,
             "random body",
@@ -368,6 +370,7 @@ fn malformed_frames_and_values_are_refused_naming_the_peer_while_an_agent_stream
             fs_type: "t".repeat(limits::MAX_TEXT_BYTES),
             total_bytes: u64::MAX,
             available_bytes: u64::MAX,
+            free_bytes: None,
         })
         .collect();
     s.interfaces = (0..limits::MAX_INTERFACES)
@@ -375,6 +378,7 @@ fn malformed_frames_and_values_are_refused_naming_the_peer_while_an_agent_stream
             name: format!("{i:0>256}"),
             rx_bytes: u64::MAX,
             tx_bytes: u64::MAX,
+            is_virtual: None,
         })
         .collect();
     assert_eq!(ack_of(&mut p, &AgentMessage::Sample(s.clone())), 1);
@@ -559,11 +563,20 @@ fn sequence_numbers_going_backwards_are_duplicates_never_counted_twice() {
     for seq in [3, 1, 5] {
         assert_eq!(ack_of(&mut p, &AgentMessage::Sample(test_sample(seq))), 5);
     }
-    // A batch that goes backwards inside itself.
+    // A batch that goes backwards inside itself is refused whole (PROTOCOL.md: strictly
+    // ascending), nothing of it stored; the same samples one frame each are acked at the
+    // high-water mark.
     let batch = Batch {
         samples: vec![test_sample(7), test_sample(6), test_sample(2)],
     };
-    assert_eq!(ack_of(&mut p, &AgentMessage::Batch(batch)), 7);
+    p.send(&AgentMessage::Batch(batch));
+    let refused = p.refusal().expect("refused");
+    assert_eq!(refused.code, "invalid", "{refused:?}");
+    assert!(refused.reason.contains("ascending"), "{refused:?}");
+    let mut p = welcomed(&master, id, "backwards", 1);
+    for seq in [7, 6, 2] {
+        assert_eq!(ack_of(&mut p, &AgentMessage::Sample(test_sample(seq))), 7);
+    }
     let h = master.host("backwards").unwrap();
     assert_eq!(
         (
@@ -574,7 +587,7 @@ fn sequence_numbers_going_backwards_are_duplicates_never_counted_twice() {
         (7, 6, 5),
         "{h}"
     );
-    // The gap left by the batch (6 arrived after 7) is counted once as missing, never healed
+    // The gap left (6 arrived after 7) is counted once as missing, never healed
     // by the late sample: received + missing == last_seq.
     assert_eq!(u64_field(&h, "samples_missing"), 1, "{h}");
     // The extremes of u64 (an agent that jumps to the end, in two runs) and of its clock:

@@ -63,10 +63,11 @@ fn collector_sigkilled_20_times_loses_nothing_and_http_keeps_answering() {
     };
 
     let mut recoveries = Vec::new();
+    let mut rng = test_rng("collector kills");
     for i in 0..KILLS {
         let old = master.collector_pid().expect("collector pid in /healthz");
         // A random moment within a few sample periods.
-        std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
+        std::thread::sleep(Duration::from_millis(rng.u64(0..300)));
         kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
         let t = Instant::now();
         let new = wait_for(Duration::from_secs(5), "a new collector", || {

@@ -289,14 +289,15 @@ fn sigkill_of_collector_http_and_supervisor_in_loops_loses_nothing() {
         .iter()
         .flat_map(|v| std::iter::repeat_n(*v, EACH))
         .collect();
-    fastrand::shuffle(&mut victims);
+    let mut rng = test_rng("kill rotation");
+    rng.shuffle(&mut victims);
     // Windows in which the HTTP process itself was dead (requests may fail only inside).
     let mut http_down: Vec<(Instant, Instant)> = Vec::new();
     let mut back_ms: Vec<(Victim, u64)> = Vec::new();
     for (i, victim) in victims.iter().enumerate() {
         let before = last_seqs(&master, &REAL).expect("hosts");
         let health = master.wait_healthy(Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(fastrand::u64(0..500))); // a random moment
+        std::thread::sleep(Duration::from_millis(rng.u64(0..500))); // a random moment
         let t = Instant::now();
         match victim {
             Victim::Collector => {

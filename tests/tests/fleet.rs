@@ -33,7 +33,7 @@ fn three_agents_are_up_within_3s_with_real_memory_cpu_and_load() {
     names.sort();
     assert_eq!(names, ["alpha", "bravo", "charlie"]);
     let mem_total = mem_total_bytes();
-    let cores = std::thread::available_parallelism().unwrap().get() as f64;
+    let cores = online_cpus() as f64;
     for h in &hosts {
         assert_eq!(
             u64_field(h, "mem_total_bytes"),

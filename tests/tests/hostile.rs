@@ -172,7 +172,8 @@ fn hostile_peers_are_refused_with_a_logged_reason_while_agents_keep_streaming() 
     // Random bytes.
     let mut c = Peer::connect(master.listen);
     c.challenge();
-    let noise: Vec<u8> = (0..4096).map(|_| fastrand::u8(..)).collect();
+    let mut rng = test_rng("random bytes");
+    let noise: Vec<u8> = (0..4096).map(|_| rng.u8(..)).collect();
     c.send_raw(&noise);
     c.refusal();
     assert_logged(

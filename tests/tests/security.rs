@@ -9,16 +9,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sentinel_protocol::*;
 use sentinel_tests::*;
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
 
 /// A process this test started, killed by PID on drop.
 struct Guard(Child);
@@ -48,15 +44,17 @@ fn the_packaged_config_refuses_to_start_without_its_fleet_token() {
     }
     // The packaged file as is; only the addresses, segment and state are moved aside.
     let dir = tempfile::tempdir().unwrap();
-    let (listen, http) = (loopback(), loopback());
     let shm = format!("sentinel-sec-{}", std::process::id());
+    let addr_file = dir.path().join("addr");
     let out = Command::new(bin("sentinel-master"))
         .arg("--config")
         .arg(&packaged)
-        .args(["--listen", &listen.to_string(), "--http", &http.to_string()])
+        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .args(["--shm-name", &shm])
         .arg("--state-dir")
         .arg(dir.path())
+        .arg("--addr-file")
+        .arg(&addr_file)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -68,8 +66,8 @@ fn the_packaged_config_refuses_to_start_without_its_fleet_token() {
         "the error names the missing token file: {stderr}"
     );
     assert!(
-        TcpStream::connect(listen).is_err(),
-        "nothing listens for agents"
+        !addr_file.exists() && !stderr.contains("sentinel-master listening"),
+        "nothing listens for agents: {stderr}"
     );
     assert!(
         !Path::new("/dev/shm").join(&shm).exists(),
@@ -170,13 +168,15 @@ fn no_secret_is_ever_logged_even_at_debug_level() {
     fs::write(&token_file, format!("{token}\n")).unwrap();
     let config = dir.path().join("empty.toml");
     fs::write(&config, "").unwrap();
-    let (listen, http) = (loopback(), loopback());
     let shm_name = format!("sentinel-sec-{}-debug", std::process::id());
     let log = dir.path().join("master.log");
+    let addr_file = dir.path().join("addr");
     let child = Command::new(bin("sentinel-master"))
         .arg("--config")
         .arg(&config)
-        .args(["--listen", &listen.to_string(), "--http", &http.to_string()])
+        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--addr-file")
+        .arg(&addr_file)
         .arg("--token-file")
         .arg(&token_file)
         .args(["--shm-name", &shm_name])
@@ -189,10 +189,10 @@ fn no_secret_is_ever_logged_even_at_debug_level() {
         .spawn()
         .unwrap();
     // Owned by the harness's Master from here on: its Drop kills the tree and the segment.
-    let master = Master {
+    let mut master = Master {
         child,
-        listen,
-        http,
+        listen: ANY_LOOPBACK,
+        http: ANY_LOOPBACK,
         shm_name,
         dir: tempfile::tempdir().unwrap(),
         log,
@@ -201,6 +201,9 @@ fn no_secret_is_ever_logged_even_at_debug_level() {
         netns: None,
         config: String::new(),
     };
+    (master.listen, master.http) = read_addr_file(&addr_file, &mut master.child, ADDR_FILE_WAIT)
+        .expect("the master reports its bound addresses");
+    let listen = master.listen;
     master.wait_healthy(Duration::from_secs(10));
     let agent_log = dir.path().join("agent.log");
     let agent_dir = dir.path().join("agent");
@@ -249,11 +252,9 @@ fn no_secret_is_ever_logged_even_at_debug_level() {
     p.read();
     drop(p);
     kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "agent did not stop");
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(Duration::from_secs(5), "the agent to stop", || {
+        agent.0.try_wait().unwrap()
+    });
     let master_log = master.log_text();
     let agent_text = fs::read_to_string(&agent_log).unwrap();
     // (The master has no debug-level lines of its own today; the agent has.)

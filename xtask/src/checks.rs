@@ -9,7 +9,7 @@ use crate::tools;
 use crate::util::{self, Result};
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -336,9 +336,9 @@ const BINFMT_AARCH64: &str = r":qemu-aarch64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00
 fn master_healthz_aarch64(out: &Path, work: &Path) -> Result<String> {
     let bin = out.join(dist::bin_name("sentinel-master", ARCHES[1]));
     qemu()?;
-    let listen = free_port()?;
-    let http = free_port()?;
     let shm = format!("sentinel-check-{}", std::process::id());
+    let addr_file = work.join("qemu-master.addr");
+    let _ = fs::remove_file(&addr_file);
     let empty_config = work.join("qemu-master.toml");
     fs::write(&empty_config, "").map_err(|e| e.to_string())?;
     let log_path = work.join("master-qemu.log");
@@ -359,12 +359,9 @@ fn master_healthz_aarch64(out: &Path, work: &Path) -> Result<String> {
         )
         .arg("sh")
         .arg(&bin)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{listen}"),
-            "--http",
-            &format!("127.0.0.1:{http}"),
-        ])
+        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--addr-file")
+        .arg(&addr_file)
         .args(["--shm-name", &shm])
         // Its own (empty) config and state: nothing of the host's /etc or /var/lib.
         .arg("--config")
@@ -380,7 +377,12 @@ fn master_healthz_aarch64(out: &Path, work: &Path) -> Result<String> {
     // unshare and sh both exec, so this PID is the supervisor's.
     let pid = child.id();
     let deadline = Instant::now() + QEMU_DEADLINE;
+    let http = util::read_addr_file(&addr_file, &mut child, QEMU_DEADLINE).map(|(_, h)| h.port());
     let answer = loop {
+        let http = match http {
+            Ok(port) => port,
+            Err(ref e) => break Err(e.clone()),
+        };
         if let Ok(Some(status)) = child.try_wait() {
             break Err(format!("master exited early: {status}"));
         }
@@ -418,38 +420,13 @@ fn master_healthz_aarch64(out: &Path, work: &Path) -> Result<String> {
     Ok(format!("HTTP 200 {body}; stopped pid {pid} with SIGTERM"))
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-/// Minimal HTTP/1.1 GET on 127.0.0.1: (status code, body).
+/// `GET path` on 127.0.0.1:`port`: (status code, body).
 fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    util::http_get(
+        (Ipv4Addr::LOCALHOST, port).into(),
+        path,
+        Duration::from_secs(5),
     )
-    .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {response:.200}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .trim()
-        .to_string();
-    Ok((code, body))
 }
 
 /// SIGTERM to the process we started, by PID; SIGKILL if it is still there after 15 s.
@@ -723,10 +700,9 @@ fn syscall_fit(out: &Path) -> Result<String> {
     let dir = tempdir("strace")?;
     let master_bin = out.join(dist::bin_name("sentinel-master", ARCHES[0]));
     let agent_bin = out.join(dist::bin_name("sentinel-agent", ARCHES[0]));
-    let (listen, http) = (free_port()?, free_port()?);
-    let listen = format!("127.0.0.1:{listen}");
-    let http_addr = format!("127.0.0.1:{http}");
     let shm = format!("sentinel-check-strace-{}", std::process::id());
+    let addr_file = dir.join("master.addr");
+    let addr_arg = addr_file.to_string_lossy().into_owned();
     let master_state = dir.join("master-state");
     let agent_state = dir.join("agent-state");
     let master_trace = dir.join("master.trace");
@@ -737,9 +713,11 @@ fn syscall_fit(out: &Path) -> Result<String> {
         &master_bin,
         &[
             "--listen",
-            &listen,
+            "127.0.0.1:0",
             "--http",
-            &http_addr,
+            "127.0.0.1:0",
+            "--addr-file",
+            &addr_arg,
             "--shm-name",
             &shm,
             "--state-dir",
@@ -749,7 +727,10 @@ fn syscall_fit(out: &Path) -> Result<String> {
         ],
     )?;
     let exercised = (|| -> Result {
-        wait_until(Duration::from_secs(20), || {
+        let (listen, http) =
+            util::read_addr_file(&addr_file, master.child(), Duration::from_secs(20))?;
+        let (listen, http) = (listen.to_string(), http.port());
+        util::wait_until(Duration::from_secs(20), || {
             if master.exited() {
                 return Err("master exited early".to_string());
             }
@@ -768,7 +749,7 @@ fn syscall_fit(out: &Path) -> Result<String> {
                 "200ms",
             ],
         )?;
-        let streamed = wait_until(Duration::from_secs(20), || {
+        let streamed = util::wait_until(Duration::from_secs(20), || {
             if agent.exited() {
                 return Err("agent exited early".to_string());
             }
@@ -830,20 +811,6 @@ fn syscall_fit(out: &Path) -> Result<String> {
         Ok(summary.join("; "))
     } else {
         Err(problems.join("; "))
-    }
-}
-
-/// Polls `ready` every 100 ms until it says true, errs, or `limit` passes.
-fn wait_until(limit: Duration, mut ready: impl FnMut() -> Result<bool>) -> Result {
-    let deadline = Instant::now() + limit;
-    loop {
-        if ready()? {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("not ready within {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -1144,32 +1111,43 @@ fn run_as_service_user(root: &Path, work: &Path) -> Result<String> {
         return Err(format!("agent --once: {status} {text}"));
     }
 
-    let (listen, http) = (free_port()?, free_port()?);
-    let listen = format!("127.0.0.1:{listen}");
-    let http_addr = format!("127.0.0.1:{http}");
     let shm = format!("sentinel-check-deb-{}", std::process::id());
+    // Port 0 and the bound addresses read back from a file in the sentinel-owned state dir.
+    let addr_in_root = format!("/var/lib/sentinel/{shm}.addr");
+    let addr_file = root.join(addr_in_root.trim_start_matches('/'));
+    let _ = fs::remove_file(&addr_file);
     let mut master_args = as_sentinel.to_vec();
     master_args.extend([
         "/usr/bin/sentinel-master",
         "--config",
         "/etc/sentinel/master.toml",
         "--listen",
-        &listen,
+        "127.0.0.1:0",
         "--http",
-        &http_addr,
+        "127.0.0.1:0",
+        "--addr-file",
+        &addr_in_root,
         "--shm-name",
         &shm,
     ]);
     let master_log = work.join("master-in-root.log");
     let mut master = spawn_logged(debroot::chroot(root, &master_args), &master_log)?;
     let master_pid = master.id();
-    let health = wait_http(
-        &mut master,
-        http,
-        "/healthz",
-        Duration::from_secs(20),
-        |_| true,
-    );
+    let addrs = util::read_addr_file(&addr_file, &mut master, Duration::from_secs(20));
+    let (listen, http) = match &addrs {
+        Ok((agents, http)) => (agents.to_string(), http.port()),
+        Err(_) => (String::new(), 0),
+    };
+    let health = match &addrs {
+        Ok(_) => wait_http(
+            &mut master,
+            http,
+            "/healthz",
+            Duration::from_secs(20),
+            |_| true,
+        ),
+        Err(e) => Err(e.clone()),
+    };
 
     // The agent as the service runs it, plus the master address and the fleet token an
     // operator (or the Ansible role) would put into agent.toml.

@@ -6,12 +6,11 @@
 //! shows every failure; the summary at the end lists each step with its time and the command
 //! exits non-zero if any step failed. Steps that need root say SKIPPED when not run as root.
 
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::Instant;
 
 use crate::util::{self, Result};
-use crate::{checks, demo, dist};
+use crate::{checks, compat, demo, dist};
 
 /// Every step, in order: fast static checks first, then tests from the smallest scope up.
 const STEPS: &[(&str, &str)] = &[
@@ -28,6 +27,10 @@ const STEPS: &[(&str, &str)] = &[
     (
         "e2e",
         "end-to-end tests: real master and agents on loopback (tests/tests)",
+    ),
+    (
+        "compat",
+        "mixed-version fleet: the 0.1.0 agent and master (built from 280edf3, cached) against the new ones (tests/tests/compat.rs)",
     ),
     (
         "demo",
@@ -73,11 +76,6 @@ fn is_root() -> bool {
     util::stdout(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0")
 }
 
-fn free_addr() -> Result<String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.to_string())
-}
-
 /// Runs a suite's own entry script (it installs what it needs and says SKIPPED itself).
 fn script(path: &str, args: &[&str]) -> Result<Outcome> {
     let root = util::root();
@@ -121,22 +119,39 @@ fn step(name: &str) -> Result<Outcome> {
             "sentinel-tests",
         ]))?,
         // One test at a time: each starts its own master and agents and some assert timings.
-        "e2e" => util::run(in_root(cargo()).args([
-            "test",
-            "-p",
-            "sentinel-tests",
-            "--",
-            "--test-threads",
-            "1",
-        ]))?,
+        // Without the 0.1.0 binaries the compat tests say SKIPPED here: they run once, below.
+        "e2e" => util::run(
+            in_root(cargo())
+                .args(["test", "-p", "sentinel-tests", "--", "--test-threads", "1"])
+                .env_remove(compat::BIN_DIR_ENV),
+        )?,
+        "compat" => {
+            let bins = compat::release_bins()?;
+            // The new side: the debug binaries the test harness runs (warm after `build`).
+            util::run(in_root(cargo()).args([
+                "build",
+                "--bins",
+                "-p",
+                "sentinel-agent",
+                "-p",
+                "sentinel-master",
+            ]))?;
+            util::run(
+                in_root(cargo())
+                    .args(["test", "-p", "sentinel-tests", "--test", "compat"])
+                    .args(["--", "--test-threads", "1", "--nocapture"])
+                    .env(compat::BIN_DIR_ENV, &bins),
+            )?;
+        }
         "demo" => {
             let args: Vec<String> = [
                 "--debug",
                 "--check",
+                // Port 0: the master binds free ports and the demo reads them back.
                 "--listen",
-                &free_addr()?,
+                "127.0.0.1:0",
                 "--http",
-                &free_addr()?,
+                "127.0.0.1:0",
             ]
             .iter()
             .map(|s| s.to_string())

@@ -2,8 +2,8 @@
 //! agent for this machine under target/demo, prints the dashboard URL, and stops both on
 //! Ctrl-C (or, with `--check`, as soon as this host shows `up`, for a smoke test).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,7 +38,8 @@ fn parse(args: &[String]) -> Result<Options> {
                 println!(
                     "cargo xtask demo [--listen ADDR] [--http ADDR] [--check] [--debug]\n\
                      Builds and starts a master and an agent for this machine; Ctrl-C stops them.\n\
-                     --http 0.0.0.0:7411 makes the dashboard reachable from other machines.\n\
+                     --http 0.0.0.0:7411 makes the dashboard reachable from other machines;\n\
+                     port 0 lets the kernel pick free ports (the URLs printed are the real ones).\n\
                      --check exits 0 once this host is `up` (smoke test); --debug skips the release build."
                 );
                 std::process::exit(0);
@@ -73,26 +74,26 @@ impl Drop for Guard {
     }
 }
 
+/// The body of a 200 answer to `GET path`, else None.
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    // hyper answers an HTTP/1.0 request as HTTP/1.0.
-    let status = text.split_whitespace().nth(1)?;
-    (status == "200").then_some(text)
+    match crate::util::http_get(addr, path, Duration::from_secs(2)) {
+        Ok((200, body)) => Some(body),
+        _ => None,
+    }
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        if Instant::now() > deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    crate::util::wait_until(timeout, || Ok(ok()))
+        .map_err(|e| format!("waiting for {what}: {e}").into())
+}
+
+/// Where this machine reaches a listener bound to `addr` (0.0.0.0 is every local address).
+fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
     }
-    Ok(())
 }
 
 fn spawn(bin: &Path, args: &[&str], log: &Path) -> Result<Guard> {
@@ -139,18 +140,12 @@ pub fn run(args: &[String]) -> Result<()> {
     for f in ["master.toml", "agent.toml"] {
         std::fs::write(dir.join(f), "")?;
     }
-    let http: SocketAddr = o
-        .http
-        .parse()
-        .map_err(|e| format!("--http {}: {e}", o.http))?;
-    let probe = if http.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], http.port()))
-    } else {
-        http
-    };
     let d = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    // The master reports what it bound (port 0 included: `--listen 127.0.0.1:0`).
+    let addr_file = dir.join("master.addr");
+    let _ = std::fs::remove_file(&addr_file);
 
-    let _master = spawn(
+    let mut master = spawn(
         &bins.join("sentinel-master"),
         &[
             "--config",
@@ -163,15 +158,21 @@ pub fn run(args: &[String]) -> Result<()> {
             &d("fleet-token"),
             "--shm-name",
             "sentinel-demo",
+            "--addr-file",
+            &d("master.addr"),
         ],
         &dir.join("master.log"),
     )?;
+    let (agents, http) =
+        crate::util::read_addr_file(&addr_file, &mut master.0, Duration::from_secs(15))
+            .map_err(|e| format!("{e} (see target/demo/master.log)"))?;
+    let probe = loopback_if_unspecified(http);
     wait_for(
         "the master's /healthz (see target/demo/master.log)",
         Duration::from_secs(15),
         || http_get(probe, "/healthz").is_some(),
     )?;
-    let agent_target = o.listen.replace("0.0.0.0", "127.0.0.1");
+    let agent_target = loopback_if_unspecified(agents).to_string();
     let _agent = spawn(
         &bins.join("sentinel-agent"),
         &[

@@ -3,10 +3,12 @@
 //! - `dist`            static musl binaries (x86_64, aarch64), .deb, .rpm and SHA256SUMS in target/dist/
 //! - `check-packages`  assert the deployables are static, run, lint clean and install (CI)
 //! - `demo`            build and start a master and an agent for this machine (README)
+//! - `compat-bins`     build (once, cached) the 0.1.0 binaries the mixed-version tests use
 //! - `ci`              everything CI runs (see ci.rs)
 
 mod checks;
 mod ci;
+mod compat;
 mod debroot;
 mod demo;
 mod dist;
@@ -33,10 +35,15 @@ commands:
   demo [--listen ADDR] [--http ADDR] [--check] [--debug]
         build Sentinel, start a master and an agent for this machine, print the dashboard
         URL; Ctrl-C stops both. --check exits once this host is up (smoke test).
+  compat-bins
+        print the directory of the 0.1.0 sentinel-agent and sentinel-master, built from
+        280edf3 into ${SENTINEL_CACHE_DIR:-/var/cache/sentinel-ci} (not root:
+        ~/.cache/sentinel-ci) when missing; run the mixed-version tests with
+        SENTINEL_COMPAT_BIN_DIR=<that directory>.
   ci [--only STEP,...] [--skip STEP,...]
         install what the tests need and run every test (the README's test command; CI runs
-        it). Steps: fmt clippy build unit e2e demo dist packages rollout prometheus browser
-        fuzz.
+        it). Steps: fmt clippy build unit e2e compat demo dist packages rollout prometheus
+        browser fuzz.
 ";
 
 fn main() -> ExitCode {
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
         "dist" => dist::Options::parse(rest).and_then(|o| dist::run(&o).map(|_| ())),
         "check-packages" => checks::Options::parse(rest).and_then(|o| checks::run(&o)),
         "ci" => ci::run(rest),
+        "compat-bins" => compat::release_bins().map(|dir| println!("{}", dir.display())),
         "demo" => demo::run(rest).map_err(|e| e.to_string()),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

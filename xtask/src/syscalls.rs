@@ -179,6 +179,11 @@ impl Traced {
         matches!(self.strace.try_wait(), Ok(Some(_)))
     }
 
+    /// strace itself (it exits with the traced program), e.g. to notice an early exit.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.strace
+    }
+
     /// Signals the traced program, after checking that the PID still runs it.
     fn signal(&self, signal: &str) {
         let exe = fs::read_link(format!("/proc/{}/exe", self.pid));

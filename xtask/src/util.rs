@@ -215,6 +215,86 @@ pub fn stdout_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
     }
 }
 
+/// Waits until a master started with `--addr-file path` wrote the addresses it bound
+/// (`agents=ADDR` and `http=ADDR` lines, docs/CONTRACT.md), so that it can listen on port 0
+/// instead of on a port picked by binding and releasing it (a race). Errs if `child` exits
+/// first or nothing comes within `limit`.
+pub fn read_addr_file(
+    path: &Path,
+    child: &mut Child,
+    limit: Duration,
+) -> Result<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        if let (Some(agents), Some(http)) = (field("agents"), field("http")) {
+            return Ok((agents, http));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the master exited before it listened: {status}"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the master wrote no addresses to {} within {limit:?}",
+                path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET path` over HTTP/1.0 (the server answers without chunking and closes): (status code,
+/// body). The one HTTP client of xtask (demo, package checks).
+pub fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("GET {path}: connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {response:.200}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .trim()
+        .to_string();
+    Ok((code, body))
+}
+
+/// Polls `ready` every 100 ms until it says true, errs, or `limit` passes. The one wait of
+/// xtask.
+pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> Result<bool>) -> Result {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("not ready within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::validate_version;
@@ -227,5 +307,33 @@ mod tests {
         for bad in ["", "v0.1.0", "0.1.0-1", "0.1 0", "0.1.0/1", "-1"] {
             assert!(validate_version(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_address_file_is_read_once_both_lines_are_there_and_an_exit_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("xtask-addr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("addr");
+        let mut running = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(&path, "agents=127.0.0.1:41234\nhttp=127.0.0.1:41235\n").unwrap();
+        let got = super::read_addr_file(&path, &mut running, std::time::Duration::from_secs(5));
+        let _ = running.kill();
+        let _ = running.wait();
+        assert_eq!(
+            got,
+            Ok((
+                "127.0.0.1:41234".parse().unwrap(),
+                "127.0.0.1:41235".parse().unwrap()
+            ))
+        );
+        std::fs::remove_file(&path).unwrap();
+        let mut exited = std::process::Command::new("true").spawn().unwrap();
+        let err = super::read_addr_file(&path, &mut exited, std::time::Duration::from_secs(5))
+            .unwrap_err();
+        assert!(err.contains("exited before it listened"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -173,10 +173,14 @@ mod tests {
         std::thread::sleep(super::super::PRIMING_DELAY);
         let mut s = Sample::default();
         cpu.collect(&mut s).unwrap();
-        assert_eq!(
-            s.cpu_cores_percent.len(),
-            std::thread::available_parallelism().unwrap().get()
-        );
+        // One entry per `cpuN` line of /proc/stat (every online core), which is not
+        // available_parallelism(): that one follows this process's affinity and cgroup quota.
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let cores = stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count();
+        assert_eq!(s.cpu_cores_percent.len(), cores);
         assert!((0.0..=100.0).contains(&s.cpu_percent));
     }
 }

@@ -109,15 +109,12 @@ impl Filesystems {
         let mut disks = Disks::new().map_err(|e| CollectError::sysinfo("disks", e))?;
         let mut listed_at: Option<Instant> = None;
         Ok(Self::with_source(Box::new(move || {
-            let storage = DiskRefreshKind::nothing().with_storage();
             if listed_at.is_none_or(|t| t.elapsed() >= RELIST_EVERY) {
-                // `true`: forget mounts that went away.
-                disks.refresh_specifics(true, storage);
+                // Only the mount list: the sizes come from our own statvfs below, which
+                // also gives the free blocks sysinfo does not expose. `true`: forget mounts
+                // that went away.
+                disks.refresh_specifics(true, DiskRefreshKind::nothing());
                 listed_at = Some(Instant::now());
-            } else {
-                for d in disks.iter_mut() {
-                    d.refresh_specifics(storage);
-                }
             }
             list(&disks)
         })))
@@ -252,15 +249,29 @@ impl Shared {
     }
 }
 
+/// Sizes of one filesystem from a single statvfs, as df reads them: blocks of `f_frsize`
+/// bytes; total `f_blocks`, available to users `f_bavail`, free including the blocks
+/// reserved for root `f_bfree`. `None` if statvfs fails or the filesystem has no blocks.
+pub fn sizes(mount: &std::path::Path) -> Option<(u64, u64, u64)> {
+    let st = rustix::fs::statvfs(mount).ok()?;
+    let bytes = |blocks: u64| blocks.saturating_mul(st.f_frsize);
+    let total = bytes(st.f_blocks);
+    // Clamped so that available <= free <= total holds as the protocol requires, whatever a
+    // filesystem driver reports.
+    let available = bytes(st.f_bavail).min(total);
+    let free = bytes(st.f_bfree).clamp(available, total);
+    (total > 0).then_some((total, available, free))
+}
+
 fn list(disks: &Disks) -> Vec<Filesystem> {
     let mut seen = HashSet::new();
     disks
         .iter()
-        .filter(|d| d.total_space() > 0)
         .filter(|d| is_real(&d.file_system().to_string_lossy()))
-        .filter(|d| seen.insert(d.name().to_owned()))
+        .filter_map(|d| sizes(d.mount_point()).map(|sz| (d, sz)))
+        .filter(|(d, _)| seen.insert(d.name().to_owned()))
         .take(MAX_FILESYSTEMS)
-        .map(|d| Filesystem {
+        .map(|(d, (total, available, free))| Filesystem {
             mount: truncate_text(
                 d.mount_point().to_string_lossy().into_owned(),
                 MAX_TEXT_BYTES,
@@ -269,8 +280,9 @@ fn list(disks: &Disks) -> Vec<Filesystem> {
                 d.file_system().to_string_lossy().into_owned(),
                 MAX_TEXT_BYTES,
             ),
-            total_bytes: d.total_space(),
-            available_bytes: d.available_space().min(d.total_space()),
+            total_bytes: total,
+            available_bytes: available,
+            free_bytes: Some(free),
         })
         .collect()
 }
@@ -297,6 +309,7 @@ mod tests {
             fs_type: "nfs4".into(),
             total_bytes: 100,
             available_bytes: 50,
+            free_bytes: None,
         }
     }
 

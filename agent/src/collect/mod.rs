@@ -64,8 +64,8 @@ pub struct Collector {
     filesystems: filesystems::Filesystems,
     network: network::Network,
     disk: disk::DiskIo,
-    /// Read once: uptime is derived from it and the clock.
-    boot_time_s: u64,
+    /// /proc/uptime, kept open: uptime and boot time per sample.
+    uptime: system::Uptime,
     processes: system::Processes,
     /// Last time each collector's error was logged, so a broken one does not flood the log.
     error_logged: HashMap<&'static str, Instant>,
@@ -83,7 +83,7 @@ impl Collector {
             filesystems: filesystems::Filesystems::new()?,
             network: network::Network::new(),
             disk: disk::DiskIo::new(),
-            boot_time_s: system::boot_time()?,
+            uptime: system::Uptime::new(),
             processes: system::Processes::new(),
             error_logged: HashMap::new(),
         })
@@ -114,7 +114,7 @@ impl Collector {
             ("disk", self.disk.collect(&mut s)),
             (
                 "system",
-                system::collect(self.boot_time_s, &mut self.processes, &mut s),
+                system::collect(&mut self.uptime, &mut self.processes, &mut s),
             ),
             ("filesystems", self.filesystems.collect(&mut s)),
         ];

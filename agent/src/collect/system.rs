@@ -3,11 +3,34 @@
 use sentinel_protocol::{limits::MAX_TEXT_BYTES, HostInfo, Sample};
 use sysinfo::{CpuRefreshKind, System};
 
-use super::{truncate_text, CollectError};
+use super::{procfile::ProcFile, truncate_text, CollectError};
 
-/// Boot time never changes while the agent runs; read it once.
-pub fn boot_time() -> Result<u64, CollectError> {
-    System::boot_time().map_err(|e| CollectError::sysinfo("boot time", e))
+/// The time since boot from /proc/uptime (the kernel's boot clock, CLOCK_BOOTTIME), kept
+/// open and re-read in place. Reading it per sample makes uptime follow the kernel whatever
+/// the wall clock does: "wall clock minus a boot time read at start" was 21.6 s off after a
+/// clock step.
+pub struct Uptime {
+    file: ProcFile,
+}
+
+impl Uptime {
+    pub fn new() -> Self {
+        Uptime {
+            file: ProcFile::new("/proc/uptime"),
+        }
+    }
+
+    /// Milliseconds since boot.
+    pub fn read_ms(&mut self) -> Result<u64, CollectError> {
+        parse_uptime_ms(self.file.read()?).ok_or(CollectError::Zero { what: "uptime" })
+    }
+}
+
+/// The first field of /proc/uptime ("12345.67 23456.78\n") in milliseconds; `None` if it is
+/// missing, malformed or zero.
+fn parse_uptime_ms(text: &str) -> Option<u64> {
+    let secs: f64 = text.split_ascii_whitespace().next()?.parse().ok()?;
+    (secs.is_finite() && secs > 0.0).then_some((secs * 1000.0) as u64)
 }
 
 /// How old the reported process count may be (docs/PROTOCOL.md says so for `procs`).
@@ -100,17 +123,19 @@ impl Processes {
     }
 }
 
-/// `boot_time_s` is read once at start: uptime follows from the clock without a file read.
+/// Uptime from the boot clock; the boot time is the wall clock minus it, as the kernel
+/// computes `btime` (so after a wall-clock step it moves with the clock, like `btime`).
 pub fn collect(
-    boot_time_s: u64,
+    uptime: &mut Uptime,
     processes: &mut Processes,
     s: &mut Sample,
 ) -> Result<(), CollectError> {
-    let now = std::time::SystemTime::now()
+    let up_ms = uptime.read_ms()?;
+    let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    s.boot_time_s = boot_time_s;
-    s.uptime_s = now.saturating_sub(boot_time_s);
+        .map_or(0, |d| d.as_millis() as u64);
+    s.uptime_s = up_ms / 1000;
+    s.boot_time_s = now_ms.saturating_sub(up_ms) / 1000;
     s.processes = processes.count()?;
     Ok(())
 }
@@ -135,5 +160,21 @@ pub fn host_info(sys: &mut System) -> HostInfo {
                 .unwrap_or_default(),
         ),
         cpu_count: u32::try_from(sys.cpus().len()).unwrap_or(u32::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_is_the_first_field_of_proc_uptime_in_milliseconds() {
+        assert_eq!(parse_uptime_ms("12345.67 23456.78\n"), Some(12_345_670));
+        assert_eq!(parse_uptime_ms("0.00 0.00\n"), None);
+        assert_eq!(parse_uptime_ms(""), None);
+        assert_eq!(parse_uptime_ms("junk 1\n"), None);
+        let mut real = Uptime::new();
+        let (a, b) = (real.read_ms().unwrap(), real.read_ms().unwrap());
+        assert!(a > 0 && b >= a, "{a} then {b}");
     }
 }

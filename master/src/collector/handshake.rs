@@ -53,16 +53,24 @@ pub enum RefusalCode {
     /// A TLS handshake failed (wrong certificate, not TLS, too slow). Never sent: the peer
     /// gets a TLS alert instead of a `refused`; counted so /metrics shows it.
     Tls = 5,
+    /// The hello's key does not match the one pinned to its agent id, it carries no key for
+    /// a pinned id (or under `require_agent_keys`), or its key proof does not verify.
+    Identity = 6,
+    /// Too many new host identities from this peer address in the last minute
+    /// (`new_hosts_per_minute`); known hosts are never refused this way.
+    Throttled = 7,
 }
 
 impl RefusalCode {
-    pub const ALL: [RefusalCode; 6] = [
+    pub const ALL: [RefusalCode; 8] = [
         RefusalCode::Invalid,
         RefusalCode::Auth,
         RefusalCode::Version,
         RefusalCode::Busy,
         RefusalCode::Conflict,
         RefusalCode::Tls,
+        RefusalCode::Identity,
+        RefusalCode::Throttled,
     ];
 
     /// The code's text on the wire and in the `code` label.
@@ -74,6 +82,8 @@ impl RefusalCode {
             RefusalCode::Busy => "busy",
             RefusalCode::Conflict => "conflict",
             RefusalCode::Tls => "tls",
+            RefusalCode::Identity => "identity",
+            RefusalCode::Throttled => "throttled",
         }
     }
 
@@ -97,8 +107,9 @@ pub fn check_hello_body(body: &[u8], token: &[u8], nonce: &auth::Nonce) -> Resul
 }
 
 /// The checks of docs/PROTOCOL.md section 2, in its order: a hello at all (`invalid`), the
-/// version (`version`), the limits (`invalid`), the proof (`auth`). `Ok` means the peer may be
-/// welcomed (slot allocation and identity conflicts are the store's business).
+/// version (`version`), the limits (`invalid`), the proof (`auth`), the key proof when a key
+/// is sent (`identity`). `Ok` means the peer may be welcomed (slot allocation, the key pinned
+/// to the id and identity conflicts are the store's business).
 pub fn check_hello(msg: AgentMessage, token: &[u8], nonce: &auth::Nonce) -> Result<Hello, Refusal> {
     let AgentMessage::Hello(hello) = msg else {
         return Err(refusal("invalid", "the first frame must be a hello"));
@@ -106,10 +117,7 @@ pub fn check_hello(msg: AgentMessage, token: &[u8], nonce: &auth::Nonce) -> Resu
     if hello.version != PROTOCOL_VERSION {
         return Err(refusal(
             "version",
-            format!(
-                "protocol version {} is not supported; this master supports version {PROTOCOL_VERSION}",
-                hello.version
-            ),
+            sentinel_protocol::version_refusal_reason(hello.version),
         ));
     }
     hello
@@ -120,6 +128,16 @@ pub fn check_hello(msg: AgentMessage, token: &[u8], nonce: &auth::Nonce) -> Resu
             "auth",
             "authentication failed: the proof does not match the fleet token",
         ));
+    }
+    if let (Some(key), Some(sig)) = (&hello.key, &hello.key_proof) {
+        let msg = auth::key_message(nonce, hello.run_id, &hello.agent_id);
+        let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key);
+        if key.verify(&msg, sig).is_err() {
+            return Err(refusal(
+                "identity",
+                "the key proof does not verify with the hello's key for this nonce, run and agent id",
+            ));
+        }
     }
     Ok(hello)
 }
@@ -142,6 +160,8 @@ mod tests {
             agent_version: "t".into(),
             host: HostInfo::default(),
             proof: auth::proof(token, nonce, ID).to_vec(),
+            key: None,
+            key_proof: None,
         })
     }
 
@@ -176,11 +196,57 @@ mod tests {
         );
     }
 
+    fn keyed(nonce: &auth::Nonce, sign_nonce: &auth::Nonce, run: u64) -> AgentMessage {
+        use ring::signature::{Ed25519KeyPair, KeyPair};
+        let pair = Ed25519KeyPair::from_seed_unchecked(&[5; 32]).unwrap();
+        let AgentMessage::Hello(mut h) = hello(1, b"t", nonce) else {
+            unreachable!()
+        };
+        h.key = Some(pair.public_key().as_ref().to_vec());
+        h.key_proof = Some(
+            pair.sign(&auth::key_message(sign_nonce, run, ID))
+                .as_ref()
+                .to_vec(),
+        );
+        AgentMessage::Hello(h)
+    }
+
+    #[test]
+    fn a_key_proof_must_verify_for_this_nonce_and_run() {
+        let nonce = [3u8; 32];
+        let code = |r: Result<Hello, Refusal>| r.map(|_| "ok").unwrap_or_else(|r| r.code);
+        assert_eq!(
+            code(check_hello(keyed(&nonce, &nonce, 1), b"t", &nonce)),
+            "ok"
+        );
+        // Signed for another connection's nonce, or for another run: a replay.
+        assert_eq!(
+            code(check_hello(keyed(&nonce, &[4; 32], 1), b"t", &nonce)),
+            "identity"
+        );
+        assert_eq!(
+            code(check_hello(keyed(&nonce, &nonce, 2), b"t", &nonce)),
+            "identity"
+        );
+        // A key without its proof is malformed.
+        let AgentMessage::Hello(mut h) = keyed(&nonce, &nonce, 1) else {
+            unreachable!()
+        };
+        h.key_proof = None;
+        assert_eq!(
+            code(check_hello(AgentMessage::Hello(h), b"t", &nonce)),
+            "invalid"
+        );
+    }
+
     #[test]
     fn every_refusal_code_has_its_own_counter_and_round_trips_its_text() {
         let mut seen = std::collections::HashSet::new();
-        for (i, c) in RefusalCode::ALL.into_iter().enumerate() {
-            assert_eq!(c.index(), i, "ALL is in counter order");
+        let mut last = None;
+        for c in RefusalCode::ALL {
+            assert!(last < Some(c.index()), "ALL is in counter order");
+            assert!(c.index() < crate::table::layout::REFUSAL_CODES);
+            last = Some(c.index());
             assert_eq!(RefusalCode::of(c.as_str()), Some(c));
             assert!(seen.insert(c.as_str()));
         }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use sentinel_protocol::{
-    auth, frame, limits, Ack, AgentMessage, Challenge, Hello, MasterMessage, Refused, Welcome,
-    PROTOCOL_VERSION,
+    auth, escape, frame, limits, Ack, AgentMessage, Challenge, Hello, MasterMessage, Refused,
+    Welcome, PROTOCOL_VERSION,
 };
 use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
@@ -133,7 +133,8 @@ async fn send(conn: &mut Conn, msg: &MasterMessage) -> bool {
 async fn refuse(conn: &mut Conn, peer: SocketAddr, shared: &Shared, r: Refusal) {
     shared.count_refusal(&r);
     if shared.log_limit.allow() {
-        tracing::warn!(peer = %peer, code = r.code, reason = %r.reason, "refused connection");
+        // The reason may quote the peer (a decode error names its unknown key).
+        tracing::warn!(peer = %peer, code = r.code, reason = %escape(&r.reason), "refused connection");
     }
     let msg = MasterMessage::Refused(Refused {
         code: r.code.to_string(),
@@ -206,12 +207,12 @@ pub async fn run(stream: Stream, peer: SocketAddr, shared: &Shared) {
     let result = stream_samples(&mut conn, slot.clone(), conn_id, shared).await;
     lock(shared).disconnect(slot.0, conn_id);
     match result {
-        Ok(end) => tracing::info!(peer = %peer, host = %slot.1, end, "agent disconnected"),
+        Ok(end) => tracing::info!(peer = %peer, host = %escape(&slot.1), end, "agent disconnected"),
         Err(r) => refuse(&mut conn, peer, shared, r).await,
     }
 }
 
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, super::store::Store> {
+pub(super) fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, super::store::Store> {
     // A panic while holding the store would be a bug; keep serving rather than poisoning all.
     shared.store.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -246,6 +247,9 @@ async fn handshake(
     let address = peer.to_string();
     let result = {
         let mut store = lock(shared);
+        // Before anything about the host changes (PROTOCOL.md section 3): a wrong or missing
+        // key leaves the connected agent undisturbed.
+        store.check_identity(&hello, &address, shared.require_agent_keys)?;
         if let Some((hostname, run_id)) = store.is_connected_elsewhere(&hello.agent_id) {
             if hostname != hello.hostname && run_id != hello.run_id {
                 return Err(refusal(
@@ -257,15 +261,26 @@ async fn handshake(
                 ));
             }
         }
+        if !store.knows(&hello.agent_id) && !shared.admit_new_host(peer.ip()) {
+            return Err(refusal(
+                "throttled",
+                format!(
+                    "too many new host identities from {} in the last minute (new_hosts_per_minute = {}); retry later",
+                    peer.ip(),
+                    shared.new_hosts_per_minute
+                ),
+            ));
+        }
         store.handshake(&hello, &address, conn_id)
     };
     let (slot, last_seq) = match result {
         Ok(x) => x,
         Err(SlotError::Full(cap)) => {
+            shared.table_full(peer, &hello.agent_id);
             return Err(refusal(
                 "busy",
                 format!("the host table is full ({cap} hosts); raise capacity"),
-            ))
+            ));
         }
     };
     let welcome = MasterMessage::Welcome(Welcome {
@@ -277,7 +292,12 @@ async fn handshake(
         return Ok(None);
     }
     shared.counters.handshakes.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(peer = %peer, host = %hello.hostname, agent_id = %hello.agent_id, run_id = hello.run_id, last_seq, "agent connected");
+    tracing::info!(
+        peer = %peer, host = %escape(&hello.hostname), agent_id = %hello.agent_id,
+        run_id = hello.run_id, last_seq, agent_version = %escape(&hello.agent_version),
+        os = %escape(&hello.host.os), kernel = %escape(&hello.host.kernel),
+        cpu_model = %escape(&hello.host.cpu_model), "agent connected"
+    );
     Ok(Some((slot, hello.hostname, hello.interval_ms)))
 }
 
@@ -291,7 +311,8 @@ enum Item {
     /// A `sample`, with its wire bytes when the body had the canonical shape.
     Sample(sentinel_protocol::Sample, Option<bytes::BytesMut>),
     Batch(Vec<sentinel_protocol::Sample>),
-    Goodbye,
+    /// A goodbye, with its reason for the log.
+    Goodbye(String),
 }
 
 fn decode_item(mut body: bytes::BytesMut) -> Result<Item, Refusal> {
@@ -309,7 +330,11 @@ fn decode_item(mut body: bytes::BytesMut) -> Result<Item, Refusal> {
                 .map_err(|e| refusal("invalid", format!("invalid batch: {e}")))?;
             Ok(Item::Batch(b.samples))
         }
-        AgentMessage::Goodbye(_) => Ok(Item::Goodbye),
+        AgentMessage::Goodbye(g) => {
+            g.validate()
+                .map_err(|e| refusal("invalid", format!("invalid goodbye: {e}")))?;
+            Ok(Item::Goodbye(g.reason))
+        }
         AgentMessage::Hello(_) => Err(refusal("invalid", "unexpected hello after the handshake")),
     }
 }
@@ -327,7 +352,7 @@ async fn stream_samples(
     shared: &Shared,
 ) -> Result<&'static str, Refusal> {
     use futures_util::FutureExt;
-    let (index, _, interval_ms) = slot;
+    let (index, hostname, interval_ms) = slot;
     let idle = limits::idle_timeout(interval_ms);
     let superseded =
         |_: Superseded| refusal("conflict", "a newer connection of this agent took over");
@@ -349,7 +374,8 @@ async fn stream_samples(
         let mut body = Some(first);
         while let Some(b) = body.take() {
             match decode_item(b) {
-                Ok(Item::Goodbye) => {
+                Ok(Item::Goodbye(reason)) => {
+                    tracing::info!(host = %escape(&hostname), reason = %escape(&reason), "agent said goodbye");
                     end = Some(Ok("goodbye"));
                     break;
                 }
@@ -382,7 +408,7 @@ async fn stream_samples(
                     let (samples, wire, replayed) = match item {
                         Item::Sample(s, wire) => (std::slice::from_ref(s), wire.as_deref(), false),
                         Item::Batch(v) => (v.as_slice(), None, true),
-                        Item::Goodbye => (&[][..], None, false),
+                        Item::Goodbye(_) => (&[][..], None, false),
                     };
                     samples.iter().map(move |sample| Incoming {
                         sample,
@@ -390,9 +416,11 @@ async fn stream_samples(
                         replayed,
                     })
                 });
-                lock(shared)
-                    .ingest(index, conn_id, incoming)
-                    .map_err(superseded)?
+                match lock(shared).ingest(index, conn_id, incoming) {
+                    Ok(ack) => ack,
+                    Err(Superseded { removed: true }) => return Ok("removed by an operator"),
+                    Err(s) => return Err(superseded(s)),
+                }
             };
             if items.len() <= 2 && items.capacity() > 8 {
                 items.shrink_to(2); // a replay is over: give its capacity back
@@ -404,10 +432,10 @@ async fn stream_samples(
         }
         match end {
             None => {}
-            Some(Ok("goodbye")) => {
-                lock(shared).goodbye(index, conn_id).map_err(superseded)?;
-                return Ok("goodbye");
-            }
+            Some(Ok("goodbye")) => match lock(shared).goodbye(index, conn_id) {
+                Ok(()) | Err(Superseded { removed: true }) => return Ok("goodbye"),
+                Err(s) => return Err(superseded(s)),
+            },
             Some(end) => return end,
         }
     }

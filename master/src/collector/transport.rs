@@ -58,7 +58,7 @@ pub async fn accept(
         Ok(Err(error)) => {
             shared.count_tls_failure();
             if shared.log_limit.allow() {
-                tracing::warn!(peer = %peer, reason = %error, "TLS handshake failed");
+                tracing::warn!(peer = %peer, reason = %sentinel_protocol::escape(&error), "TLS handshake failed");
             }
             None
         }

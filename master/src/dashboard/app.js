@@ -213,6 +213,12 @@ function hostRow(h, now) {
   a.href = "/hosts/" + encodeURIComponent(h.id);
   a.title = h.hostname + " (" + h.id + ")";
   name.appendChild(a);
+  if (h.identity === "cloned") {
+    // Two machines prove this host's key: say so on the row, with the other one's address.
+    const c = el("span", "identity-cloned", " cloned");
+    c.title = "another machine (" + h.cloned_address + ") proves this host's key";
+    name.appendChild(c);
+  }
   tr.appendChild(name);
 
   const st = el("td", "status");
@@ -247,7 +253,7 @@ function hostRow(h, now) {
     const ratio = Number(h.fs_fullest.used_ratio) * 100;
     fs.appendChild(bar(ratio));
     const t = el("span", "v", pct(ratio));
-    t.title = h.fs_fullest.mount + ": " + bytes(h.fs_fullest.total_bytes - h.fs_fullest.available_bytes) +
+    t.title = h.fs_fullest.mount + ": " + bytes(h.fs_fullest.used_bytes) +
       " of " + bytes(h.fs_fullest.total_bytes);
     fs.appendChild(t);
   } else {
@@ -390,6 +396,13 @@ function connectStream() {
     const t0 = performance.now();
     onEvent();
     applyHosts(JSON.parse(e.data), t0);
+  });
+  // Hosts whose slot was freed (removed by an operator, or expired).
+  source.addEventListener("removed", (e) => {
+    onEvent();
+    for (const id of JSON.parse(e.data).ids) fleet.hosts.delete(id);
+    fleet.dirty = true;
+    renderRows();
   });
   source.addEventListener("tick", (e) => {
     onEvent();
@@ -592,6 +605,14 @@ function interfaceRates(sample) {
   return detail.rates;
 }
 
+function identityText(h) {
+  if (h.identity === "cloned") {
+    return "cloned: " + h.cloned_address + " also proves this key (" + ago(serverNow() - h.cloned_ms) + ")";
+  }
+  if (h.identity === "pinned") return "pinned, key sha256 " + String(h.key_sha256).slice(0, 16) + "…";
+  return "unpinned (the agent sends no key)";
+}
+
 function renderHost(h) {
   const now = serverNow();
   document.title = h.hostname + " – Sentinel";
@@ -602,6 +623,7 @@ function renderHost(h) {
     el("span", "seen", " · last seen " + ago(now - h.last_seen_ms)));
   facts(document.getElementById("host-facts"), [
     ["Agent id", h.id],
+    ["Identity", identityText(h)],
     ["Address", h.address],
     ["Agent version", h.agent_version],
     ["OS", h.os + " " + h.kernel + " (" + h.arch + ")"],
@@ -635,8 +657,9 @@ function renderHost(h) {
   });
   document.getElementById("host-cores").replaceChildren(...cores);
   const fsRows = (s.filesystems || []).map((f) => {
-    const used = f.total_bytes - f.available_bytes;
-    const p = f.total_bytes > 0 ? (100 * used) / f.total_bytes : NaN;
+    // Used and its percentage as df shows them, computed by the master (docs/CONTRACT.md).
+    const used = f.used_bytes;
+    const p = isNum(f.used_ratio) ? 100 * f.used_ratio : NaN;
     const tr = el("tr");
     tr.appendChild(el("td", "", f.mount));
     tr.appendChild(el("td", "", f.fs_type));
@@ -687,8 +710,41 @@ async function pollHost() {
   }
 }
 
+// Operators (GET /api/v1/session says may_write) get a button that removes the host
+// (DELETE /api/v1/hosts/{id}); everyone else never sees it.
+async function initAdmin() {
+  let session;
+  try {
+    const r = await fetch("/api/v1/session", { cache: "no-store" });
+    if (!r.ok) return;
+    session = await r.json();
+  } catch (e) {
+    return;
+  }
+  if (!session.may_write) return;
+  const box = document.getElementById("host-admin");
+  const result = document.getElementById("remove-result");
+  box.hidden = false;
+  document.getElementById("remove-host").addEventListener("click", async () => {
+    const name = document.getElementById("host-title").textContent;
+    if (!window.confirm("Remove " + name + " from the table? Its history is deleted; a running agent comes back as a new host.")) return;
+    try {
+      const r = await fetch("/api/v1/hosts/" + encodeURIComponent(detail.id), { method: "DELETE", cache: "no-store" });
+      const body = await r.json();
+      if (r.ok) {
+        window.location.assign("/");
+      } else {
+        result.textContent = "Not removed: " + (body.error || "HTTP " + r.status);
+      }
+    } catch (e) {
+      result.textContent = "Not removed: the master did not answer.";
+    }
+  });
+}
+
 function initHost(id) {
   detail.id = id;
+  initAdmin();
   document.getElementById("host-view").hidden = false;
   setMode("connecting");
   pollHost();

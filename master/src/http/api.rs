@@ -78,11 +78,6 @@ fn to_map<T: Serialize>(v: &T) -> Map<String, Value> {
     }
 }
 
-/// A ratio rounded to 0.1 (in `fs_fullest`); `None` (null) if not finite.
-fn tenth(v: f64) -> Option<f64> {
-    v.is_finite().then(|| (v * 10.0).round() / 10.0)
-}
-
 /// A sparkline point: a percentage as a whole number, `None` (null) if not finite. A sparkline
 /// is tens of pixels high, so tenths would not show, and whole numbers keep the fleet's JSON
 /// smaller (8.4 -> 7.2 MB at 5,000 hosts with full sparklines).
@@ -106,32 +101,46 @@ fn stored_sample(bytes: &[u8]) -> Option<sentinel_protocol::Sample> {
         .ok()
 }
 
+/// A ratio rounded to 3 decimals (`fs_fullest.used_ratio`, a filesystem's `used_ratio`);
+/// `None` (null) if not finite. An integer divided by 1000 is the double nearest to the
+/// 3-decimal number, so it serializes with at most 3 decimals.
+fn thousandth(v: f64) -> Option<f64> {
+    v.is_finite().then(|| (v * 1000.0).round() / 1000.0)
+}
+
 /// The fullest filesystem of the sample in a slot's buffer (see [`stored_sample`]), read
-/// without building the rest of the sample.
+/// without building the rest of the sample. Used and its ratio as df computes them
+/// (`sentinel_protocol::used_ratio`).
 fn stored_fs_fullest(bytes: &[u8]) -> Option<FsFullest> {
-    fn fullest<'a>(filesystems: impl Iterator<Item = (&'a str, u64, u64)>) -> Option<FsFullest> {
+    type Figures<'a> = (&'a str, u64, u64, Option<u64>);
+    fn fullest<'a>(filesystems: impl Iterator<Item = Figures<'a>>) -> Option<FsFullest> {
         filesystems
             .filter(|f| f.1 > 0)
-            .map(|f| (f.1.saturating_sub(f.2) as f64 / f.1 as f64, f))
+            .map(|f| (sentinel_protocol::used_ratio(f.1, f.2, f.3), f))
             .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(ratio, (mount, total_bytes, available_bytes))| FsFullest {
-                mount: mount.to_owned(),
-                used_ratio: tenth(ratio * 1000.0).map(|v| v / 1000.0),
-                total_bytes,
-                available_bytes,
-            })
+            .map(
+                |(ratio, (mount, total_bytes, available_bytes, free))| FsFullest {
+                    mount: mount.to_owned(),
+                    used_ratio: thousandth(ratio),
+                    total_bytes,
+                    available_bytes,
+                    used_bytes: sentinel_protocol::used_bytes(total_bytes, available_bytes, free),
+                },
+            )
     }
     match sentinel_protocol::decode_filesystems(bytes) {
         Ok(list) => fullest(
             list.iter()
-                .map(|f| (f.mount, f.total_bytes, f.available_bytes)),
+                .map(|f| (f.mount, f.total_bytes, f.available_bytes, f.free_bytes)),
         ),
-        Err(_) => fullest(
-            stored_sample(bytes)?
-                .filesystems
-                .iter()
-                .map(|f| (f.mount.as_str(), f.total_bytes, f.available_bytes)),
-        ),
+        Err(_) => fullest(stored_sample(bytes)?.filesystems.iter().map(|f| {
+            (
+                f.mount.as_str(),
+                f.total_bytes,
+                f.available_bytes,
+                f.free_bytes,
+            )
+        })),
     }
 }
 
@@ -168,9 +177,41 @@ pub struct Host<'a> {
     duplicates: u64,
     reconnects: u64,
     samples_before_start: u64,
+    /// "pinned", "unpinned" or "cloned" ([`identity_of`]).
+    identity: Identity,
+    /// SHA-256 of the pinned public key (hex); null when unpinned.
+    key_sha256: Option<String>,
+    /// While `identity` is "cloned": the other machine's address and when it last proved
+    /// this host's key (unix ms); null otherwise.
+    cloned_address: Option<Cow<'a, str>>,
+    cloned_ms: Option<u64>,
     /// The latest sample's values.
     #[serde(flatten)]
     summary: Summary,
+}
+
+/// A host's identity as the API and the dashboard show it (docs/PROTOCOL.md section 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Identity {
+    /// A key is pinned to the agent id.
+    Pinned,
+    /// No key is pinned: the agent sends none, or its key was forgotten.
+    Unpinned,
+    /// A key is pinned and a second machine proved it while the connected one was live,
+    /// within the last `CLONED_SHOWN_MS`.
+    Cloned,
+}
+
+pub fn identity_of(rec: &Record, now: u64) -> Identity {
+    use crate::collector::store::CLONED_SHOWN_MS;
+    match rec.pinned_key() {
+        None => Identity::Unpinned,
+        Some(_) if rec.cloned_ms != 0 && now.saturating_sub(rec.cloned_ms) < CLONED_SHOWN_MS => {
+            Identity::Cloned
+        }
+        Some(_) => Identity::Pinned,
+    }
 }
 
 impl<'a> Host<'a> {
@@ -200,6 +241,13 @@ impl<'a> Host<'a> {
             duplicates: rec.duplicates,
             reconnects: rec.reconnects,
             samples_before_start: rec.samples_before_start,
+            identity: identity_of(rec, now),
+            key_sha256: rec
+                .pinned_key()
+                .map(|k| crate::collector::store::key_fingerprint(k)),
+            cloned_address: (identity_of(rec, now) == Identity::Cloned)
+                .then(|| rec.cloned_address.as_str()),
+            cloned_ms: (identity_of(rec, now) == Identity::Cloned).then_some(rec.cloned_ms),
             summary: rec.summary,
         }
     }
@@ -227,6 +275,8 @@ struct FsFullest {
     used_ratio: Option<f64>,
     total_bytes: u64,
     available_bytes: u64,
+    /// `total - free` as df shows it (`total - available` from a 0.1.0 agent).
+    used_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -331,22 +381,14 @@ pub fn fleet_row(table: &Table, i: usize, now: u64, alive: bool) -> Option<(Reco
         "mem_total_bytes": s.mem_total_bytes,
         "mem_used_bytes": s.mem_used_bytes,
         "uptime_s": s.uptime_s,
+        "identity": identity_of(rec, now),
+        "cloned_address": (identity_of(rec, now) == Identity::Cloned).then(|| rec.cloned_address.get()),
     }) {
         Value::Object(m) => m,
         _ => Map::new(),
     };
     fleet_extras(&recent, &mut row);
     Some((recent.record, Value::Object(row)))
-}
-
-/// The fleet as the event stream's snapshot: `{"now_ms", "hosts": [fleet rows]}`.
-pub fn fleet_rows(table: &Table, now: u64) -> Value {
-    let alive = collector_alive(table);
-    let hosts: Vec<Value> = (0..table.host_count())
-        .filter_map(|i| fleet_row(table, i, now, alive))
-        .map(|(_, v)| v)
-        .collect();
-    json!({"now_ms": now, "hosts": hosts})
 }
 
 /// Consistent copies of every host record in use.
@@ -587,8 +629,18 @@ pub fn host_detail(table: &Table, id: &str, now: u64) -> Resp {
     let sample = detail
         .sample
         .and_then(|b| stored_sample(&b))
-        .and_then(|s| serde_json::to_string(&s).ok())
-        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|s| {
+            let text = serde_json::to_string(&s).ok()?;
+            let mut v = serde_json::from_str::<Value>(&text).ok()?;
+            // Used as df shows it, computed here once for the API and the dashboard.
+            if let Some(list) = v["filesystems"].as_array_mut() {
+                for (j, f) in list.iter_mut().zip(&s.filesystems) {
+                    j["used_bytes"] = f.used_bytes().into();
+                    j["used_ratio"] = json!(thousandth(f.used_ratio()));
+                }
+            }
+            Some(v)
+        })
         .unwrap_or(Value::Null);
     host.insert("sample".into(), sample);
     let points: Vec<Value> = detail
@@ -609,4 +661,53 @@ pub fn host_detail(table: &Table, id: &str, now: u64) -> Resp {
         .collect();
     host.insert("history".into(), json!({ "points": points }));
     json_response(StatusCode::OK, &Value::Object(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentinel_protocol::{encode_sample, Filesystem, Sample};
+
+    fn fs(mount: &str, total: u64, available: u64, free: Option<u64>) -> Filesystem {
+        Filesystem {
+            mount: mount.into(),
+            fs_type: "ext4".into(),
+            total_bytes: total,
+            available_bytes: available,
+            free_bytes: free,
+        }
+    }
+
+    #[test]
+    fn fs_fullest_is_used_as_df_computes_it_with_3_decimals() {
+        // "/": 1000 total, 780 free, 80 available (700 reserved): df 220 used, 220/300 = 73.3 %.
+        // "/data": no free (0.1.0 agent): 500 of 1000 used, 50 %.
+        let s = Sample {
+            seq: 1,
+            filesystems: vec![fs("/data", 1000, 500, None), fs("/", 1000, 80, Some(780))],
+            ..Sample::default()
+        };
+        let mut wire = Vec::new();
+        encode_sample(&s, &mut wire).unwrap();
+        let f = stored_fs_fullest(&wire).unwrap();
+        assert_eq!((f.mount.as_str(), f.used_bytes), ("/", 220));
+        assert_eq!(f.used_ratio, Some(0.733));
+        assert_eq!(serde_json::to_string(&f.used_ratio).unwrap(), "0.733");
+        // Total - available would have said 92 %.
+        let old = Sample {
+            filesystems: vec![fs("/data", 1000, 500, None)],
+            ..s
+        };
+        let mut wire = Vec::new();
+        encode_sample(&old, &mut wire).unwrap();
+        let f = stored_fs_fullest(&wire).unwrap();
+        assert_eq!((f.used_bytes, f.used_ratio), (500, Some(0.5)));
+        for v in [0.123_456_7, 2.0 / 3.0, 0.1 + 0.2, 0.999_95] {
+            let text = serde_json::to_string(&thousandth(v)).unwrap();
+            assert!(
+                text.split_once('.').is_none_or(|(_, d)| d.len() <= 3),
+                "{v}: {text}"
+            );
+        }
+    }
 }

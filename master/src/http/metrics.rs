@@ -276,7 +276,7 @@ pub fn render(table: &Table, now: u64) -> String {
     let _ = writeln!(
         out,
         "sentinel_master_table_fill_ratio {}",
-        table.host_count() as f64 / f64::from(table.capacity().max(1))
+        recs.len() as f64 / f64::from(table.capacity().max(1))
     );
     family(
         &mut out,
@@ -311,6 +311,27 @@ pub fn render(table: &Table, now: u64) -> String {
         h.generation.load(Ordering::Acquire).saturating_sub(1)
     );
     collector_counters(&mut out, &h.counters);
+    let lifecycle = [
+        (
+            "sentinel_master_hosts_removed_total",
+            "Hosts an operator removed (DELETE /api/v1/hosts/{id}, sentinel-master remove-host).",
+            &h.lifecycle.hosts_removed,
+        ),
+        (
+            "sentinel_master_hosts_expired_total",
+            "Hosts removed because they were down or stopped longer than host_expiry.",
+            &h.lifecycle.hosts_expired,
+        ),
+        (
+            "sentinel_master_table_full_total",
+            "New hosts refused busy because every host slot was taken (known hosts are never refused for it).",
+            &h.lifecycle.table_full,
+        ),
+    ];
+    for (name, help, v) in lifecycle {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
     out
 }
 
@@ -376,6 +397,8 @@ mod tests {
             agent_version: "1.0".into(),
             host: HostInfo::default(),
             proof: vec![0; 32],
+            key: None,
+            key_proof: None,
         };
         let mut rec = Record::zeroed();
         account::handshake(&mut rec, &hello, "10.0.0.1:5000", NOW);

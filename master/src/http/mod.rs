@@ -16,6 +16,7 @@ mod assets;
 pub mod auth;
 mod metrics;
 mod sse;
+mod write;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -57,8 +58,11 @@ pub struct State {
     pub stopping: watch::Receiver<bool>,
     /// Rendered hosts kept between GET /api/v1/hosts requests.
     pub hosts: api::HostsCache,
-    /// Credentials every request but /healthz must carry, if configured.
-    pub basic_auth: Option<auth::BasicAuth>,
+    /// The configured credentials: the viewer (every request but /healthz must carry a
+    /// credential when it is set), the operator user and the API token (writes).
+    pub access: auth::Access,
+    /// The control channel to the collector (operator writes).
+    pub control: std::sync::Arc<crate::control::Client>,
 }
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -75,6 +79,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         pid = std::process::id(),
         https = tls.is_some(),
         basic_auth_user = config.basic_auth.as_ref().map(|a| a.user.as_str()),
+        operator_user = config.operator.as_ref().map(|a| a.user.as_str()),
+        api_token = config.api_token.is_some(),
         "http server started"
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -105,7 +111,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             forwarder: forwarder.as_ref().map(|(f, _)| f.clone()),
             stopping: stop_rx,
             hosts: api::HostsCache::default(),
-            basic_auth: config.basic_auth.clone(),
+            access: auth::Access {
+                viewer: config.basic_auth.clone(),
+                operator: config.operator.clone(),
+                token: config.api_token.clone(),
+            },
+            control: crate::control::Client::start(crate::control::inherited(), table),
         });
         tokio::spawn(warm_hosts(state.clone()));
         let serve = serve(listener, state, tls);
@@ -166,11 +177,11 @@ async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, state).await,
+                None => serve_connection(stream, state, peer).await,
                 // The handshake shares the header timeout: a client that stalls it is a
                 // slow client like any other.
                 Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, state).await,
+                    Ok(Ok(stream)) => serve_connection(stream, state, peer).await,
                     // Browsers abort handshakes routinely (a certificate prompt, a closed
                     // tab): not worth more than a debug line.
                     Ok(Err(e)) => {
@@ -184,13 +195,19 @@ async fn serve(
     }
 }
 
-async fn serve_connection<I>(io: I, state: Arc<State>)
+async fn serve_connection<I>(io: I, state: Arc<State>, peer: std::net::SocketAddr)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, &req)) }
+        async move {
+            if write::is_write_route(&state, req.method(), req.uri().path()) {
+                let r = write::handle(&state, req.uri().path(), req.headers(), peer).await;
+                return Ok::<_, Infallible>(boxed(r));
+            }
+            Ok::<_, Infallible>(handle(&state, &req))
+        }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -285,8 +302,9 @@ fn render(table: &Table, endpoint: Endpoint, now: u64, metrics_extra: &str) -> R
 /// `Transfer-Encoding: chunked` from that head (RFC 9110 9.3.2 lets a HEAD response omit
 /// the framing header fields).
 fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
-    if let Some(basic) = &state.basic_auth {
-        if auth::protects(req.uri().path()) && !basic.allows(req.headers().get(AUTHORIZATION)) {
+    if state.access.viewer.is_some() && auth::protects(req.uri().path()) {
+        let who = state.access.identify(req.headers().get(AUTHORIZATION));
+        if !state.access.may_read(&who) {
             return boxed(unauthorized());
         }
     }
@@ -406,6 +424,8 @@ mod tests {
                 ..HostInfo::default()
             },
             proof: vec![0; 32],
+            key: None,
+            key_proof: None,
         };
         let mut rec = Record::zeroed();
         account::handshake(&mut rec, &hello, "10.0.0.1:5000", last_seen);
@@ -471,7 +491,7 @@ mod tests {
         assert_eq!(hosts[0]["cpu_percent"].as_f64(), Some(12.3));
         let fields = "id hostname address status connected first_seen_ms last_seen_ms interval_ms clock_offset_ms \
             agent_version os kernel arch cpu_model cpu_count run_id last_seq samples_received samples_replayed \
-            samples_dropped samples_missing duplicates reconnects samples_before_start cpu_percent cpu_user_percent cpu_system_percent \
+            samples_dropped samples_missing duplicates reconnects samples_before_start identity key_sha256 cloned_address cloned_ms cpu_percent cpu_user_percent cpu_system_percent \
             cpu_iowait_percent cpu_steal_percent load1 load5 load15 mem_total_bytes mem_available_bytes \
             mem_used_bytes swap_total_bytes swap_used_bytes uptime_s processes";
         for f in fields.split_whitespace() {

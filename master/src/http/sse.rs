@@ -4,7 +4,8 @@
 //! slot's seqlock counter (no copy) and each host's derived status with what it saw last, and
 //! broadcasts the changed hosts as one `hosts` event. Every client gets a `snapshot` event
 //! (every host's fleet row: the HOST fields the fleet view shows, plus its extras) when it
-//! connects, then the shared `hosts` events and a `tick` with the master's clock every second. A client that falls behind the broadcast is
+//! connects, then the shared `hosts` events, `removed` events (`{"now_ms", "ids"}`: hosts
+//! whose slot was freed) and a `tick` with the master's clock every second. A client that falls behind the broadcast is
 //! disconnected; its EventSource reconnects and starts again from a fresh snapshot.
 
 use std::collections::VecDeque;
@@ -20,7 +21,7 @@ use hyper::body::Frame;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
-use super::api::{collector_alive, fleet_row, fleet_rows, SlotState};
+use super::api::{collector_alive, fleet_row, SlotState};
 use super::{Body, Data, State};
 use crate::segment::now_ms;
 use crate::table::Table;
@@ -39,17 +40,80 @@ const RETRY_MS: u64 = 1000;
 /// The shared feed of rendered events.
 pub struct Feed {
     tx: broadcast::Sender<Bytes>,
+    /// Hosts a new client's snapshot held, by slot: the watcher takes them as its baseline
+    /// for slots it has not looked at yet, so a host removed before the watcher's next look
+    /// is still announced to that client (`removed`).
+    announced: Announced,
     snapshots: Arc<Snapshots>,
     /// [`OPENINGS_AT_ONCE`] turns to send an opening.
     turns: Arc<tokio::sync::Semaphore>,
 }
+
+type Announced = std::sync::Arc<std::sync::Mutex<Vec<(usize, Seen)>>>;
+
+impl Feed {
+    pub fn start(table: &'static Table, stopping: watch::Receiver<bool>) -> Feed {
+        let (tx, _) = broadcast::channel(BACKLOG);
+        let announced = Announced::default();
+        let snapshots = Arc::new(Snapshots {
+            epoch: AtomicU64::new(0),
+            recent: std::sync::Mutex::new(VecDeque::with_capacity(CATCH_UP)),
+            cached: tokio::sync::Mutex::new(None),
+        });
+        tokio::spawn(watch_table(
+            table,
+            tx.clone(),
+            announced.clone(),
+            snapshots.clone(),
+            stopping,
+        ));
+        Feed {
+            tx,
+            announced,
+            snapshots,
+            turns: Arc::new(tokio::sync::Semaphore::new(OPENINGS_AT_ONCE)),
+        }
+    }
+}
+
+/// The `snapshot` event's data (every host's fleet row), recording in `announced` what it
+/// held (bounded: one entry per slot per snapshot, drained every watcher tick).
+fn snapshot(table: &Table, now: u64, announced: &Announced) -> Value {
+    let alive = collector_alive(table);
+    let mut held = Vec::new();
+    let hosts: Vec<Value> = (0..table.host_count())
+        .filter_map(|i| {
+            let version = table.slot_version(i);
+            let (rec, row) = fleet_row(table, i, now, alive)?;
+            held.push((
+                i,
+                Seen {
+                    id: rec.agent_id,
+                    state: SlotState::of(&rec, version, now),
+                    spark_n: rec.history_count,
+                },
+            ));
+            Some(row)
+        })
+        .collect();
+    if let Ok(mut a) = announced.lock() {
+        if a.len() < MAX_ANNOUNCED {
+            a.extend(held);
+        }
+    }
+    json!({"now_ms": now, "hosts": hosts})
+}
+
+/// Bound on snapshot entries waiting for the watcher (a burst of new clients between two
+/// ticks); beyond it a snapshot is not recorded, and only the race it closes reopens.
+const MAX_ANNOUNCED: usize = 1 << 16;
 
 /// The opening of a stream (retry hint + `snapshot` event), rendered once and shared by the
 /// streams that open while it is recent. Rendering it per client made a burst of 1,000 new
 /// streams render 1,000 fleets (4,096 hosts each) on the http process's two workers,
 /// delaying every other request by seconds.
 ///
-/// Why a shared snapshot loses nothing: every `hosts` event the watcher sends is numbered
+/// Why a shared snapshot loses nothing: every `hosts` and `removed` event the watcher sends is numbered
 /// (`epoch`) and kept in `recent` *before* it is sent. A snapshot is tagged with the epoch
 /// read before its render began, so it holds every change up to that event's scan. A stream
 /// subscribes, then reads `epoch` (E) and takes the snapshot (epoch e <= E) plus the kept
@@ -69,25 +133,8 @@ struct Snapshots {
 /// watcher's pace) followed it; older, it is rendered again (a render costs more than that).
 const CATCH_UP: usize = 8;
 
-impl Feed {
-    pub fn start(table: &'static Table, stopping: watch::Receiver<bool>) -> Feed {
-        let (tx, _) = broadcast::channel(BACKLOG);
-        let snapshots = Arc::new(Snapshots {
-            epoch: AtomicU64::new(0),
-            recent: std::sync::Mutex::new(VecDeque::with_capacity(CATCH_UP)),
-            cached: tokio::sync::Mutex::new(None),
-        });
-        tokio::spawn(watch_table(table, tx.clone(), snapshots.clone(), stopping));
-        Feed {
-            tx,
-            snapshots,
-            turns: Arc::new(tokio::sync::Semaphore::new(OPENINGS_AT_ONCE)),
-        }
-    }
-}
-
 impl Snapshots {
-    /// Numbers and keeps a `hosts` event; call before sending it.
+    /// Numbers and keeps a `hosts` or `removed` event; call before sending it.
     fn publish(&self, bytes: &Bytes) {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = self.epoch.load(Ordering::SeqCst) + 1;
@@ -111,7 +158,7 @@ impl Snapshots {
     }
 
     /// The opening for a stream that has subscribed: the snapshot and the events after it.
-    async fn opening(&self, table: &'static Table) -> VecDeque<Bytes> {
+    async fn opening(&self, table: &'static Table, announced: &Announced) -> VecDeque<Bytes> {
         let mut cached = self.cached.lock().await;
         if let Some((e, bytes)) = &*cached {
             if let Some(events) = self.since(*e) {
@@ -121,10 +168,11 @@ impl Snapshots {
         let epoch = self.epoch.load(Ordering::SeqCst);
         // Thousands of hosts are CPU work: off the runtime's workers, so other requests
         // (and streams already open) go on meanwhile.
+        let announced = announced.clone();
         let rendered = tokio::task::spawn_blocking(move || {
             let now = now_ms();
             let mut head = format!("retry: {RETRY_MS}\n\n").into_bytes();
-            head.extend_from_slice(&event("snapshot", &fleet_rows(table, now)));
+            head.extend_from_slice(&event("snapshot", &snapshot(table, now, &announced)));
             Bytes::from(head)
         })
         .await
@@ -145,6 +193,9 @@ fn event(name: &str, data: &Value) -> Bytes {
 /// What the watcher remembers per slot to notice a change.
 #[derive(Clone, Copy, PartialEq)]
 struct Seen {
+    /// The host's agent id: a slot that is freed or taken by another host sends a `removed`
+    /// event with it.
+    id: [u8; 32],
     state: SlotState,
     /// History points stored when the host was last sent: the next event carries only the
     /// sparkline points after it (`spark_add`), not the whole minute again.
@@ -173,6 +224,7 @@ fn spark_delta(row: &mut Value, sent: u64) {
 async fn watch_table(
     table: &'static Table,
     tx: broadcast::Sender<Bytes>,
+    announced: Announced,
     snapshots: Arc<Snapshots>,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -187,7 +239,9 @@ async fn watch_table(
             _ = stopping.changed() => return,
         }
         if tx.receiver_count() == 0 {
-            seen.clear(); // nobody listens: the next listener starts from a snapshot anyway
+            // Nobody listens: no work. `seen` is kept, so that a host removed while nobody
+            // listened is still announced (`removed`) to the next listener, whose snapshot
+            // may predate the watcher's next look.
             continue;
         }
         let now = now_ms();
@@ -196,28 +250,60 @@ async fn watch_table(
         last_alive = alive;
         let count = table.host_count();
         seen.resize(count, None);
+        let held = announced
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default();
+        for (i, s) in held {
+            if let Some(slot @ None) = seen.get_mut(i) {
+                *slot = Some(s);
+            }
+        }
         let mut changed = Vec::new();
+        let mut removed = Vec::new();
         for (i, slot) in seen.iter_mut().enumerate() {
             let version = table.slot_version(i);
             let known = *slot;
             if !all && known.is_some_and(|s| s.state.unchanged(version, now)) {
                 continue;
             }
-            let Some((rec, mut host)) = fleet_row(table, i, now, alive) else {
+            let row = fleet_row(table, i, now, alive);
+            let id_now = match &row {
+                Some((rec, _)) => Some(rec.agent_id),
+                // Free, or (rarely) not readable now: only a free slot or another host in it
+                // is a removal.
+                None => match table.read_record(i) {
+                    Some(r) if r.in_use == 1 => Some(r.agent_id),
+                    Some(_) => None,
+                    None => known.map(|s| s.id),
+                },
+            };
+            if let Some(s) = known.filter(|s| Some(s.id) != id_now) {
+                // Removed, expired, or the slot went to another host.
+                removed.push(String::from_utf8_lossy(&s.id).into_owned());
+                *slot = None;
+            }
+            let Some((rec, mut host)) = row else {
                 continue;
             };
-            if let Some(s) = known {
+            if let Some(s) = slot.as_ref() {
                 spark_delta(&mut host, s.spark_n);
             }
             *slot = Some(Seen {
+                id: rec.agent_id,
                 state: SlotState::of(&rec, version, now),
                 spark_n: rec.history_count,
             });
             changed.push(host);
         }
+        if !removed.is_empty() {
+            let bytes = event("removed", &json!({"now_ms": now, "ids": removed}));
+            snapshots.publish(&bytes); // before the send (see `Snapshots`)
+            let _ = tx.send(bytes);
+        }
         if !changed.is_empty() {
             let bytes = event("hosts", &json!({"now_ms": now, "hosts": changed}));
-            snapshots.publish(&bytes); // before the send (see `Snapshots`)
+            snapshots.publish(&bytes);
             let _ = tx.send(bytes);
         }
         if last_tick.elapsed() >= TICK_EVERY {
@@ -256,6 +342,7 @@ enum Phase {
 struct Ctx {
     tx: broadcast::Sender<Bytes>,
     snapshots: Arc<Snapshots>,
+    announced: Announced,
     turns: Arc<tokio::sync::Semaphore>,
     table: &'static Table,
     stopping: watch::Receiver<bool>,
@@ -300,6 +387,7 @@ pub fn stream(state: &State) -> Body {
     let ctx = Ctx {
         tx: state.events.tx.clone(),
         snapshots: state.events.snapshots.clone(),
+        announced: state.events.announced.clone(),
         turns: state.events.turns.clone(),
         table: state.table,
         stopping: state.stopping.clone(),
@@ -316,7 +404,7 @@ pub fn stream(state: &State) -> Body {
                         _ = ctx.stopping.changed() => return None,
                     };
                     let rx = ctx.tx.subscribe(); // before the snapshot: no change falls in between
-                    let parts = ctx.snapshots.opening(ctx.table).await;
+                    let parts = ctx.snapshots.opening(ctx.table, &ctx.announced).await;
                     let (part, next) = piece(rx, parts, turn);
                     Some((part, (next, ctx)))
                 }
@@ -362,6 +450,8 @@ mod tests {
                 agent_version: "1".into(),
                 host: HostInfo::default(),
                 proof: vec![0; 32],
+                key: None,
+                key_proof: None,
             };
             let mut r = Record::zeroed();
             account::handshake(&mut r, &hello, "x", now_ms());
@@ -396,7 +486,8 @@ mod tests {
             forwarder: None,
             stopping: stop_rx,
             hosts: Default::default(),
-            basic_auth: None,
+            access: Default::default(),
+            control: crate::control::Client::start(None, table),
         };
         let mut body = stream(&state);
         async fn next(body: &mut Body) -> String {
@@ -437,6 +528,18 @@ mod tests {
             if ev.starts_with("event: hosts\n") && ev.contains(r#""cpu_percent":3.0"#) {
                 assert!(
                     ev.contains(r#""spark_add":{"cpu":[3],"mem":[0],"n":3}"#),
+                    "{ev}"
+                );
+                break;
+            }
+        }
+        // A freed slot (host removed or expired) is announced with the host's id.
+        table.writer().unwrap().clear(0);
+        loop {
+            let ev = next(&mut body).await;
+            if ev.starts_with("event: removed\n") {
+                assert!(
+                    ev.contains(r#""ids":["abababababababababababababababab"]"#),
                     "{ev}"
                 );
                 break;

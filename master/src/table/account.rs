@@ -3,7 +3,9 @@
 
 use sentinel_protocol::{Hello, Sample};
 
-use super::layout::{HistoryPoint, Record};
+use sentinel_protocol::Interface;
+
+use super::layout::{HistoryPoint, NetTotals, Record};
 
 /// What became of one received sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +151,64 @@ fn history_point(rec: &mut Record, s: &Sample) -> HistoryPoint {
     point
 }
 
+/// The interfaces a host's network figures count (docs/CONTRACT.md): the physical ones when
+/// the agent classified at least one interface as physical; otherwise all of them (a
+/// container's or network namespace's veth is its only way out, and agents before 0.2 do not
+/// classify). Traffic that crosses a bridge, bond or veth on its way out of the host is then
+/// counted once, on the physical device.
+pub fn counted_interfaces(list: &[Interface]) -> impl Iterator<Item = &Interface> {
+    let physical_only = list.iter().any(|i| i.is_virtual == Some(false));
+    list.iter()
+        .filter(move |i| !physical_only || i.is_virtual == Some(false))
+}
+
+/// Sums of the counted interfaces' counters and the hash of their names.
+pub fn net_reading(list: &[Interface]) -> (u64, u64, u64) {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let (mut rx, mut tx) = (0u64, 0u64);
+    for i in counted_interfaces(list) {
+        rx = rx.wrapping_add(i.rx_bytes);
+        tx = tx.wrapping_add(i.tx_bytes);
+        for b in i.name.bytes().chain([0]) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    (rx, tx, hash)
+}
+
+/// Advances `totals` from the previous reading (`prev`, None when the run has none) to `now`
+/// (from [`net_reading`]); returns the bytes added (rx, tx), which are also the interval's
+/// traffic for the rate. An interval adds nothing when the set of counted interfaces changed
+/// or a sum went down (an interface vanished, the host rebooted): its traffic is unknown, and
+/// a decrease must never reach the counter. The first reading a host ever gives seeds the
+/// totals with its sums, so the series starts where the kernel's counters are (and continues
+/// where a 0.1.0 master's sum left off).
+pub fn advance_net_totals(
+    totals: &mut NetTotals,
+    prev: Option<(u64, u64)>,
+    now: (u64, u64, u64),
+) -> (u64, u64) {
+    let (rx, tx, names) = now;
+    let seeded = *totals != NetTotals::default();
+    let same_set = seeded && totals.names_hash == names;
+    totals.names_hash = names;
+    if !seeded {
+        totals.rx_bytes = rx;
+        totals.tx_bytes = tx;
+        return (0, 0);
+    }
+    let Some((prx, ptx)) = prev.filter(|_| same_set) else {
+        return (0, 0);
+    };
+    if rx < prx || tx < ptx {
+        return (0, 0);
+    }
+    let added = (rx - prx, tx - ptx);
+    totals.rx_bytes = totals.rx_bytes.saturating_add(added.0);
+    totals.tx_bytes = totals.tx_bytes.saturating_add(added.1);
+    added
+}
+
 /// A planned stop: the host shows `stopped` until it reconnects.
 pub fn goodbye(rec: &mut Record, now_ms: u64) {
     rec.goodbye = 1;
@@ -172,6 +232,8 @@ mod tests {
             agent_version: "0.1.0".into(),
             host: HostInfo::default(),
             proof: vec![0; 32],
+            key: None,
+            key_proof: None,
         }
     }
 
@@ -297,6 +359,94 @@ mod tests {
         let p2 = apply_sample(&mut rec, &s2, false, 12).1.unwrap();
         assert_eq!(p1.disk_read_bytes_per_s, 0.0);
         assert_eq!(p2.disk_read_bytes_per_s, 2000.0);
+    }
+
+    fn iface(name: &str, rx: u64, tx: u64, is_virtual: Option<bool>) -> Interface {
+        Interface {
+            name: name.into(),
+            rx_bytes: rx,
+            tx_bytes: tx,
+            is_virtual,
+        }
+    }
+
+    #[test]
+    fn totals_count_physical_interfaces_when_there_are_any() {
+        let host = [
+            iface("br0", 500, 500, Some(true)),
+            iface("eth0", 100, 10, Some(false)),
+            iface("eth1", 200, 20, Some(false)),
+            iface("veth9", 400, 400, Some(true)),
+        ];
+        assert_eq!(
+            net_reading(&host).0,
+            300,
+            "bridge and veth not counted twice"
+        );
+        assert_eq!(net_reading(&host).1, 30);
+        let container = [
+            iface("eth0", 7, 1, Some(true)),
+            iface("veth1", 3, 1, Some(true)),
+        ];
+        assert_eq!(net_reading(&container).0, 10, "only virtual: all count");
+        let old_agent = [iface("eth0", 7, 1, None), iface("docker0", 3, 1, None)];
+        assert_eq!(
+            net_reading(&old_agent).0,
+            10,
+            "unclassified (0.1.0): all count"
+        );
+    }
+
+    /// (interfaces of consecutive samples) -> the exported rx total after each.
+    #[test]
+    fn totals_never_go_backwards() {
+        type Step = &'static [(&'static str, u64)];
+        let cases: &[(&str, &[Step], &[u64])] = &[
+            (
+                "steady",
+                &[&[("eth0", 100)], &[("eth0", 150)], &[("eth0", 175)]],
+                &[100, 150, 175],
+            ),
+            (
+                "an interface disappears",
+                &[
+                    &[("eth0", 100), ("wg0", 1000)],
+                    &[("eth0", 110)],
+                    &[("eth0", 130)],
+                ],
+                &[1100, 1100, 1120],
+            ),
+            (
+                "an interface appears with old counters",
+                &[
+                    &[("eth0", 100)],
+                    &[("eth0", 110), ("eth1", 5000)],
+                    &[("eth0", 120), ("eth1", 5001)],
+                ],
+                &[100, 100, 111],
+            ),
+            (
+                "host reboot",
+                &[&[("eth0", 9000)], &[("eth0", 10)], &[("eth0", 30)]],
+                &[9000, 9000, 9020],
+            ),
+        ];
+        for (name, steps, want) in cases {
+            let mut totals = NetTotals::default();
+            let mut prev = None;
+            let mut got = Vec::new();
+            for step in steps.iter() {
+                let list: Vec<_> = step
+                    .iter()
+                    .map(|(n, rx)| iface(n, *rx, 0, Some(false)))
+                    .collect();
+                let now = net_reading(&list);
+                advance_net_totals(&mut totals, prev, now);
+                prev = Some((now.0, now.1));
+                got.push(totals.rx_bytes);
+            }
+            assert_eq!(got, *want, "{name}");
+        }
     }
 
     #[test]

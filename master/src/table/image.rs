@@ -16,8 +16,8 @@
 //! | 8 | magic `SNTLSNAP` |
 //! | 4 | format version ([`IMAGE_FORMAT`]) |
 //! | 4 | endian mark `0x01020304` |
-//! | 4 | table layout version (`layout::LAYOUT_VERSION`): records are raw `Record` bytes (layouts 1 and 2 have the same `Record` and are both read) |
-//! | 4 | `size_of::<Record>()` |
+//! | 4 | table layout version (`layout::LAYOUT_VERSION`): records are raw `Record` bytes of that layout |
+//! | 4 | `size_of::<Record>()` of that layout (layouts 1 and 2: 2032; 3: 2160) |
 //! | 4 | `size_of::<HistoryPoint>()` |
 //! | 4 | `SAMPLE_BYTES` |
 //! | 4 | history points per host of the table the image was taken from (information) |
@@ -37,21 +37,32 @@
 use std::ptr;
 use std::sync::atomic::Ordering;
 
-use super::layout::{HistoryPoint, Record, COLLECTOR_COUNTER_WORDS, LAYOUT_VERSION, SAMPLE_BYTES};
+use super::layout::{
+    HistoryPoint, Record, COLLECTOR_COUNTER_WORDS, LAYOUT_VERSION, RECORD_BYTES_V1, SAMPLE_BYTES,
+};
 use super::Table;
 
 pub const IMAGE_MAGIC: [u8; 8] = *b"SNTLSNAP";
 /// Version of the image framing above (the records inside are versioned by the layout).
 /// 2 added the collector's counters; format 1 images are still read.
 pub const IMAGE_FORMAT: u32 = 2;
-/// Table layouts whose `Record` is this binary's: layout 2 changed only the header.
-const RECORD_LAYOUTS: [u32; 2] = [1, LAYOUT_VERSION];
+/// Migration of an older layout's records: every layout only ever appended fields at the end
+/// of `Record`, and all-zero is "nothing yet" for each of them. So a record of an older layout
+/// (`record_size` bytes, between [`RECORD_BYTES_V1`] and this binary's) is read by copying its
+/// bytes and zeroing the rest. A record of the current layout must have exactly this size.
+pub(super) fn record_from(bytes: &[u8]) -> Record {
+    let mut rec = Record::zeroed();
+    let n = bytes.len().min(std::mem::size_of::<Record>());
+    // SAFETY: Record is plain old data valid for any bit pattern; n is within both.
+    unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), &mut rec as *mut Record as *mut u8, n) };
+    rec
+}
 const ENDIAN_MARK: u32 = 0x0102_0304;
 /// Bytes of the image header.
 pub const IMAGE_HEADER_BYTES: usize = 72;
 /// A host whose slot a live writer kept changing is re-read this often before the image is
 /// given up (the previous snapshot file stays): a write takes microseconds.
-const HOST_READ_ATTEMPTS: u32 = 100;
+pub(super) const HOST_READ_ATTEMPTS: u32 = 100;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ImageError {
@@ -81,6 +92,10 @@ pub struct ImageInfo {
     pub history_points: u32,
     /// Format of the image (1 carried no collector counters).
     pub format: u32,
+    /// Table layout the records were written with (older ones are migrated).
+    pub layout: u32,
+    /// Bytes of one record in the image.
+    pub record_size: u32,
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -147,30 +162,59 @@ struct HostEntry {
 }
 
 impl Table {
-    /// A consistent image of every host, taken with the seqlock reader (never locks).
+    /// A consistent image of every host, taken with the seqlock reader (never locks). Free
+    /// slots (removed or expired hosts) are left out: a restore never brings them back, and
+    /// packs the remaining hosts into the first slots.
     pub fn image(&self, created_ms: u64) -> Result<Vec<u8>, ImageError> {
         let hosts = self.host_count();
-        let mut body = Vec::new();
-        let counters = self.header().counters.values();
-        put32(&mut body, counters.len() as u32);
-        put32(&mut body, 0);
-        for v in counters {
-            put64(&mut body, v);
-        }
+        let mut body = start_body(&self.header().counters.values());
+        let mut written = 0usize;
         for i in 0..hosts {
             let detail = (0..HOST_READ_ATTEMPTS)
                 .find_map(|_| self.read_detail(i))
                 .ok_or(ImageError::Busy(i))?;
-            let sample = detail.sample.unwrap_or_default();
-            body.extend_from_slice(pod_bytes(&detail.record));
-            put32(&mut body, sample.len() as u32);
-            put32(&mut body, detail.history.len() as u32);
-            body.extend_from_slice(&sample);
-            body.resize(body.len().div_ceil(8) * 8, 0);
-            for p in &detail.history {
-                body.extend_from_slice(pod_bytes(p));
+            if detail.record.in_use != 1 {
+                continue;
             }
+            written += 1;
+            let sample = detail.sample.unwrap_or_default();
+            put_host(&mut body, &detail.record, &sample, &detail.history);
         }
+        Ok(finish(body, written, self.history_points, created_ms))
+    }
+}
+
+/// Appends one host entry (the format above) to an image body.
+pub(super) fn put_host(
+    body: &mut Vec<u8>,
+    record: &Record,
+    sample: &[u8],
+    history: &[HistoryPoint],
+) {
+    body.extend_from_slice(pod_bytes(record));
+    put32(body, sample.len() as u32);
+    put32(body, history.len() as u32);
+    body.extend_from_slice(sample);
+    body.resize(body.len().div_ceil(8) * 8, 0);
+    for p in history {
+        body.extend_from_slice(pod_bytes(p));
+    }
+}
+
+/// The body of an image starting with the collector's counters.
+pub(super) fn start_body(counters: &[u64; COLLECTOR_COUNTER_WORDS]) -> Vec<u8> {
+    let mut body = Vec::new();
+    put32(&mut body, counters.len() as u32);
+    put32(&mut body, 0);
+    for &v in counters {
+        put64(&mut body, v);
+    }
+    body
+}
+
+/// Header + `body` (this binary's layout and format).
+pub(super) fn finish(body: Vec<u8>, hosts: usize, history_points: u32, created_ms: u64) -> Vec<u8> {
+    {
         let mut out = Vec::with_capacity(IMAGE_HEADER_BYTES + body.len());
         out.extend_from_slice(&IMAGE_MAGIC);
         put32(&mut out, IMAGE_FORMAT);
@@ -179,7 +223,7 @@ impl Table {
         put32(&mut out, std::mem::size_of::<Record>() as u32);
         put32(&mut out, std::mem::size_of::<HistoryPoint>() as u32);
         put32(&mut out, SAMPLE_BYTES as u32);
-        put32(&mut out, self.history_points);
+        put32(&mut out, history_points);
         put32(&mut out, 0);
         put64(&mut out, hosts as u64);
         put64(&mut out, created_ms);
@@ -187,9 +231,11 @@ impl Table {
         put64(&mut out, fnv1a(&body));
         debug_assert_eq!(out.len(), IMAGE_HEADER_BYTES);
         out.extend_from_slice(&body);
-        Ok(out)
+        out
     }
+}
 
+impl Table {
     /// Restores `image` into this table, which must be fresh (no host yet) and opened by no
     /// other process. Everything is checked before the first byte is written. Hosts beyond
     /// the capacity are left out (returned as the second number); a host's history keeps its
@@ -246,11 +292,23 @@ fn check_header(image: &[u8]) -> Result<(ImageInfo, &[u8]), ImageError> {
         return Err(ImageError::Endian);
     }
     let layout = c.u32()?;
-    if !RECORD_LAYOUTS.contains(&layout) {
+    if !(1..=LAYOUT_VERSION).contains(&layout) {
         return Err(ImageError::Layout { found: layout });
     }
+    let record_size = c.u32()?;
+    let record_ok = if layout == LAYOUT_VERSION {
+        record_size as usize == std::mem::size_of::<Record>()
+    } else {
+        (RECORD_BYTES_V1..=std::mem::size_of::<Record>()).contains(&(record_size as usize))
+            && record_size % 8 == 0
+    };
+    if !record_ok {
+        return Err(ImageError::Sizes(format!(
+            "record is {record_size} bytes in the snapshot (layout {layout}), {} here",
+            std::mem::size_of::<Record>()
+        )));
+    }
     let sizes = [
-        ("record", c.u32()?, std::mem::size_of::<Record>()),
         (
             "history point",
             c.u32()?,
@@ -285,6 +343,8 @@ fn check_header(image: &[u8]) -> Result<(ImageInfo, &[u8]), ImageError> {
         created_ms,
         history_points,
         format,
+        layout,
+        record_size,
     };
     Ok((info, body))
 }
@@ -309,7 +369,7 @@ fn parse(image: &[u8]) -> Result<(ImageInfo, Counters, Vec<HostEntry>), ImageErr
     }
     let mut hosts = Vec::new();
     for _ in 0..info.hosts {
-        let record: Record = pod_from(c.take(std::mem::size_of::<Record>())?);
+        let record = record_from(c.take(info.record_size as usize)?);
         let sample_len = c.u32()? as usize;
         let count = c.u32()? as usize;
         if sample_len > SAMPLE_BYTES {
@@ -423,17 +483,95 @@ mod tests {
         assert_eq!(dst.table.header().counters.values(), words);
     }
 
-    /// The same image as format 1 of table layout 1 (before the collector counters).
-    fn as_format_1(image: &[u8]) -> Vec<u8> {
+    /// The same image with the records cut to their layout 1/2 size (2032 bytes: what a
+    /// 0.1.0 master wrote), as `format` (1: without the collector counters) of `layout`.
+    fn as_old_layout(image: &[u8], format: u32, layout: u32) -> Vec<u8> {
         let counters = 8 + 8 * COLLECTOR_COUNTER_WORDS;
-        let body = &image[IMAGE_HEADER_BYTES + counters..];
+        let hosts = u64::from_ne_bytes(image[40..48].try_into().unwrap());
+        let mut body = if format >= 2 {
+            image[IMAGE_HEADER_BYTES..IMAGE_HEADER_BYTES + counters].to_vec()
+        } else {
+            Vec::new()
+        };
+        let mut c = Cursor {
+            bytes: &image[IMAGE_HEADER_BYTES + counters..],
+            at: 0,
+        };
+        for _ in 0..hosts {
+            let rec = c.take(std::mem::size_of::<Record>()).unwrap();
+            body.extend_from_slice(&rec[..RECORD_BYTES_V1]);
+            let sample_len = c.u32().unwrap();
+            let count = c.u32().unwrap();
+            body.extend_from_slice(&sample_len.to_ne_bytes());
+            body.extend_from_slice(&count.to_ne_bytes());
+            let rest = (sample_len as usize).div_ceil(8) * 8
+                + count as usize * std::mem::size_of::<HistoryPoint>();
+            body.extend_from_slice(c.take(rest).unwrap());
+        }
         let mut out = image[..IMAGE_HEADER_BYTES].to_vec();
-        out[8..12].copy_from_slice(&1u32.to_ne_bytes());
-        out[16..20].copy_from_slice(&1u32.to_ne_bytes());
+        out[8..12].copy_from_slice(&format.to_ne_bytes());
+        out[16..20].copy_from_slice(&layout.to_ne_bytes());
+        out[20..24].copy_from_slice(&(RECORD_BYTES_V1 as u32).to_ne_bytes());
         out[56..64].copy_from_slice(&(body.len() as u64).to_ne_bytes());
-        out[64..72].copy_from_slice(&fnv1a(body).to_ne_bytes());
-        out.extend_from_slice(body);
+        out[64..72].copy_from_slice(&fnv1a(&body).to_ne_bytes());
+        out.extend_from_slice(&body);
         out
+    }
+
+    fn as_format_1(image: &[u8]) -> Vec<u8> {
+        as_old_layout(image, 1, 1)
+    }
+
+    #[test]
+    fn layout_1_and_2_images_restore_their_hosts_unpinned() {
+        let src = filled(3, 8);
+        // A pin in the source must not survive the cut: the old layout had no such field.
+        let w = src.table.writer().unwrap();
+        let mut r = w.record(1);
+        r.key = [9; 32];
+        r.key_pinned_ms = 5;
+        r.cloned_ms = 6;
+        r.cloned_address.set("10.0.0.1:1");
+        w.commit(1, r, None, None);
+        drop(w);
+        let image = src.table.image(1).unwrap();
+        for (format, layout) in [(1, 1), (2, 1), (2, 2)] {
+            let old = as_old_layout(&image, format, layout);
+            let dst = TestTable::new(8, 8);
+            let (info, left_out) = dst.table.restore(&old).unwrap();
+            assert_eq!((info.layout, info.record_size), (layout, 2032));
+            assert_eq!((info.hosts, left_out), (3, 0));
+            for h in 0..3 {
+                let d = dst.table.read_detail(h).unwrap();
+                assert_eq!(d.record.hostname.get(), format!("host-{h}"));
+                assert_eq!(d.record.last_seq, 10 + h as u64);
+                assert_eq!(d.record.pinned_key(), None, "layout {layout}: unpinned");
+                assert_eq!((d.record.key_pinned_ms, d.record.cloned_ms), (0, 0));
+                assert_eq!(d.record.cloned_address.get(), "");
+                assert_eq!(d.history.len(), 8);
+            }
+        }
+        // The current layout carries the pin.
+        let dst = TestTable::new(8, 8);
+        dst.table.restore(&image).unwrap();
+        let r = dst.table.read_record(1).unwrap();
+        assert_eq!((r.pinned_key(), r.key_pinned_ms), (Some(&[9; 32]), 5));
+        assert_eq!(r.cloned_address.get(), "10.0.0.1:1");
+    }
+
+    #[test]
+    fn an_old_layout_image_with_a_record_of_another_size_is_refused() {
+        let old = as_old_layout(&filled(1, 8).table.image(1).unwrap(), 2, 2);
+        for bad in [2024u32, 2036, 4000] {
+            let mut b = old.clone();
+            b[20..24].copy_from_slice(&bad.to_ne_bytes());
+            let dst = TestTable::new(4, 8);
+            assert!(matches!(
+                dst.table.restore(&b).unwrap_err(),
+                ImageError::Sizes(_)
+            ));
+            assert_eq!(dst.table.host_count(), 0);
+        }
     }
 
     #[test]
@@ -487,7 +625,7 @@ mod tests {
             (
                 patch(20, &8u32.to_ne_bytes()),
                 ImageError::Sizes(format!(
-                    "record is 8 bytes in the snapshot, {} here",
+                    "record is 8 bytes in the snapshot (layout {LAYOUT_VERSION}), {} here",
                     std::mem::size_of::<Record>()
                 )),
             ),

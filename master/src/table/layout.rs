@@ -12,7 +12,12 @@ pub const MAGIC: [u8; 8] = *b"SNTLTBL\0";
 /// Version 2 added [`CollectorCounters`] to the header, and sample buffers hold the sample's
 /// wire form (short keys, `sentinel_protocol::decode_sample`) as the agent sent it; the
 /// record struct is unchanged since 1.
-pub const LAYOUT_VERSION: u32 = 2;
+/// Version 3 appended the identity fields to [`Record`] (pinned key, clone report); images
+/// of layouts 1 and 2 are migrated on restore (`table::image`: old record bytes copied, the
+/// new tail zeroed, which means "no key pinned, never cloned").
+pub const LAYOUT_VERSION: u32 = 3;
+/// `size_of::<Record>()` of layouts 1 and 2: the shortest record an image may hold.
+pub const RECORD_BYTES_V1: usize = 2032;
 /// Bytes reserved for the latest sample's CBOR encoding (wire form, typically ~300 bytes); a
 /// larger one is stored with its per-core, filesystem and interface lists truncated.
 pub const SAMPLE_BYTES: usize = 8192;
@@ -63,7 +68,10 @@ pub struct Header {
     pub lock: [u64; LOCK_BYTES / 8],
     /// What the collector did with its connections, for /metrics.
     pub counters: CollectorCounters,
-    pub reserved: [u64; 16],
+    pub reserved: [u64; 13],
+    /// Host lifecycle counters (removals, expiries, table full), taken from the reserved
+    /// words without a layout change: an older segment has zeros there.
+    pub lifecycle: LifecycleCounters,
 }
 const _: () = assert!(std::mem::size_of::<Header>() == 512);
 const _: () = assert!(std::mem::align_of::<Header>() == 8);
@@ -84,6 +92,21 @@ pub struct CollectorCounters {
     /// Refused connections, indexed by `collector::RefusalCode::index`.
     pub refused: [AtomicU64; REFUSAL_CODES],
 }
+/// What happened to host slots, for /metrics (`sentinel_master_hosts_removed_total` ...).
+/// Only the collector adds (relaxed atomics). They live in the segment, so they survive a
+/// collector or http restart; table images do not carry them (a master restart starts them
+/// at zero, which Prometheus reads as a counter reset).
+#[repr(C)]
+pub struct LifecycleCounters {
+    /// Hosts an operator removed (control channel `RemoveHost`).
+    pub hosts_removed: AtomicU64,
+    /// Hosts removed because they were down or stopped longer than `host_expiry`.
+    pub hosts_expired: AtomicU64,
+    /// New hosts refused `busy` because every slot was taken.
+    pub table_full: AtomicU64,
+}
+const _: () = assert!(std::mem::size_of::<LifecycleCounters>() == 24);
+
 /// `CollectorCounters` as a flat list of u64 (what a table image stores).
 pub const COLLECTOR_COUNTER_WORDS: usize = 3 + REFUSAL_CODES;
 const _: () = assert!(std::mem::size_of::<CollectorCounters>() == 8 * COLLECTOR_COUNTER_WORDS);
@@ -193,6 +216,22 @@ pub struct RateBase {
 }
 const _: () = assert!(std::mem::size_of::<RateBase>() == 48);
 
+/// A host's network counters as /metrics exports them: cumulative, and never going backwards
+/// when an interface disappears, the set of counted interfaces changes, or the host reboots
+/// (Prometheus would read a decrease as a counter reset). `account::advance_net_totals` keeps
+/// them; docs/CONTRACT.md says what they count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NetTotals {
+    /// Bytes received on the counted interfaces since the host first reported (see above).
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// FNV-1a of the counted interfaces' names at the previous stored sample: a changed set
+    /// (rename, appeared, disappeared) adds nothing for that one interval instead of a jump.
+    pub names_hash: u64,
+}
+const _: () = assert!(std::mem::size_of::<NetTotals>() == 24);
+
 /// One point of a host's history ring.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
@@ -269,8 +308,24 @@ pub struct Record {
     pub kernel: Text<256>,
     pub arch: Text<256>,
     pub cpu_model: Text<256>,
+    // --- Layout 3 (identity). New fields go after these; all-zero must mean "nothing yet",
+    // since an older image restores with this tail zeroed.
+    /// The Ed25519 public key pinned to this agent id at its first keyed welcome; all zero =
+    /// no key pinned (a 0.1.0 agent, or the key was forgotten).
+    pub key: [u8; 32],
+    /// Master time when `key` was pinned (unix ms), 0 = not pinned.
+    pub key_pinned_ms: u64,
+    /// Master time of the first hello that proved the pinned key while another connection of
+    /// this host was live (a cloned VM suspected); 0 = none pending. A later one within
+    /// `collector::store::CLONE_WINDOW_MS`, after the live one sent a frame, confirms it.
+    pub clone_suspect_ms: u64,
+    /// Master time of the last confirmed clone: a second peer proved the pinned key while the
+    /// connected one was live (unix ms), 0 = never.
+    pub cloned_ms: u64,
+    /// The refused peer's address at `cloned_ms`.
+    pub cloned_address: Text<64>,
 }
-const _: () = assert!(std::mem::size_of::<Record>() == 2032);
+const _: () = assert!(std::mem::size_of::<Record>() == 2032 + 32 + 24 + 72);
 const _: () = assert!(std::mem::size_of::<Record>() % 8 == 0);
 
 impl Record {
@@ -281,6 +336,11 @@ impl Record {
 
     pub fn agent_id(&self) -> String {
         String::from_utf8_lossy(&self.agent_id).into_owned()
+    }
+
+    /// The pinned public key, if any.
+    pub fn pinned_key(&self) -> Option<&[u8; 32]> {
+        (self.key != [0; 32]).then_some(&self.key)
     }
 }
 
@@ -296,7 +356,9 @@ pub struct SlotFixed {
     /// Double buffer: a write fills the one the visible record does not point to.
     pub samples: [[u8; SAMPLE_BYTES]; 2],
 }
-const _: () = assert!(std::mem::size_of::<SlotFixed>() == 16 + 2 * 2032 + 2 * SAMPLE_BYTES);
+const _: () = assert!(
+    std::mem::size_of::<SlotFixed>() == 16 + 2 * std::mem::size_of::<Record>() + 2 * SAMPLE_BYTES
+);
 const _: () = assert!(std::mem::size_of::<SlotFixed>() % 8 == 0);
 
 /// Bytes of one slot for a history ring of `history_points`.
