@@ -471,6 +471,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn new_streams_share_a_snapshot_plus_the_events_after_it_until_it_is_too_old() {
+        let t: &'static TestTable = Box::leak(Box::new(TestTable::new(4, 8)));
+        write_sample(&t.table, 1);
+        let snaps = Snapshots {
+            epoch: AtomicU64::new(0),
+            recent: std::sync::Mutex::new(VecDeque::new()),
+            cached: tokio::sync::Mutex::new(None),
+        };
+        let announced = Announced::default();
+        let first = snaps.opening(&t.table, &announced).await;
+        assert_eq!(first.len(), 1);
+        assert!(std::str::from_utf8(&first[0])
+            .unwrap()
+            .contains("event: snapshot"));
+        // Two events later a new stream gets the same bytes (not rendered again) + both.
+        snaps.publish(&Bytes::from_static(b"e1"));
+        snaps.publish(&Bytes::from_static(b"e2"));
+        let second = snaps.opening(&t.table, &announced).await;
+        assert_eq!(second.len(), 3);
+        assert_eq!(second[0].as_ptr(), first[0].as_ptr(), "rendered again");
+        assert_eq!((&second[1][..], &second[2][..]), (&b"e1"[..], &b"e2"[..]));
+        // More than CATCH_UP events after it: rendered again, nothing appended.
+        for _ in 0..CATCH_UP {
+            snaps.publish(&Bytes::from_static(b"e"));
+        }
+        let third = snaps.opening(&t.table, &announced).await;
+        assert_eq!(third.len(), 1);
+        assert_ne!(third[0].as_ptr(), first[0].as_ptr());
+        // The new render is tagged with the current epoch: the next stream reuses it.
+        snaps.publish(&Bytes::from_static(b"e3"));
+        let fourth = snaps.opening(&t.table, &announced).await;
+        assert_eq!(fourth.len(), 2);
+        assert_eq!(fourth[0].as_ptr(), third[0].as_ptr());
+    }
+
+    #[tokio::test]
     async fn a_client_gets_a_snapshot_then_each_new_sample_within_a_second() {
         let t: &'static TestTable = Box::leak(Box::new(TestTable::new(4, 8)));
         let table = &t.table;
