@@ -8,7 +8,10 @@
 //! whose slot was freed) and a `tick` with the master's clock every second. A client that falls behind the broadcast is
 //! disconnected; its EventSource reconnects and starts again from a fresh snapshot.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,6 +44,9 @@ pub struct Feed {
     /// for slots it has not looked at yet, so a host removed before the watcher's next look
     /// is still announced to that client (`removed`).
     announced: Announced,
+    snapshots: Arc<Snapshots>,
+    /// [`OPENINGS_AT_ONCE`] turns to send an opening.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 type Announced = std::sync::Arc<std::sync::Mutex<Vec<(usize, Seen)>>>;
@@ -49,8 +55,24 @@ impl Feed {
     pub fn start(table: &'static Table, stopping: watch::Receiver<bool>) -> Feed {
         let (tx, _) = broadcast::channel(BACKLOG);
         let announced = Announced::default();
-        tokio::spawn(watch_table(table, tx.clone(), announced.clone(), stopping));
-        Feed { tx, announced }
+        let snapshots = Arc::new(Snapshots {
+            epoch: AtomicU64::new(0),
+            recent: std::sync::Mutex::new(VecDeque::with_capacity(CATCH_UP)),
+            cached: tokio::sync::Mutex::new(None),
+        });
+        tokio::spawn(watch_table(
+            table,
+            tx.clone(),
+            announced.clone(),
+            snapshots.clone(),
+            stopping,
+        ));
+        Feed {
+            tx,
+            announced,
+            snapshots,
+            turns: Arc::new(tokio::sync::Semaphore::new(OPENINGS_AT_ONCE)),
+        }
     }
 }
 
@@ -85,6 +107,81 @@ fn snapshot(table: &Table, now: u64, announced: &Announced) -> Value {
 /// Bound on snapshot entries waiting for the watcher (a burst of new clients between two
 /// ticks); beyond it a snapshot is not recorded, and only the race it closes reopens.
 const MAX_ANNOUNCED: usize = 1 << 16;
+
+/// The opening of a stream (retry hint + `snapshot` event), rendered once and shared by the
+/// streams that open while it is recent. Rendering it per client made a burst of 1,000 new
+/// streams render 1,000 fleets (4,096 hosts each) on the http process's two workers,
+/// delaying every other request by seconds.
+///
+/// Why a shared snapshot loses nothing: every `hosts` and `removed` event the watcher sends is numbered
+/// (`epoch`) and kept in `recent` *before* it is sent. A snapshot is tagged with the epoch
+/// read before its render began, so it holds every change up to that event's scan. A stream
+/// subscribes, then reads `epoch` (E) and takes the snapshot (epoch e <= E) plus the kept
+/// events e+1..=E; every later event reaches it live (subscribed before it was sent). An
+/// event both kept and received live is sent twice, which clients take as is (a host row
+/// replaces the row; sparkline points are numbered).
+struct Snapshots {
+    epoch: AtomicU64,
+    /// The last [`CATCH_UP`] `hosts` events with their epochs.
+    recent: std::sync::Mutex<VecDeque<(u64, Bytes)>>,
+    /// (epoch read before rendering, the rendered opening). The lock is held while
+    /// rendering: streams arriving meanwhile wait and then take the same bytes.
+    cached: tokio::sync::Mutex<Option<(u64, Bytes)>>,
+}
+
+/// A cached snapshot serves new streams while at most this many events (1.6 s at the
+/// watcher's pace) followed it; older, it is rendered again (a render costs more than that).
+const CATCH_UP: usize = 8;
+
+impl Snapshots {
+    /// Numbers and keeps a `hosts` or `removed` event; call before sending it.
+    fn publish(&self, bytes: &Bytes) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = self.epoch.load(Ordering::SeqCst) + 1;
+        if recent.len() == CATCH_UP {
+            recent.pop_front();
+        }
+        recent.push_back((epoch, bytes.clone()));
+        self.epoch.store(epoch, Ordering::SeqCst);
+    }
+
+    /// The kept events after `from` up to the current epoch, if all of them are kept.
+    fn since(&self, from: u64) -> Option<Vec<Bytes>> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.epoch.load(Ordering::SeqCst);
+        let events: Vec<Bytes> = recent
+            .iter()
+            .filter(|(e, _)| *e > from)
+            .map(|(_, b)| b.clone())
+            .collect();
+        (events.len() as u64 == now - from).then_some(events)
+    }
+
+    /// The opening for a stream that has subscribed: the snapshot and the events after it.
+    async fn opening(&self, table: &'static Table, announced: &Announced) -> VecDeque<Bytes> {
+        let mut cached = self.cached.lock().await;
+        if let Some((e, bytes)) = &*cached {
+            if let Some(events) = self.since(*e) {
+                return std::iter::once(bytes.clone()).chain(events).collect();
+            }
+        }
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        // Thousands of hosts are CPU work: off the runtime's workers, so other requests
+        // (and streams already open) go on meanwhile.
+        let announced = announced.clone();
+        let rendered = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            let mut head = format!("retry: {RETRY_MS}\n\n").into_bytes();
+            head.extend_from_slice(&event("snapshot", &snapshot(table, now, &announced)));
+            Bytes::from(head)
+        })
+        .await
+        .unwrap_or_default();
+        *cached = Some((epoch, rendered.clone()));
+        let events = self.since(epoch).unwrap_or_default();
+        std::iter::once(rendered).chain(events).collect()
+    }
+}
 
 fn event(name: &str, data: &Value) -> Bytes {
     let mut s = format!("event: {name}\ndata: ");
@@ -128,6 +225,7 @@ async fn watch_table(
     table: &'static Table,
     tx: broadcast::Sender<Bytes>,
     announced: Announced,
+    snapshots: Arc<Snapshots>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut seen: Vec<Option<Seen>> = Vec::new();
@@ -199,10 +297,14 @@ async fn watch_table(
             changed.push(host);
         }
         if !removed.is_empty() {
-            let _ = tx.send(event("removed", &json!({"now_ms": now, "ids": removed})));
+            let bytes = event("removed", &json!({"now_ms": now, "ids": removed}));
+            snapshots.publish(&bytes); // before the send (see `Snapshots`)
+            let _ = tx.send(bytes);
         }
         if !changed.is_empty() {
-            let _ = tx.send(event("hosts", &json!({"now_ms": now, "hosts": changed})));
+            let bytes = event("hosts", &json!({"now_ms": now, "hosts": changed}));
+            snapshots.publish(&bytes);
+            let _ = tx.send(bytes);
         }
         if last_tick.elapsed() >= TICK_EVERY {
             last_tick = std::time::Instant::now();
@@ -211,36 +313,118 @@ async fn watch_table(
     }
 }
 
-/// The response body of one event stream: retry hint and snapshot, then the shared feed until
-/// the client lags, goes away or the process stops.
-pub fn stream(state: &State) -> Body {
-    let rx = state.events.tx.subscribe(); // before the snapshot: no change falls in between
-    let table = state.table;
-    let stopping = state.stopping.clone();
-    let announced = state.events.announced.clone();
-    let first = async move {
-        let now = now_ms();
-        let mut head = format!("retry: {RETRY_MS}\n\n").into_bytes();
-        head.extend_from_slice(&event("snapshot", &snapshot(table, now, &announced)));
-        Bytes::from(head)
-    };
-    let head = futures_util::stream::once(first);
-    let rest = futures_util::stream::unfold((rx, stopping), |(mut rx, mut stopping)| async move {
-        if *stopping.borrow() {
-            return None;
-        }
-        tokio::select! {
-            r = rx.recv() => match r {
-                Ok(bytes) => Some((bytes, (rx, stopping))),
-                // Lagged or closed: end the stream; the browser reconnects to a snapshot.
-                Err(_) => None,
-            },
-            _ = stopping.changed() => None,
-        }
+/// Streams sending their opening (the fleet snapshot, ~1 KiB per host) at the same time; the
+/// others wait for a turn. 1,000 streams opening at once at 4,096 hosts are ~4.5 GB to
+/// write: all at once, every other response (GET /api/v1/hosts, itself MBs) got a
+/// thousandth of the bandwidth and took seconds. A few at a time keep it a small share.
+const OPENINGS_AT_ONCE: usize = 4;
+/// The opening is handed to hyper in pieces of this size, so that a stream's turn ends when
+/// little more than its socket buffer is left to write.
+const OPENING_CHUNK: usize = 64 * 1024;
+/// A turn is given back after this even if the client has not taken its whole opening yet
+/// (a client that stops reading must not hold one); such a client gets the rest without one.
+const TURN_AT_MOST: Duration = Duration::from_secs(2);
+
+/// Where one event stream is.
+enum Phase {
+    /// Waiting for a turn (not subscribed yet: a long wait cannot make it lag).
+    Waiting,
+    /// Sending what is left of `parts`; `turn` ends (dropped) with the opening.
+    Opening {
+        rx: broadcast::Receiver<Bytes>,
+        parts: VecDeque<Bytes>,
+        turn: tokio::sync::oneshot::Sender<()>,
+    },
+    Live(broadcast::Receiver<Bytes>),
+}
+
+/// What one stream needs from the feed.
+struct Ctx {
+    tx: broadcast::Sender<Bytes>,
+    snapshots: Arc<Snapshots>,
+    announced: Announced,
+    turns: Arc<tokio::sync::Semaphore>,
+    table: &'static Table,
+    stopping: watch::Receiver<bool>,
+}
+
+/// Takes a turn; it is given back when the returned sender is dropped, or after
+/// [`TURN_AT_MOST`] whatever the client does.
+async fn take_turn(
+    turns: &Arc<tokio::sync::Semaphore>,
+) -> Option<tokio::sync::oneshot::Sender<()>> {
+    let permit = turns.clone().acquire_owned().await.ok()?;
+    let (done, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _ = tokio::time::timeout(TURN_AT_MOST, released).await;
     });
-    let frames = head
-        .chain(rest)
-        .map(|b| Ok::<_, Infallible>(Frame::data(Data::from_iter([b]))));
+    Some(done)
+}
+
+/// The next piece of an opening, and the phase after it.
+fn piece(
+    rx: broadcast::Receiver<Bytes>,
+    mut parts: VecDeque<Bytes>,
+    turn: tokio::sync::oneshot::Sender<()>,
+) -> (Bytes, Phase) {
+    let part = match parts.front_mut() {
+        Some(front) if front.len() > OPENING_CHUNK => front.split_to(OPENING_CHUNK),
+        Some(_) => parts.pop_front().unwrap_or_default(),
+        None => Bytes::new(),
+    };
+    let next = if parts.is_empty() {
+        Phase::Live(rx) // the turn ends here
+    } else {
+        Phase::Opening { rx, parts, turn }
+    };
+    (part, next)
+}
+
+/// The response body of one event stream: a turn, then retry hint and snapshot, then the
+/// shared feed until the client lags, goes away or the process stops.
+pub fn stream(state: &State) -> Body {
+    let ctx = Ctx {
+        tx: state.events.tx.clone(),
+        snapshots: state.events.snapshots.clone(),
+        announced: state.events.announced.clone(),
+        turns: state.events.turns.clone(),
+        table: state.table,
+        stopping: state.stopping.clone(),
+    };
+    let frames =
+        futures_util::stream::unfold((Phase::Waiting, ctx), |(phase, mut ctx)| async move {
+            if *ctx.stopping.borrow() {
+                return None;
+            }
+            match phase {
+                Phase::Waiting => {
+                    let turn = tokio::select! {
+                        t = take_turn(&ctx.turns) => t?,
+                        _ = ctx.stopping.changed() => return None,
+                    };
+                    let rx = ctx.tx.subscribe(); // before the snapshot: no change falls in between
+                    let parts = ctx.snapshots.opening(ctx.table, &ctx.announced).await;
+                    let (part, next) = piece(rx, parts, turn);
+                    Some((part, (next, ctx)))
+                }
+                Phase::Opening { rx, parts, turn } => {
+                    let (part, next) = piece(rx, parts, turn);
+                    Some((part, (next, ctx)))
+                }
+                Phase::Live(mut rx) => {
+                    tokio::select! {
+                        r = rx.recv() => match r {
+                            Ok(bytes) => Some((bytes, (Phase::Live(rx), ctx))),
+                            // Lagged or closed: end the stream; the browser reconnects to a snapshot.
+                            Err(_) => None,
+                        },
+                        _ = ctx.stopping.changed() => None,
+                    }
+                }
+            }
+        });
+    let frames = frames.map(|b| Ok::<_, Infallible>(Frame::data(Data::from_iter([b]))));
     StreamBody::new(frames).boxed_unsync()
 }
 
@@ -284,6 +468,42 @@ mod tests {
         let (_, point) = account::apply_sample(&mut rec, &s, false, now_ms());
         w.commit(0, rec, None, point);
         w.publish_host_count(1);
+    }
+
+    #[tokio::test]
+    async fn new_streams_share_a_snapshot_plus_the_events_after_it_until_it_is_too_old() {
+        let t: &'static TestTable = Box::leak(Box::new(TestTable::new(4, 8)));
+        write_sample(&t.table, 1);
+        let snaps = Snapshots {
+            epoch: AtomicU64::new(0),
+            recent: std::sync::Mutex::new(VecDeque::new()),
+            cached: tokio::sync::Mutex::new(None),
+        };
+        let announced = Announced::default();
+        let first = snaps.opening(&t.table, &announced).await;
+        assert_eq!(first.len(), 1);
+        assert!(std::str::from_utf8(&first[0])
+            .unwrap()
+            .contains("event: snapshot"));
+        // Two events later a new stream gets the same bytes (not rendered again) + both.
+        snaps.publish(&Bytes::from_static(b"e1"));
+        snaps.publish(&Bytes::from_static(b"e2"));
+        let second = snaps.opening(&t.table, &announced).await;
+        assert_eq!(second.len(), 3);
+        assert_eq!(second[0].as_ptr(), first[0].as_ptr(), "rendered again");
+        assert_eq!((&second[1][..], &second[2][..]), (&b"e1"[..], &b"e2"[..]));
+        // More than CATCH_UP events after it: rendered again, nothing appended.
+        for _ in 0..CATCH_UP {
+            snaps.publish(&Bytes::from_static(b"e"));
+        }
+        let third = snaps.opening(&t.table, &announced).await;
+        assert_eq!(third.len(), 1);
+        assert_ne!(third[0].as_ptr(), first[0].as_ptr());
+        // The new render is tagged with the current epoch: the next stream reuses it.
+        snaps.publish(&Bytes::from_static(b"e3"));
+        let fourth = snaps.opening(&t.table, &announced).await;
+        assert_eq!(fourth.len(), 2);
+        assert_eq!(fourth[0].as_ptr(), third[0].as_ptr());
     }
 
     #[tokio::test]
