@@ -15,6 +15,18 @@ pub const UP_INTERVALS: u64 = 3;
 /// Below this many intervals (and at least [`UP_INTERVALS`]) a host is `stale`; beyond, `down`.
 pub const STALE_INTERVALS: u64 = 10;
 
+/// When the master last heard from a host, and "now", on one clock: the boot clock
+/// (CLOCK_BOOTTIME, which no wall-clock step moves) when the record has a receive time on it
+/// from this boot, else the wall clock (a record restored from a snapshot, until its next
+/// frame). Every age that decides a host's status or its expiry goes through here.
+pub fn seen_and_now(last_seen_ms: u64, last_seen_boot_ms: u64, now_ms: u64) -> (u64, u64) {
+    if last_seen_boot_ms != 0 {
+        (last_seen_boot_ms, crate::segment::boot_ms())
+    } else {
+        (last_seen_ms, now_ms)
+    }
+}
+
 impl Status {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -7,7 +7,7 @@ use sentinel_protocol::{Hello, Sample};
 use sha2::{Digest, Sha256};
 
 use super::handshake::{refusal, Refusal};
-use crate::segment::now_ms;
+use crate::segment::{boot_ms, now_ms};
 use crate::table::account::{self, Outcome};
 use crate::table::layout::SAMPLE_BYTES;
 use crate::table::{Table, TableError, Writer};
@@ -44,9 +44,9 @@ pub fn expired(rec: &crate::table::Record, connected: bool, now_ms: u64, expiry_
     if expiry_ms == 0 || connected || rec.in_use != 1 {
         return false;
     }
-    let status = Status::derive(rec.goodbye == 1, rec.last_seen_ms, rec.interval_ms, now_ms);
-    matches!(status, Status::Down | Status::Stopped)
-        && now_ms.saturating_sub(rec.last_seen_ms) > expiry_ms
+    let (seen, now) = crate::status::seen_and_now(rec.last_seen_ms, rec.last_seen_boot_ms, now_ms);
+    let status = Status::derive(rec.goodbye == 1, seen, rec.interval_ms, now);
+    matches!(status, Status::Down | Status::Stopped) && now.saturating_sub(seen) > expiry_ms
 }
 
 /// A connection of a pinned host counts as live for the clone rule while its last frame is
@@ -196,6 +196,7 @@ impl Store {
         };
         let now = now_ms();
         let last_seq = account::handshake(&mut rec, hello, address, now);
+        rec.last_seen_boot_ms = boot_ms();
         rec.clone_suspect_ms = 0;
         if let (None, Some(key)) = (rec.pinned_key(), hello.key.as_deref()) {
             if let Ok(key) = <[u8; 32]>::try_from(key) {
@@ -224,6 +225,7 @@ impl Store {
     ) -> Result<u64, Superseded> {
         self.check_owner(slot, conn)?;
         let mut rec = self.writer.record(slot);
+        let boot = boot_ms();
         for Incoming {
             sample,
             wire,
@@ -231,6 +233,7 @@ impl Store {
         } in samples
         {
             let (outcome, point) = account::apply_sample(&mut rec, sample, replayed, now_ms());
+            rec.last_seen_boot_ms = boot;
             match outcome {
                 Outcome::Stored => {
                     let encoded;
@@ -253,6 +256,7 @@ impl Store {
         self.check_owner(slot, conn)?;
         let mut rec = self.writer.record(slot);
         account::goodbye(&mut rec, now_ms());
+        rec.last_seen_boot_ms = boot_ms();
         self.writer.commit(slot, rec, None, None);
         self.owners.remove(&slot);
         Ok(())
@@ -327,7 +331,9 @@ impl Store {
         };
         let now = now_ms();
         let live_ms = (u64::from(rec.interval_ms) * CLONE_LIVE_INTERVALS).max(CLONE_LIVE_MIN_MS);
-        if !self.owners.contains_key(&i) || now.saturating_sub(rec.last_seen_ms) > live_ms {
+        let (seen, since) =
+            crate::status::seen_and_now(rec.last_seen_ms, rec.last_seen_boot_ms, now);
+        if !self.owners.contains_key(&i) || since.saturating_sub(seen) > live_ms {
             return Ok(()); // a restart or a reconnect: the newcomer takes over as before
         }
         let other = rec.address.get();

@@ -145,7 +145,8 @@ fn stored_fs_fullest(bytes: &[u8]) -> Option<FsFullest> {
 }
 
 pub fn status_of(rec: &Record, now: u64) -> Status {
-    Status::derive(rec.goodbye == 1, rec.last_seen_ms, rec.interval_ms, now)
+    let (seen, now) = crate::status::seen_and_now(rec.last_seen_ms, rec.last_seen_boot_ms, now);
+    Status::derive(rec.goodbye == 1, seen, rec.interval_ms, now)
 }
 
 /// The HOST object of docs/CONTRACT.md. Floats serialize in their shortest form and as null
@@ -408,6 +409,7 @@ pub struct SlotState {
     pub status: Status,
     goodbye: bool,
     last_seen_ms: u64,
+    last_seen_boot_ms: u64,
     interval_ms: u32,
 }
 
@@ -419,15 +421,18 @@ impl SlotState {
             status: status_of(rec, now),
             goodbye: rec.goodbye == 1,
             last_seen_ms: rec.last_seen_ms,
+            last_seen_boot_ms: rec.last_seen_boot_ms,
             interval_ms: rec.interval_ms,
         }
     }
 
     /// True if the slot still holds what was rendered and its status has not moved on.
     pub fn unchanged(&self, version: u64, now: u64) -> bool {
-        self.version == version
-            && version % 2 == 0
-            && Status::derive(self.goodbye, self.last_seen_ms, self.interval_ms, now) == self.status
+        self.version == version && version % 2 == 0 && {
+            let (seen, now) =
+                crate::status::seen_and_now(self.last_seen_ms, self.last_seen_boot_ms, now);
+            Status::derive(self.goodbye, seen, self.interval_ms, now) == self.status
+        }
     }
 }
 

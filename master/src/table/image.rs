@@ -17,7 +17,7 @@
 //! | 4 | format version ([`IMAGE_FORMAT`]) |
 //! | 4 | endian mark `0x01020304` |
 //! | 4 | table layout version (`layout::LAYOUT_VERSION`): records are raw `Record` bytes of that layout |
-//! | 4 | `size_of::<Record>()` of that layout (layouts 1 and 2: 2032; 3: 2184) |
+//! | 4 | `size_of::<Record>()` of that layout (layouts 1 and 2: 2032; 3: 2192) |
 //! | 4 | `size_of::<HistoryPoint>()` |
 //! | 4 | `SAMPLE_BYTES` |
 //! | 4 | history points per host of the table the image was taken from (information) |
@@ -250,6 +250,8 @@ impl Table {
             let held = (host.points.len() as u64).min(points);
             rec.history_count = rec.history_count.max(host.points.len() as u64);
             rec.connected = 0; // connections died with the previous master
+                               // The image may come from another boot: its boot-clock times mean nothing here.
+            rec.last_seen_boot_ms = 0;
             rec.pending_index = u64::MAX;
             rec.sample_buf = 0;
             rec.sample_len = [host.sample.len() as u32, 0];

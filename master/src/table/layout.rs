@@ -12,8 +12,8 @@ pub const MAGIC: [u8; 8] = *b"SNTLTBL\0";
 /// Version 2 added [`CollectorCounters`] to the header, and sample buffers hold the sample's
 /// wire form (short keys, `sentinel_protocol::decode_sample`) as the agent sent it; the
 /// record struct is unchanged since 1.
-/// Version 3 appended the identity fields to [`Record`] (pinned key, clone report) and the
-/// monotonic network totals ([`NetTotals`]); images
+/// Version 3 appended the identity fields to [`Record`] (pinned key, clone report), the
+/// monotonic network totals ([`NetTotals`]) and the boot-clock receive time; images
 /// of layouts 1 and 2 are migrated on restore (`table::image`: old record bytes copied, the
 /// new tail zeroed, which means "no key pinned, never cloned").
 pub const LAYOUT_VERSION: u32 = 3;
@@ -328,8 +328,12 @@ pub struct Record {
     /// The network counters /metrics exports (monotonic; all zero = no sample yet, and a
     /// migrated older record seeds them from its next sample).
     pub net_totals: NetTotals,
+    /// `last_seen_ms` on the boot clock (`segment::boot_ms`, CLOCK_BOOTTIME), which no
+    /// wall-clock step moves: liveness is judged by it (`status::seen_and_now`). 0 = none
+    /// in this boot (a record restored from an image, until its next frame).
+    pub last_seen_boot_ms: u64,
 }
-const _: () = assert!(std::mem::size_of::<Record>() == 2032 + 32 + 24 + 72 + 24);
+const _: () = assert!(std::mem::size_of::<Record>() == 2032 + 32 + 24 + 72 + 24 + 8);
 const _: () = assert!(std::mem::size_of::<Record>() % 8 == 0);
 
 impl Record {
