@@ -3,27 +3,10 @@
 //! collector (its watchdog and /healthz judge the heartbeat on CLOCK_BOOTTIME), so no child
 //! restarts and no sample is lost.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sentinel_tests::*;
 use serde_json::Value;
-
-/// libfaketime's preload library (Debian's `faketime` package), if installed.
-fn libfaketime() -> Option<PathBuf> {
-    let dirs = std::fs::read_dir("/usr/lib").ok()?;
-    dirs.flatten()
-        .map(|d| d.path().join("faketime/libfaketime.so.1"))
-        .chain([PathBuf::from("/usr/lib/faketime/libfaketime.so.1")])
-        .find(|p| p.exists())
-}
-
-/// A dynamically linked binary (LD_PRELOAD works on it).
-fn is_dynamic(path: &Path) -> bool {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    let head = &bytes[..bytes.len().min(4096)];
-    head.windows(7).any(|w| w == b"ld-linu" || w == b"ld-musl")
-}
 
 fn real_now_ms() -> i64 {
     SystemTime::now()
@@ -69,7 +52,9 @@ fn wait_stepped(master: &Master, from: &[u64], more: u64, offset_ms: i64, what: 
 #[test]
 fn wall_clock_steps_restart_no_child_and_lose_no_sample() {
     let Some(lib) = libfaketime().filter(|_| is_dynamic(&bin("sentinel-master"))) else {
-        eprintln!("SKIPPED: libfaketime missing or sentinel-master is static (LD_PRELOAD cannot step its clock)");
+        skip_unless_ci(
+            "libfaketime missing or sentinel-master is static (LD_PRELOAD cannot step its clock)",
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();

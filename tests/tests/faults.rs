@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -494,34 +494,6 @@ fn master_restart_restores_the_table_from_its_snapshot_and_refuses_a_wrong_versi
 
 // ---------------------------------------------------------------------------------------------
 // 4. Agent clocks 10 minutes off (real agents under libfaketime)
-
-/// libfaketime's preload library, installing Debian's `faketime` if root and missing.
-fn libfaketime() -> Option<PathBuf> {
-    let find = || {
-        let dirs = std::fs::read_dir("/usr/lib").ok()?;
-        dirs.flatten()
-            .map(|d| d.path().join("faketime/libfaketime.so.1"))
-            .chain([PathBuf::from("/usr/lib/faketime/libfaketime.so.1")])
-            .find(|p| p.exists())
-    };
-    if let Some(p) = find() {
-        return Some(p);
-    }
-    if nix::unistd::geteuid().is_root() {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-q", "faketime"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-    }
-    find()
-}
-
-/// A dynamically linked binary (LD_PRELOAD works on it): it names an ELF interpreter.
-fn is_dynamic(path: &Path) -> bool {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    let head = &bytes[..bytes.len().min(4096)];
-    head.windows(7).any(|w| w == b"ld-linu" || w == b"ld-musl")
-}
 
 #[test]
 fn agent_clock_10_minutes_off_keeps_liveness_and_shows_the_offset() {
