@@ -88,9 +88,10 @@ async function stop(child, sig = "SIGTERM", graceMs = 8000) {
   clearTimeout(t);
 }
 
-function getJson(port, p) {
+// `auth`: "user:password" for a master with http_basic_auth_* (docs/CONTRACT.md), else none.
+function getJson(port, p, auth) {
   return new Promise((resolve, reject) => {
-    const req = http.get({ host: "127.0.0.1", port, path: p, timeout: 5000 }, (res) => {
+    const req = http.get({ host: "127.0.0.1", port, path: p, auth, timeout: 5000 }, (res) => {
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (c) => { body += c; });
@@ -145,8 +146,14 @@ class Master {
     return "http://127.0.0.1:" + this.httpPort + p;
   }
 
+  // With `opts.auth` ("user:password") the API is read with those credentials.
   async hosts() {
-    return (await getJson(this.httpPort, "/api/v1/hosts")).body.hosts;
+    return (await getJson(this.httpPort, "/api/v1/hosts", this.opts.auth)).body.hosts;
+  }
+
+  // Everything the master's processes logged so far (supervisor, collector, http).
+  logText() {
+    return fs.readFileSync(path.join(this.dir, "master.log"), "utf8");
   }
 
   // SIGTERM to the supervisor by PID: it stops its children and removes the segment.
@@ -162,8 +169,12 @@ class Master {
   }
 }
 
+function agentStateDir(dir, i) {
+  return path.join(dir, "agent-" + i);
+}
+
 function startAgent(master, dir, hostname, i, interval = "500ms") {
-  const state = path.join(dir, "agent-" + i);
+  const state = agentStateDir(dir, i);
   fs.mkdirSync(state, { recursive: true });
   return start(BIN("sentinel-agent"), [
     "--master", "127.0.0.1:" + master.agentPort,
@@ -175,10 +186,22 @@ function startAgent(master, dir, hostname, i, interval = "500ms") {
   ], "agent " + i, path.join(dir, "agent-" + i + ".log"));
 }
 
+// Agent `to`'s state directory gets agent `from`'s identity (`agent-id` and `agent-key`): a
+// machine cloned with its /var/lib/sentinel, as tests/src/lib.rs Agent::start_with_state_of.
+function copyAgentIdentity(dir, from, to) {
+  fs.mkdirSync(agentStateDir(dir, to), { recursive: true });
+  for (const f of ["agent-id", "agent-key"]) {
+    fs.copyFileSync(path.join(agentStateDir(dir, from), f), path.join(agentStateDir(dir, to), f));
+  }
+}
+
 // One simulated host (sentinel-loadgen, the real protocol) named load-<idBase, 5 digits>
 // whose agent_version, os, kernel, cpu_model and first mount point are `text`: hostnames
 // are limited to A-Z a-z 0-9 - . _, so hostile text reaches the dashboard through these.
+// The loadgen's hellos carry no key: its hosts are unpinned, as a 0.1.0 agent's. With `text`
+// null the host reports the loadgen's own texts.
 function startHostileHost(master, dir, idBase, text, interval = "500ms") {
+  const hostText = text === null || text === undefined ? [] : ["--host-text", text];
   return start(BIN("sentinel-loadgen"), [
     "run",
     "--master", "127.0.0.1:" + master.agentPort,
@@ -187,7 +210,7 @@ function startHostileHost(master, dir, idBase, text, interval = "500ms") {
     "--duration", "600s",
     "--token-file", path.join(master.dir, "token"),
     "--id-base", String(idBase),
-    "--host-text", text,
+    ...hostText,
   ], "loadgen " + idBase, path.join(dir, "loadgen-" + idBase + ".log"));
 }
 
@@ -198,7 +221,9 @@ async function cleanup(master) {
   if (master) master.removeSegment();
 }
 
-async function launchBrowser() {
+// `options`: more options of the browser context, e.g. `httpCredentials` for a master with
+// basic auth (one browser per user: a persistent context holds one set of credentials).
+async function launchBrowser(options = {}) {
   const { chromium } = require("playwright-core");
   const userDataDir = tempDir("chromium");
   const context = await chromium.launchPersistentContext(userDataDir, {
@@ -206,6 +231,7 @@ async function launchBrowser() {
     headless: true,
     args: CHROMIUM_ARGS,
     viewport: { width: 1440, height: 900 },
+    ...options,
   });
   context.userDataDir = userDataDir;
   return context;
@@ -219,5 +245,5 @@ async function closeBrowser(context) {
 
 module.exports = {
   ROOT, ARTIFACTS, TOKEN, BIN, log, readAddrFile, tempDir, start, stop, alive, waitFor, getJson,
-  Master, startAgent, startHostileHost, cleanup, launchBrowser, closeBrowser, children,
+  Master, agentStateDir, startAgent, copyAgentIdentity, startHostileHost, cleanup, launchBrowser, closeBrowser, children,
 };

@@ -2,7 +2,9 @@
 # Browser tests of the Sentinel dashboard: headless Debian Chromium driven by playwright-core,
 # against real sentinel-master / sentinel-agent processes (target/debug) on 127.0.0.1.
 #
-#   tests/browser/run.sh            the dashboard test (~15 s after the build)
+#   tests/browser/run.sh            the dashboard tests (~15 s + ~15 s after the build):
+#                                   dashboard.test.js, then operator.test.js (viewer and
+#                                   operator, host removal, pinned/unpinned/cloned identity)
 #   tests/browser/run.sh perf       the 5,000-host measurement (~1.5 min + a release build)
 #   tests/browser/run.sh all        both
 #
@@ -33,8 +35,8 @@ fi
 
 cd "$here"
 case "$what" in
-    dashboard) node dashboard.test.js ;;
+    dashboard) node dashboard.test.js && node operator.test.js ;;
     perf) SENTINEL_PROFILE=release node perf5000.test.js ;;
-    all) node dashboard.test.js && SENTINEL_PROFILE=release node perf5000.test.js ;;
+    all) node dashboard.test.js && node operator.test.js && SENTINEL_PROFILE=release node perf5000.test.js ;;
     *) echo "usage: $0 [dashboard|perf|all]" >&2; exit 2 ;;
 esac

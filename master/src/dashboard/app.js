@@ -494,7 +494,18 @@ function initFleet() {
 
 // ---------------------------------------------------------------- host view
 
-const detail = { id: null, prev: null, rates: new Map() };
+const detail = {
+  id: null,
+  prev: null,
+  rates: new Map(),
+  mayWrite: false, // the session may remove hosts (GET /api/v1/session)
+  known: false, // the master has this host (the last poll was not a 404)
+};
+
+// The Remove button shows for an operator on a host the master has, never on "Unknown host".
+function showAdmin() {
+  document.getElementById("host-admin").hidden = !(detail.mayWrite && detail.known);
+}
 
 function facts(dl, pairs) {
   const parts = [];
@@ -697,6 +708,8 @@ async function pollHost() {
     const r = await fetch("/api/v1/hosts/" + encodeURIComponent(detail.id), { cache: "no-store" });
     if (r.status === 404) {
       document.getElementById("host-title").textContent = "Unknown host";
+      detail.known = false;
+      showAdmin();
       setMode("live");
       return;
     }
@@ -704,6 +717,8 @@ async function pollHost() {
     const h = await r.json();
     setMode("live");
     renderHost(h);
+    detail.known = true;
+    showAdmin();
     if (perf.firstRenderMs === null) perf.firstRenderMs = performance.now();
   } catch (e) {
     setMode("lost");
@@ -711,20 +726,23 @@ async function pollHost() {
 }
 
 // Operators (GET /api/v1/session says may_write) get a button that removes the host
-// (DELETE /api/v1/hosts/{id}); everyone else never sees it.
+// (DELETE /api/v1/hosts/{id}); everyone else never sees it. The box's `data-may-write` records
+// the answer once it is known (the browser test waits for it before it checks that a viewer
+// has no button).
 async function initAdmin() {
-  let session;
+  const box = document.getElementById("host-admin");
+  let session = null;
   try {
     const r = await fetch("/api/v1/session", { cache: "no-store" });
-    if (!r.ok) return;
-    session = await r.json();
+    if (r.ok) session = await r.json();
   } catch (e) {
-    return;
+    // No answer: no button.
   }
-  if (!session.may_write) return;
-  const box = document.getElementById("host-admin");
+  detail.mayWrite = Boolean(session && session.may_write);
+  box.dataset.mayWrite = String(detail.mayWrite);
+  showAdmin();
+  if (!detail.mayWrite) return;
   const result = document.getElementById("remove-result");
-  box.hidden = false;
   document.getElementById("remove-host").addEventListener("click", async () => {
     const name = document.getElementById("host-title").textContent;
     if (!window.confirm("Remove " + name + " from the table? Its history is deleted; a running agent comes back as a new host.")) return;
