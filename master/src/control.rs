@@ -249,20 +249,27 @@ impl Drop for Forget<'_> {
     }
 }
 
+/// One datagram into `buf`; a read error is logged and retried after 100 ms, never the end of
+/// the channel (both ends live as long as the supervisor).
+async fn recv(sock: &tokio::net::UnixDatagram, buf: &mut [u8]) -> usize {
+    loop {
+        match sock.recv(buf).await {
+            Ok(n) => return n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the control channel; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 async fn read_replies(client: Arc<Client>) {
     let Some(sock) = client.sock.as_ref() else {
         return;
     };
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
     loop {
-        let n = match sock.recv(&mut buf).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the control channel; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let n = recv(sock, &mut buf).await;
         let Ok(reply) = serde_json::from_slice::<Envelope<Reply>>(&buf[..n]) else {
             tracing::warn!(bytes = n, "dropped an unreadable control reply");
             continue;
@@ -328,14 +335,7 @@ pub fn answer(
 pub async fn serve(sock: tokio::net::UnixDatagram, handle: impl Fn(Request) -> Reply) {
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
     loop {
-        let n = match sock.recv(&mut buf).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the control channel; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let n = recv(&sock, &mut buf).await;
         let Some(reply) = answer(&buf[..n], monotonic_ms(), &handle) else {
             continue;
         };
