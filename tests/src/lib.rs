@@ -1213,10 +1213,18 @@ pub fn libfaketime() -> Option<PathBuf> {
         return Some(p);
     }
     if nix::unistd::geteuid().is_root() {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-q", "faketime"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
+        let install = || {
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "faketime"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // A fresh machine may have no package lists yet.
+        if !install() {
+            let _ = Command::new("apt-get").args(["update", "-q"]).status();
+            install();
+        }
     }
     find()
 }
