@@ -974,6 +974,17 @@ impl Master {
     }
 
     /// Log lines containing every one of `words`.
+    /// `sentinel-master --config <its master.toml> --http <its address> COMMAND ID`: an
+    /// operator command (`remove-host`, `forget-key`) against this running master.
+    pub fn operator_command(&self, command: &str, id: &str) -> std::process::Output {
+        Command::new(bin("sentinel-master"))
+            .arg("--config")
+            .arg(self.dir.path().join("master.toml"))
+            .args(["--http", &self.http.to_string(), command, id])
+            .output()
+            .expect("run sentinel-master")
+    }
+
     pub fn log_lines_with(&self, words: &[&str]) -> usize {
         self.log_text()
             .lines()

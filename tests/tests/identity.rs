@@ -325,28 +325,13 @@ fn forgetting_a_key_lets_a_reinstalled_host_in() {
         1
     );
     // The subcommand reaches the same route: a key of an unknown host is a 404.
-    let out = std::process::Command::new(bin("sentinel-master"))
-        .arg("--config")
-        .arg(master.dir.path().join("master.toml"))
-        .args([
-            "--http",
-            &master.http.to_string(),
-            "forget-key",
-            &"f".repeat(32),
-        ])
-        .output()
-        .unwrap();
+    let out = master.operator_command("forget-key", &"f".repeat(32));
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("404"),
         "{out:?}"
     );
-    let out = std::process::Command::new(bin("sentinel-master"))
-        .arg("--config")
-        .arg(master.dir.path().join("master.toml"))
-        .args(["--http", &master.http.to_string(), "forget-key", &id])
-        .output()
-        .unwrap();
+    let out = master.operator_command("forget-key", &id);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("key_forgotten"));
 }

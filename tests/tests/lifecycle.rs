@@ -394,12 +394,7 @@ fn write_endpoints_refuse_everyone_but_the_operator() {
     );
 
     // The token, through `sentinel-master remove-host`.
-    let out = std::process::Command::new(bin("sentinel-master"))
-        .arg("--config")
-        .arg(m.dir.path().join("master.toml"))
-        .args(["--http", &m.http.to_string(), "remove-host", &id(2)])
-        .output()
-        .unwrap();
+    let out = m.operator_command("remove-host", &id(2));
     assert!(
         out.status.success(),
         "{}",
@@ -410,12 +405,7 @@ fn write_endpoints_refuse_everyone_but_the_operator() {
         m.log_lines_with(&["operator write", "user=\"token\"", &id(2), "status=200"]),
         1
     );
-    let out = std::process::Command::new(bin("sentinel-master"))
-        .arg("--config")
-        .arg(m.dir.path().join("master.toml"))
-        .args(["--http", &m.http.to_string(), "remove-host", &id(2)])
-        .output()
-        .unwrap();
+    let out = m.operator_command("remove-host", &id(2));
     assert!(!out.status.success(), "removing it again fails");
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
     let left = list(&viewer).2;
