@@ -826,13 +826,20 @@ mod tests {
                         ..Default::default()
                     };
                     w.commit(0, record(n), Some(&n.to_le_bytes().repeat(100)), Some(p));
+                    // A writer that never pauses starves a seqlock reader of its slot (the
+                    // collector commits a slot once per sample). Paced at ~20k commits/s,
+                    // still far more often than any host, many reads overlap a write.
+                    std::thread::sleep(std::time::Duration::from_micros(50));
                 }
                 n
             });
             let _stop = StopOnDrop(&stop); // also on a failed assertion, so the scope can end
             let mut reads = 0;
-            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
-            while std::time::Instant::now() < deadline {
+            let mut seen = std::collections::BTreeSet::new();
+            // Enough reads of enough distinct writes, within a generous deadline (CI machines
+            // run other suites beside this one).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while (reads < 2000 || seen.len() < 100) && std::time::Instant::now() < deadline {
                 let Some(d) = t.read_detail(0) else { continue };
                 if d.record.in_use == 0 {
                     continue; // before the first write
@@ -850,12 +857,17 @@ mod tests {
                     "history belongs to the record"
                 );
                 assert_eq!(d.history.len() as u64, n.min(16));
+                seen.insert(n);
                 reads += 1;
             }
             drop(_stop);
-            (writer.join().unwrap(), reads)
+            (writer.join().unwrap(), (reads, seen.len()))
         });
-        assert!(writes > 0 && reads > 0, "writes {writes} reads {reads}");
+        let (reads, distinct) = reads;
+        assert!(
+            writes > 0 && reads >= 2000 && distinct >= 100,
+            "writes {writes} reads {reads} of {distinct} distinct writes"
+        );
     }
 
     #[test]

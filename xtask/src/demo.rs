@@ -83,8 +83,21 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
-    crate::util::wait_until(timeout, || Ok(ok()))
-        .map_err(|e| format!("waiting for {what}: {e}").into())
+    crate::util::wait_until(timeout, || Ok(ok())).map_err(|e| {
+        // CI shows only what was printed: the last lines of both logs say why.
+        let dir = crate::util::root().join("target/demo");
+        let mut msg = format!("waiting for {what}: {e}");
+        for log in ["master.log", "agent.log"] {
+            let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            msg.push_str(&format!("\n--- last lines of target/demo/{log}:"));
+            for l in &lines[lines.len().saturating_sub(8)..] {
+                msg.push_str("\n");
+                msg.push_str(l);
+            }
+        }
+        msg.into()
+    })
 }
 
 /// Where this machine reaches a listener bound to `addr` (0.0.0.0 is every local address).
@@ -127,6 +140,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .join(if o.release { "release" } else { "debug" });
     let dir: PathBuf = root.join("target/demo");
     std::fs::create_dir_all(dir.join("agent-state"))?;
+    std::fs::create_dir_all(dir.join("master-state"))?;
     let token = dir.join("fleet-token");
     if !token.exists() {
         let mut bytes = [0u8; 24];
@@ -158,6 +172,11 @@ pub fn run(args: &[String]) -> Result<()> {
             &d("fleet-token"),
             "--shm-name",
             "sentinel-demo",
+            // The snapshot (and the agent key it pins) belongs to this checkout, like the
+            // agent's state: a second clone's demo on the same machine has another agent key,
+            // and /var/lib/sentinel would pin the first one (refused `identity`).
+            "--state-dir",
+            &d("master-state"),
             "--addr-file",
             &d("master.addr"),
         ],
