@@ -8,14 +8,16 @@
 "use strict";
 
 const STATUSES = ["up", "stale", "down", "stopped"];
-const ROW_HEIGHT = 34; // px; must match `tbody tr { height }` in style.css
+const ROW_HEIGHT = 34; // px; must match `#fleet tbody tr { height }` in style.css
 const OVERSCAN = 8; // rows rendered above and below the visible ones
 const POLL_MS = 2000; // fallback polling cadence
 const SILENCE_MS = 5000; // no event (ticks come every second) for this long = connection lost
 const DETAIL_MS = 1000; // host view refresh
 
 // Measurements the browser test reads (time to first render, cost of each update).
-const perf = { firstRenderMs: null, updates: [], renders: [] };
+// `sseBytes`: the characters of the event stream's messages (the perf test compares them
+// with what the browser's network stack received).
+const perf = { firstRenderMs: null, updates: [], renders: [], sseBytes: 0 };
 window.sentinelPerf = perf;
 
 // ---------------------------------------------------------------- formatting helpers
@@ -136,16 +138,168 @@ function setMode(mode) {
   live.className = "live " + mode;
 }
 
-// ---------------------------------------------------------------- fleet view
+// ---------------------------------------------------------------- fleet view: state in the URL
+//
+// The fleet view shows one page of the hosts that match the filter: the master filters,
+// counts and orders them (`/api/v1/groups`, `/api/v1/hosts?...&limit&offset`), and the event
+// stream is opened with the same filter and the `ids` of the rows on the page, so a browser
+// receives the updates of at most one page of hosts whatever the size of the fleet. The whole
+// view (filter, status, grouping, collapsed groups, compact mode, page, sort) is the URL's
+// query, so a view can be bookmarked and shared, and back/forward move between views.
 
-const fleet = {
-  hosts: new Map(), // id -> HOST object (with spark)
-  view: [], // sorted, filtered hosts
+const PAGE_SIZE = 100; // rows per page
+const PAGE_SIZE_COMPACT = 200; // rows per page in compact mode (big screens)
+const ROW_HEIGHT_COMPACT = 22; // px; must match `body.compact #fleet tbody tr` in style.css
+const COLS = 13; // columns of the fleet table
+const FILTER_DEBOUNCE_MS = 250; // typing in the filter box re-reads the page after this pause
+const REFETCH_MIN_MS = 1000; // the page's membership is re-read at most this often on changes
+const RESYNC_MS = 30000; // and this often anyway (a host replaced by another keeps the counts)
+const TOTAL_POLL_MS = 2000; // ungrouped, the counts are polled (the stream sends `groups` only when grouped)
+const LABELS_MS = 10000; // the group-by choices (label names) are re-read at most this often
+const NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/; // a label name (docs/PROTOCOL.md 1.2)
+const NO_IDS = "0".repeat(32); // `ids=` of a page without rows: an id no host has
+
+const view = {
+  q: "", // free text (`q`)
+  labels: [], // `label` parameters, as the API takes them
+  status: [], // statuses shown (empty = all)
+  group: "", // label name to group by ("" = no grouping)
+  compact: false,
+  page: 1, // 1-based
   sortKey: "hostname",
   sortDir: 1,
-  filter: "",
-  status: "",
-  dirty: true, // view must be recomputed
+  collapsed: new Set(), // group keys (the value; "" = hosts without the label) shown collapsed
+};
+
+function readUrl() {
+  const p = new URLSearchParams(location.search);
+  view.q = p.get("q") || "";
+  view.labels = p.getAll("label").filter((l) => l !== "");
+  view.status = (p.get("status") || "").split(",").filter((s) => STATUSES.includes(s));
+  const g = p.get("group") || "";
+  view.group = NAME_RE.test(g) ? g : "";
+  view.compact = p.get("compact") === "1";
+  view.page = Math.max(1, parseInt(p.get("page") || "1", 10) || 1);
+  const sort = p.get("sort") || "hostname";
+  const key = sort.replace(/^-/, "");
+  view.sortKey = SORT_KEYS[key] ? key : "hostname";
+  view.sortDir = sort.startsWith("-") ? -1 : 1;
+  view.collapsed = new Set(view.group ? p.getAll("collapsed") : []);
+}
+
+function viewUrl() {
+  const p = new URLSearchParams();
+  if (view.q) p.set("q", view.q);
+  for (const l of view.labels) p.append("label", l);
+  if (view.status.length) p.set("status", view.status.join(","));
+  if (view.group) p.set("group", view.group);
+  for (const c of view.collapsed) p.append("collapsed", c);
+  if (view.compact) p.set("compact", "1");
+  if (view.sortKey !== "hostname" || view.sortDir !== 1) p.set("sort", (view.sortDir < 0 ? "-" : "") + view.sortKey);
+  if (view.page > 1) p.set("page", String(view.page));
+  const q = p.toString();
+  return "/" + (q ? "?" + q : "");
+}
+
+// Records the view in the URL: a new history entry (`push`) or the current one replaced.
+function commitUrl(push) {
+  const url = viewUrl();
+  if (url === location.pathname + location.search) return;
+  if (push) history.pushState(null, "", url);
+  else history.replaceState(null, "", url);
+}
+
+// ---------------------------------------------------------------- the filter box
+//
+// Words separated by blanks; "..." quotes (with \" and \\ inside). A word `name=value`,
+// `name!=value`, `name=*` (has the label) or `!name` (lacks it) is a label filter; every
+// other word is free text, and the free words joined by one space are `q`. A bare `name` is
+// free text (a search for "db" finds hostnames and label values containing db), and a whole
+// word in quotes is always free text.
+
+function words(text) {
+  const out = [];
+  let i = 0;
+  while (i < text.length) {
+    while (i < text.length && /\s/.test(text[i])) i++;
+    if (i >= text.length) break;
+    let w = "", quoted = false;
+    const literal = text[i] === '"';
+    while (i < text.length && (quoted || !/\s/.test(text[i]))) {
+      const c = text[i];
+      if (c === '"') { quoted = !quoted; i++; continue; }
+      if (c === "\\" && quoted && i + 1 < text.length) { w += text[i + 1]; i += 2; continue; }
+      w += c;
+      i++;
+    }
+    out.push({ w, literal });
+  }
+  return out;
+}
+
+// A word as a `label` parameter, or null for free text.
+function labelOf(word) {
+  if (word.literal) return null;
+  const w = word.w;
+  if (w.startsWith("!") && NAME_RE.test(w.slice(1))) return w;
+  const m = /^([A-Za-z_][A-Za-z0-9_]*)(!=|=)(.+)$/s.exec(w);
+  if (!m) return null;
+  if (m[2] === "=" && m[3] === "*") return m[1];
+  return w;
+}
+
+function parseFilter(text) {
+  const labels = [], free = [];
+  for (const word of words(text)) {
+    const l = labelOf(word);
+    if (l === null) free.push(word.w);
+    else labels.push(l);
+  }
+  return { q: free.join(" "), labels };
+}
+
+function quote(s) {
+  return '"' + s.replace(/[\\"]/g, (c) => "\\" + c) + '"';
+}
+
+// A value as the box writes it: quoted when it would not read back as itself.
+function boxValue(v) {
+  return /[\s"\\]/.test(v) || v === "*" || v === "" ? quote(v) : v;
+}
+
+function labelText(l) {
+  if (NAME_RE.test(l)) return l + "=*";
+  if (l.startsWith("!")) return l;
+  const m = /^([A-Za-z_][A-Za-z0-9_]*)(!=|=)(.*)$/s.exec(l);
+  return m ? m[1] + m[2] + boxValue(m[3]) : quote(l);
+}
+
+// The box's text for the view (labels first, then the free text).
+function filterText() {
+  const parts = view.labels.map(labelText);
+  if (view.q) {
+    const back = parseFilter(view.q);
+    parts.push(back.labels.length === 0 && back.q === view.q ? view.q : quote(view.q));
+  }
+  return parts.join(" ");
+}
+
+// ---------------------------------------------------------------- fleet view: data
+
+const fleet = {
+  rows: new Map(), // id -> HOST object (with spark) of the rows on the page
+  parts: [], // the page's groups (one part without a header when ungrouped), see loadPage
+  total: null, // {hosts, up, stale, down, stopped}: the filter's hosts whatever their status
+  groups: null, // the `groups` of /api/v1/groups?by=view.group
+  matching: 0, // rows of the view (status filter applied, collapsed groups excluded)
+  pages: 1,
+  signature: "", // the counts the page was loaded with (a change re-reads the page)
+  loadSeq: 0, // loads started; an answer to an older one is ignored
+  loading: null, // the load in progress (a Promise)
+  again: false, // another load was asked for while one ran
+  lastLoad: 0,
+  refetchTimer: null,
+  view: [], // display items: {part} (group header) or {h} (host row)
   scheduled: false,
 };
 
@@ -162,47 +316,312 @@ const SORT_KEYS = {
   version: (h) => h.agent_version,
 };
 
-function recompute() {
-  const key = SORT_KEYS[fleet.sortKey] || SORT_KEYS.hostname;
-  const dir = fleet.sortDir;
-  const needle = fleet.filter.toLowerCase();
-  const rows = [];
-  for (const h of fleet.hosts.values()) {
-    if (fleet.status && h.status !== fleet.status) continue;
-    if (needle && !h.hostname.toLowerCase().includes(needle)) continue;
-    rows.push({ k: key(h), n: h.hostname, id: h.id, h });
+function pageSize() {
+  return view.compact ? PAGE_SIZE_COMPACT : PAGE_SIZE;
+}
+
+function rowHeight() {
+  return view.compact ? ROW_HEIGHT_COMPACT : ROW_HEIGHT;
+}
+
+// The filter as query parameters; `withStatus` adds the status filter.
+function filterParams(withStatus) {
+  const p = new URLSearchParams();
+  if (view.q) p.set("q", view.q);
+  for (const l of view.labels) p.append("label", l);
+  if (withStatus && view.status.length) p.set("status", view.status.join(","));
+  return p;
+}
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
   }
-  rows.sort((a, b) => {
-    if (a.k < b.k) return -dir;
-    if (a.k > b.k) return dir;
-    if (a.n < b.n) return -1;
-    if (a.n > b.n) return 1;
-    return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+}
+
+async function api(url) {
+  const r = await fetch(url, { cache: "no-store" });
+  let body = null;
+  try { body = await r.json(); } catch (e) { body = null; }
+  if (!r.ok) throw new ApiError(r.status, body && typeof body.error === "string" ? body.error : "HTTP " + r.status);
+  return { r, body };
+}
+
+function groupKey(value) {
+  return value === null || value === undefined ? "" : String(value);
+}
+
+// How many of a group's (or the total's) hosts the status filter keeps.
+function matching(c) {
+  if (!c) return 0;
+  if (!view.status.length) return Number(c.hosts) || 0;
+  return view.status.reduce((n, s) => n + (Number(c[s]) || 0), 0);
+}
+
+// The parts of the view, in order: each group (or the one ungrouped part) with the rows it
+// has under the status filter and where they start in the view's sequence of rows.
+function planParts() {
+  const parts = view.group
+    ? (fleet.groups || []).map((g) => ({ key: groupKey(g.value), value: g.value, counts: g, n: matching(g) }))
+      .filter((p) => p.n > 0)
+    : [{ key: null, value: null, counts: fleet.total, n: matching(fleet.total) }];
+  let start = 0;
+  for (const p of parts) {
+    p.collapsed = p.key !== null && view.collapsed.has(p.key);
+    p.start = start;
+    if (!p.collapsed) start += p.n;
+  }
+  return { parts, rows: start };
+}
+
+function signatureOf(parts) {
+  return JSON.stringify(parts.map((p) => [p.key, p.n]));
+}
+
+function applyCounts(body) {
+  if (!body) return;
+  if (body.total) fleet.total = body.total;
+  if (view.group && body.by === view.group && Array.isArray(body.groups)) fleet.groups = body.groups;
+}
+
+// New counts (a `groups` event or the polled total): the page is re-read if the rows it
+// should hold moved.
+function countsChanged(body) {
+  applyCounts(body);
+  if (signatureOf(planParts().parts) !== fleet.signature) scheduleRefetch();
+  schedule();
+}
+
+function groupFilter(p) {
+  if (p.key === null) return null;
+  return p.value === null ? "!" + view.group : view.group + "=" + p.value;
+}
+
+// Reads the page: the counts, then the rows of each group part on it.
+async function loadPage() {
+  const seq = ++fleet.loadSeq;
+  const counts = filterParams(false);
+  if (view.group) counts.set("by", view.group);
+  const c = await api("/api/v1/groups?" + counts);
+  if (seq !== fleet.loadSeq) return false;
+  applyCounts(c.body);
+  if (view.group && !fleet.groups) fleet.groups = [];
+  const P = pageSize();
+  const { parts, rows } = planParts();
+  const pages = Math.max(1, Math.ceil(rows / P));
+  if (view.page > pages) {
+    view.page = pages;
+    commitUrl(false);
+  }
+  const lo = (view.page - 1) * P, hi = lo + P;
+  const onPage = [];
+  for (const p of parts) {
+    const a = Math.max(lo, p.start), b = Math.min(hi, p.start + p.n);
+    p.offset = a - p.start;
+    p.limit = p.collapsed ? 0 : Math.max(0, b - a);
+    // A group's header is on every page its rows are on; a collapsed one on the page where
+    // its rows would start.
+    const here = p.collapsed
+      ? Math.min(pages, Math.floor(p.start / P) + 1) === view.page
+      : p.limit > 0 || (rows === 0 && view.page === 1);
+    if (here) onPage.push(p);
+  }
+  const answers = await Promise.all(onPage.map(async (p) => {
+    if (p.limit === 0) return { hosts: [] };
+    const q = filterParams(true);
+    const g = groupFilter(p);
+    if (g !== null) q.append("label", g);
+    q.set("limit", String(p.limit));
+    q.set("offset", String(p.offset));
+    const r = await api("/api/v1/hosts?" + q);
+    const body = r.body;
+    const hosts = Array.isArray(body) ? body : body.hosts || [];
+    if (body && isNum(body.now_ms)) serverOffset = body.now_ms - Date.now();
+    return { hosts, total: Number(r.r.headers.get("X-Total-Count")) };
+  }));
+  if (seq !== fleet.loadSeq) return false;
+  const prev = fleet.rows;
+  fleet.rows = new Map();
+  onPage.forEach((p, i) => {
+    p.ids = [];
+    for (const h of answers[i].hosts) {
+      const old = prev.get(h.id);
+      // Keep the sparkline the stream extended if it is newer than the answer's.
+      if (old && old.spark && h.spark && old.spark.n > h.spark.n) h.spark = old.spark;
+      fleet.rows.set(h.id, h);
+      p.ids.push(h.id);
+    }
   });
-  fleet.view = rows.map((r) => r.h);
+  fleet.parts = onPage;
+  fleet.matching = rows;
+  fleet.pages = pages;
+  fleet.signature = signatureOf(parts);
+  fleet.lastLoad = Date.now();
+  showFilterError(null);
+  recompute();
+  if (conn.mode !== "connecting") renderRows();
+  return true;
+}
+
+// Runs loadPage, one at a time; asked again while one runs, it runs once more after it.
+function reload() {
+  if (fleet.loading) {
+    fleet.again = true;
+    return fleet.loading;
+  }
+  fleet.loading = (async () => {
+    try {
+      do {
+        fleet.again = false;
+        try {
+          await loadPage();
+          onLoaded();
+        } catch (e) {
+          onLoadError(e);
+        }
+      } while (fleet.again);
+    } finally {
+      fleet.loading = null;
+    }
+  })();
+  return fleet.loading;
+}
+
+// The page was read: while the stream is down (polling) the page says so; the first view is
+// shown once the stream's snapshot or the first poll confirmed it.
+function onLoaded() {
+  if (pollTimer && conn.mode !== "live") setMode("polling");
+  schedule();
+  ensureStream();
+}
+
+function onLoadError(e) {
+  if (e instanceof ApiError && e.status === 400) {
+    // A filter the master refuses (docs/CONTRACT.md): say why, show nothing.
+    showFilterError(e.message);
+    fleet.rows = new Map();
+    fleet.parts = [];
+    fleet.total = null;
+    fleet.groups = null;
+    fleet.matching = 0;
+    fleet.pages = 1;
+    fleet.signature = "";
+    recompute();
+    renderRows();
+    closeStream();
+    return;
+  }
+  setMode("lost");
+}
+
+function showFilterError(message) {
+  const p = document.getElementById("filter-error");
+  p.hidden = message === null;
+  p.textContent = message === null ? "" : "The master refused this filter: " + message;
+}
+
+// The page's membership may have changed: re-read it, at most every REFETCH_MIN_MS.
+function scheduleRefetch() {
+  if (fleet.refetchTimer) return;
+  const wait = Math.max(0, fleet.lastLoad + REFETCH_MIN_MS - Date.now());
+  fleet.refetchTimer = setTimeout(() => {
+    fleet.refetchTimer = null;
+    reload();
+  }, wait);
+}
+
+// The user changed the view: record it (`push`: a new history entry) and read the page.
+function viewChanged(push) {
+  commitUrl(push);
+  syncControls();
+  reload();
+}
+
+// ---------------------------------------------------------------- fleet view: rendering
+
+function recompute() {
+  const key = SORT_KEYS[view.sortKey] || SORT_KEYS.hostname;
+  const dir = view.sortDir;
+  const items = [];
+  for (const p of fleet.parts) {
+    if (p.key !== null) items.push({ part: p });
+    const rows = [];
+    for (const id of p.ids || []) {
+      const h = fleet.rows.get(id);
+      if (h) rows.push({ k: key(h), n: h.hostname, id: h.id, h });
+    }
+    rows.sort((a, b) => {
+      if (a.k < b.k) return -dir;
+      if (a.k > b.k) return dir;
+      if (a.n < b.n) return -1;
+      if (a.n > b.n) return 1;
+      return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+    });
+    for (const r of rows) items.push({ h: r.h });
+  }
+  fleet.view = items;
   fleet.dirty = false;
 }
 
+function countButton(value, text, cls) {
+  const b = el("button", "count " + cls, text);
+  b.type = "button";
+  const pressed = value === "" ? view.status.length === 0 : view.status.includes(value);
+  b.setAttribute("aria-pressed", String(pressed));
+  b.dataset.status = value;
+  return b;
+}
+
 function renderCounts() {
-  const counts = { up: 0, stale: 0, down: 0, stopped: 0 };
-  for (const h of fleet.hosts.values()) if (h.status in counts) counts[h.status]++;
-  const nav = document.getElementById("counts");
-  const make = (value, text, cls) => {
-    const b = el("button", "count " + cls, text);
+  const t = fleet.total || { hosts: 0, up: 0, stale: 0, down: 0, stopped: 0 };
+  const parts = [countButton("", (Number(t.hosts) || 0) + " hosts", "all")];
+  for (const s of STATUSES) parts.push(countButton(s, (Number(t[s]) || 0) + " " + s, statusClass(s)));
+  document.getElementById("counts").replaceChildren(...parts);
+}
+
+// The label chips of a host: buttons that add the label to the filter.
+function labelChips(labels) {
+  const out = [];
+  for (const [k, v] of Object.entries(labels || {})) {
+    const b = el("button", "chip", k + "=" + v);
     b.type = "button";
-    b.setAttribute("aria-pressed", String(fleet.status === value));
-    b.dataset.status = value;
-    b.addEventListener("click", () => {
-      fleet.status = fleet.status === value ? "" : value;
-      document.getElementById("status-filter").value = fleet.status;
-      fleet.dirty = true;
-      schedule();
-    });
-    return b;
-  };
-  const parts = [make("", fleet.hosts.size + " hosts", "all")];
-  for (const s of STATUSES) parts.push(make(s, counts[s] + " " + s, statusClass(s)));
-  nav.replaceChildren(...parts);
+    b.title = "Filter by " + k + "=" + v;
+    b.dataset.label = k + "=" + v;
+    out.push(b);
+  }
+  return out;
+}
+
+function groupRow(p) {
+  const tr = el("tr", "group" + (p.collapsed ? " collapsed" : ""));
+  tr.dataset.group = p.key;
+  const td = el("td", "group-head");
+  td.colSpan = COLS;
+  const toggle = el("button", "toggle");
+  toggle.type = "button";
+  toggle.setAttribute("aria-expanded", String(!p.collapsed));
+  toggle.appendChild(el("span", "caret", p.collapsed ? "▸" : "▾"));
+  toggle.appendChild(el("span", "gname", p.value === null ? "no " + view.group : view.group + "=" + p.value));
+  td.appendChild(toggle);
+  const c = p.counts || {};
+  td.appendChild(el("span", "gcount", (Number(c.hosts) || 0) + " hosts"));
+  for (const s of STATUSES) {
+    const n = el("span", "gst " + statusClass(s), (Number(c[s]) || 0) + " " + s);
+    n.dataset.status = s;
+    td.appendChild(n);
+  }
+  const b = c.busiest;
+  if (b && typeof b.hostname === "string") {
+    const busy = el("span", "busiest", "busiest ");
+    const a = el("a", "", b.hostname);
+    a.href = "/hosts/" + encodeURIComponent(String(b.id));
+    busy.appendChild(a);
+    busy.appendChild(document.createTextNode(" " + pct(b.cpu_percent)));
+    td.appendChild(busy);
+  }
+  tr.appendChild(td);
+  return tr;
 }
 
 function hostRow(h, now) {
@@ -220,6 +639,9 @@ function hostRow(h, now) {
     name.appendChild(c);
   }
   tr.appendChild(name);
+  const labels = el("td", "labels");
+  labels.replaceChildren(...labelChips(h.labels));
+  tr.appendChild(labels);
 
   const st = el("td", "status");
   st.appendChild(el("span", "dot"));
@@ -267,14 +689,25 @@ function hostRow(h, now) {
   return tr;
 }
 
-function spacer(height, cols) {
+function spacer(height) {
   const tr = el("tr", "spacer");
   tr.setAttribute("aria-hidden", "true");
   const td = el("td");
-  td.colSpan = cols;
+  td.colSpan = COLS;
   tr.style.height = height + "px";
   tr.appendChild(td);
   return tr;
+}
+
+function renderPager() {
+  const P = pageSize();
+  const first = fleet.matching === 0 ? 0 : (view.page - 1) * P + 1;
+  const last = Math.min(fleet.matching, view.page * P);
+  document.getElementById("page-info").textContent =
+    "page " + view.page + " of " + fleet.pages + " (" + first + "–" + last + " of " + fleet.matching + ")";
+  document.getElementById("page-prev").disabled = view.page <= 1;
+  document.getElementById("page-next").disabled = view.page >= fleet.pages;
+  document.getElementById("pager").hidden = fleet.pages <= 1;
 }
 
 // Renders only the rows in (or near) the viewport; the rest is two spacer rows.
@@ -284,24 +717,33 @@ function renderRows() {
   const vp = document.getElementById("viewport");
   const body = document.getElementById("hosts");
   const total = fleet.view.length;
+  const rh = rowHeight();
   const head = document.querySelector("#fleet thead").offsetHeight || 0;
   const top = Math.max(0, vp.scrollTop - head);
-  const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - OVERSCAN);
-  const visible = Math.ceil((vp.clientHeight || 800) / ROW_HEIGHT) + 2 * OVERSCAN;
+  const first = Math.max(0, Math.floor(top / rh) - OVERSCAN);
+  const visible = Math.ceil((vp.clientHeight || 800) / rh) + 2 * OVERSCAN;
   const last = Math.min(total, first + visible);
   const now = serverNow();
-  const rows = [spacer(first * ROW_HEIGHT, 12)];
-  for (let i = first; i < last; i++) rows.push(hostRow(fleet.view[i], now));
-  rows.push(spacer((total - last) * ROW_HEIGHT, 12));
-  body.replaceChildren(...rows);
-  document.getElementById("empty").hidden = fleet.hosts.size > 0;
-  document.getElementById("shown").textContent =
-    total === fleet.hosts.size ? "" : "showing " + total + " of " + fleet.hosts.size;
-  renderCounts();
-  for (const th of document.querySelectorAll("#fleet th[data-sort]")) {
-    const on = th.dataset.sort === fleet.sortKey;
-    th.setAttribute("aria-sort", on ? (fleet.sortDir > 0 ? "ascending" : "descending") : "none");
+  const rows = [spacer(first * rh)];
+  for (let i = first; i < last; i++) {
+    const it = fleet.view[i];
+    rows.push(it.part ? groupRow(it.part) : hostRow(it.h, now));
   }
+  rows.push(spacer((total - last) * rh));
+  body.replaceChildren(...rows);
+  const filtered = view.q || view.labels.length || view.status.length;
+  const empty = document.getElementById("empty");
+  empty.hidden = total > 0 || fleet.total === null;
+  empty.textContent = filtered ? "No host matches the filter." : "No agents have reported yet.";
+  const all = fleet.total ? Number(fleet.total.hosts) || 0 : 0;
+  document.getElementById("shown").textContent = filtered ? fleet.matching + " of " + all + " match" : "";
+  renderCounts();
+  renderPager();
+  for (const th of document.querySelectorAll("#fleet th[data-sort]")) {
+    const on = th.dataset.sort === view.sortKey;
+    th.setAttribute("aria-sort", on ? (view.sortDir > 0 ? "ascending" : "descending") : "none");
+  }
+  if (perf.firstRenderMs === null && fleet.lastLoad > 0 && conn.mode !== "connecting") perf.firstRenderMs = performance.now();
   const ms = performance.now() - t0;
   perf.renders.push(ms);
   if (perf.renders.length > 1000) perf.renders.shift();
@@ -317,8 +759,8 @@ function schedule() {
   });
 }
 
-// Live data re-renders at most every DATA_RENDER_MS (a fleet of 5,000 hosts changes
-// continuously); the user's own actions (scroll, sort, filter) render on the next frame.
+// Live data re-renders at most every DATA_RENDER_MS; the user's own actions (scroll, sort,
+// filter) render on the next frame.
 const DATA_RENDER_MS = 250;
 let lastDataRender = 0;
 let dataTimer = null;
@@ -332,27 +774,17 @@ function scheduleData() {
   }, wait);
 }
 
-function applySnapshot(data) {
-  const t0 = performance.now();
-  serverOffset = data.now_ms - Date.now();
-  fleet.hosts = new Map();
-  for (const h of data.hosts) fleet.hosts.set(h.id, h);
-  fleet.dirty = true;
-  renderRows();
-  if (perf.firstRenderMs === null) perf.firstRenderMs = performance.now();
-  return performance.now() - t0;
-}
-
 const SPARK_POINTS = 60;
 
 // An update carries only the sparkline points the page lacks (`spark_add`: the points
 // numbered n - len .. n); append those after the page's own count.
 function mergeHost(h) {
+  const old = fleet.rows.get(h.id);
+  if (!old) return false; // not on this page (any more)
   const add = h.spark_add;
   if (add) {
     delete h.spark_add;
-    const old = fleet.hosts.get(h.id);
-    const sp = old && old.spark ? old.spark : { n: add.n - add.cpu.length, cpu: [], mem: [] };
+    const sp = old.spark ? old.spark : { n: add.n - add.cpu.length, cpu: [], mem: [] };
     const start = add.n - add.cpu.length;
     for (let i = Math.max(0, sp.n - start); i < add.cpu.length; i++) {
       sp.cpu.push(add.cpu[i]);
@@ -362,8 +794,13 @@ function mergeHost(h) {
     if (sp.cpu.length > SPARK_POINTS) sp.cpu.splice(0, sp.cpu.length - SPARK_POINTS);
     if (sp.mem.length > SPARK_POINTS) sp.mem.splice(0, sp.mem.length - SPARK_POINTS);
     h.spark = sp;
+  } else if (!h.spark) {
+    h.spark = old.spark;
   }
-  fleet.hosts.set(h.id, h);
+  fleet.rows.set(h.id, h);
+  // A row whose status left the status filter is no longer one of the page's.
+  if (view.status.length && !view.status.includes(h.status)) scheduleRefetch();
+  return true;
 }
 
 // `t0`: when the event reached the page (before its JSON was parsed).
@@ -376,60 +813,109 @@ function applyHosts(data, t0) {
   if (perf.updates.length > 5000) perf.updates.shift();
 }
 
+// The stream's snapshot holds the page's hosts that still match: take their newest rows; a
+// page host it lacks stopped matching (or was removed) meanwhile.
+function applySnapshot(data) {
+  serverOffset = data.now_ms - Date.now();
+  let missing = false;
+  const got = new Set();
+  for (const h of data.hosts) {
+    if (!fleet.rows.has(h.id)) continue;
+    fleet.rows.set(h.id, h);
+    got.add(h.id);
+  }
+  for (const id of fleet.rows.keys()) if (!got.has(id)) missing = true;
+  if (missing) scheduleRefetch();
+  fleet.dirty = true;
+  schedule();
+}
+
+// ---------------------------------------------------------------- fleet view: the stream
+
 let source = null;
+let sourceUrl = "";
 let pollTimer = null;
+let totalTimer = null;
 
 function onEvent() {
   conn.lastEvent = Date.now();
 }
 
-function connectStream() {
+function streamUrl() {
+  const p = filterParams(false);
+  const ids = [...fleet.rows.keys()].sort();
+  p.set("ids", ids.length ? ids.join(",") : NO_IDS);
+  if (view.group) p.set("group_by", view.group);
+  return "/api/v1/events?" + p;
+}
+
+function closeStream() {
   if (source) source.close();
-  source = new EventSource("/api/v1/events");
-  source.addEventListener("snapshot", (e) => {
+  source = null;
+  sourceUrl = "";
+}
+
+// (Re)opens the event stream when the page's hosts or the filter changed.
+function ensureStream(force) {
+  const url = streamUrl();
+  if (!force && source && url === sourceUrl && source.readyState !== EventSource.CLOSED) return;
+  connectStream(url);
+}
+
+function connectStream(url) {
+  closeStream();
+  sourceUrl = url;
+  const es = new EventSource(url);
+  source = es;
+  const mine = (fn) => (e) => { if (source === es) fn(e); };
+  es.addEventListener("snapshot", mine((e) => {
     onEvent();
+    perf.sseBytes += e.data.length;
     applySnapshot(JSON.parse(e.data));
     stopPolling();
     setMode("live");
-  });
-  source.addEventListener("hosts", (e) => {
+  }));
+  es.addEventListener("hosts", mine((e) => {
     const t0 = performance.now();
     onEvent();
+    perf.sseBytes += e.data.length;
     applyHosts(JSON.parse(e.data), t0);
-  });
-  // Hosts whose slot was freed (removed by an operator, or expired).
-  source.addEventListener("removed", (e) => {
+  }));
+  es.addEventListener("groups", mine((e) => {
     onEvent();
-    for (const id of JSON.parse(e.data).ids) fleet.hosts.delete(id);
-    fleet.dirty = true;
-    renderRows();
-  });
-  source.addEventListener("tick", (e) => {
+    perf.sseBytes += e.data.length;
+    countsChanged(JSON.parse(e.data));
+  }));
+  // Hosts whose slot was freed (removed by an operator, or expired), or that stopped
+  // matching the filter (`"reason":"filter"`): drop them and re-read the page.
+  es.addEventListener("removed", mine((e) => {
     onEvent();
+    perf.sseBytes += e.data.length;
+    let gone = false;
+    for (const id of JSON.parse(e.data).ids) gone = fleet.rows.delete(id) || gone;
+    if (gone) {
+      fleet.dirty = true;
+      renderRows();
+    }
+    scheduleRefetch();
+  }));
+  es.addEventListener("tick", mine((e) => {
+    onEvent();
+    perf.sseBytes += e.data.length;
     serverOffset = JSON.parse(e.data).now_ms - Date.now();
     scheduleData(); // "last seen N s ago" moves on
-  });
-  source.onerror = () => {
+  }));
+  es.onerror = mine(() => {
     // The browser retries by itself while readyState is CONNECTING; meanwhile find out
     // whether the master answers plain requests (stream broken) or not at all (lost).
     startPolling();
-    if (source.readyState === EventSource.CLOSED) setTimeout(connectStream, POLL_MS);
-  };
+    if (es.readyState === EventSource.CLOSED) setTimeout(() => { if (source === es) ensureStream(true); }, POLL_MS);
+  });
 }
 
 async function pollOnce() {
-  try {
-    const r = await fetch("/api/v1/hosts", { cache: "no-store" });
-    if (!r.ok) throw new Error("HTTP " + r.status);
-    const data = await r.json();
-    if (conn.mode !== "live") {
-      applySnapshot(data);
-      setMode("polling");
-    }
-    onEvent();
-  } catch (e) {
-    setMode("lost");
-  }
+  await reload();
+  if (conn.mode !== "lost") onEvent();
 }
 
 function startPolling() {
@@ -443,43 +929,172 @@ function stopPolling() {
   pollTimer = null;
 }
 
+// Ungrouped, the stream sends no `groups` event: the counts are read every TOTAL_POLL_MS
+// (a few hundred bytes) while the stream is live.
+async function pollTotal() {
+  if (view.group || conn.mode !== "live" || fleet.loading) return;
+  try {
+    const c = await api("/api/v1/groups?" + filterParams(false));
+    if (!view.group) countsChanged(c.body);
+  } catch (e) {
+    // The stream's own error handling reports a lost master.
+  }
+}
+
 function watchdog() {
   if (conn.mode === "live" && Date.now() - conn.lastEvent > SILENCE_MS) {
     // A stream that went silent (e.g. a half-open connection): start over.
     setMode("lost");
     startPolling();
-    connectStream();
+    ensureStream(true);
   }
+  if (Date.now() - fleet.lastLoad > RESYNC_MS && conn.mode === "live") reload();
+}
+
+// ---------------------------------------------------------------- fleet view: controls
+
+let labelsRead = 0;
+
+// The group-by choices: the label names the fleet has (plus the one in the URL).
+async function readLabelNames() {
+  if (Date.now() - labelsRead < LABELS_MS) return;
+  labelsRead = Date.now();
+  let names = [];
+  try {
+    const r = await api("/api/v1/labels");
+    names = ((r.body && r.body.labels) || []).map((l) => l.name).filter((n) => typeof n === "string");
+  } catch (e) {
+    labelsRead = 0;
+  }
+  fillGroupBy(names);
+}
+
+let knownNames = [];
+function fillGroupBy(names) {
+  if (names) knownNames = names;
+  const sel = document.getElementById("group-by");
+  const all = [...new Set([...knownNames, ...(view.group ? [view.group] : [])])].sort();
+  const opts = [el("option", "", "none")];
+  opts[0].value = "";
+  for (const n of all) {
+    const o = el("option", "", n);
+    o.value = n;
+    opts.push(o);
+  }
+  sel.replaceChildren(...opts);
+  sel.value = view.group;
+}
+
+// The controls show the view (after a load from the URL, back/forward, or a change).
+function syncControls() {
+  const filter = document.getElementById("filter");
+  if (parseFilterKey(filter.value) !== parseFilterKey(filterText())) filter.value = filterText();
+  const sel = document.getElementById("status-filter");
+  sel.value = view.status.length === 0 ? "" : view.status.length === 1 ? view.status[0] : "several";
+  if (!knownNames.includes(view.group) && view.group) fillGroupBy(null);
+  document.getElementById("group-by").value = view.group;
+  document.getElementById("compact").checked = view.compact;
+  document.body.classList.toggle("compact", view.compact);
+}
+
+// What the box's text means (two texts with the same meaning are left as the user typed).
+function parseFilterKey(text) {
+  const f = parseFilter(text);
+  return JSON.stringify([f.q, f.labels]);
+}
+
+function setStatus(list) {
+  view.status = STATUSES.filter((s) => list.includes(s));
+  view.page = 1;
+  viewChanged(true);
 }
 
 function initFleet() {
+  readUrl();
   document.getElementById("fleet-view").hidden = false;
   const filter = document.getElementById("filter");
+  let typing = null;
   filter.addEventListener("input", () => {
-    fleet.filter = filter.value;
-    fleet.dirty = true;
-    schedule();
+    clearTimeout(typing);
+    typing = setTimeout(() => {
+      const f = parseFilter(filter.value);
+      if (f.q === view.q && JSON.stringify(f.labels) === JSON.stringify(view.labels)) return;
+      view.q = f.q;
+      view.labels = f.labels;
+      view.page = 1;
+      commitUrl(true);
+      reload();
+    }, FILTER_DEBOUNCE_MS);
   });
   const sel = document.getElementById("status-filter");
-  sel.addEventListener("change", () => {
-    fleet.status = sel.value;
-    fleet.dirty = true;
-    schedule();
+  sel.addEventListener("change", () => setStatus(sel.value ? [sel.value] : []));
+  document.getElementById("counts").addEventListener("click", (e) => {
+    const b = e.target.closest("button.count");
+    if (!b) return;
+    const s = b.dataset.status;
+    if (s === "") setStatus([]);
+    else setStatus(view.status.includes(s) ? view.status.filter((x) => x !== s) : [...view.status, s]);
+  });
+  const group = document.getElementById("group-by");
+  group.addEventListener("focus", readLabelNames);
+  group.addEventListener("pointerdown", readLabelNames);
+  group.addEventListener("change", () => {
+    view.group = group.value;
+    view.collapsed = new Set();
+    view.page = 1;
+    fleet.groups = null;
+    viewChanged(true);
+  });
+  document.getElementById("compact").addEventListener("change", (e) => {
+    // The first row of the page stays on the page shown.
+    const first = (view.page - 1) * pageSize();
+    view.compact = e.target.checked;
+    view.page = Math.floor(first / pageSize()) + 1;
+    viewChanged(true);
+  });
+  document.getElementById("page-prev").addEventListener("click", () => {
+    if (view.page > 1) { view.page--; viewChanged(true); }
+  });
+  document.getElementById("page-next").addEventListener("click", () => {
+    if (view.page < fleet.pages) { view.page++; viewChanged(true); }
+  });
+  // Group headers collapse/expand; label chips add their label to the filter.
+  document.getElementById("hosts").addEventListener("click", (e) => {
+    const toggle = e.target.closest("button.toggle");
+    if (toggle) {
+      const key = toggle.closest("tr").dataset.group;
+      if (view.collapsed.has(key)) view.collapsed.delete(key);
+      else view.collapsed.add(key);
+      viewChanged(true);
+      return;
+    }
+    const chip = e.target.closest("button.chip");
+    if (chip && !view.labels.includes(chip.dataset.label)) {
+      view.labels = [...view.labels, chip.dataset.label];
+      view.page = 1;
+      viewChanged(true);
+    }
   });
   for (const th of document.querySelectorAll("#fleet th[data-sort]")) {
     th.querySelector("button").addEventListener("click", () => {
       const key = th.dataset.sort;
-      if (fleet.sortKey === key) fleet.sortDir = -fleet.sortDir;
+      if (view.sortKey === key) view.sortDir = -view.sortDir;
       else {
-        fleet.sortKey = key;
-        fleet.sortDir = key === "hostname" || key === "status" || key === "version" ? 1 : -1;
+        view.sortKey = key;
+        view.sortDir = key === "hostname" || key === "status" || key === "version" ? 1 : -1;
       }
+      commitUrl(false);
       fleet.dirty = true;
       schedule();
     });
   }
   document.getElementById("viewport").addEventListener("scroll", schedule, { passive: true });
   window.addEventListener("resize", schedule);
+  window.addEventListener("popstate", () => {
+    readUrl();
+    syncControls();
+    reload();
+  });
   // "/" focuses the filter, as on many dashboards.
   document.addEventListener("keydown", (e) => {
     if (e.key === "/" && document.activeElement !== filter) {
@@ -487,9 +1102,12 @@ function initFleet() {
       filter.focus();
     }
   });
+  syncControls();
+  readLabelNames();
   setMode("connecting");
-  connectStream();
+  reload();
   setInterval(watchdog, 1000);
+  totalTimer = setInterval(pollTotal, TOTAL_POLL_MS);
 }
 
 // ---------------------------------------------------------------- host view
@@ -632,6 +1250,13 @@ function renderHost(h) {
   st.className = "status-line " + statusClass(h.status);
   st.replaceChildren(el("span", "dot"), el("span", "st-text", h.status),
     el("span", "seen", " · last seen " + ago(now - h.last_seen_ms)));
+  // Each label links to the fleet view filtered by it.
+  document.getElementById("host-labels").replaceChildren(...Object.entries(h.labels || {}).map(([k, v]) => {
+    const a = el("a", "chip", k + "=" + v);
+    a.href = "/?label=" + encodeURIComponent(k + "=" + v);
+    a.title = "Hosts with " + k + "=" + v;
+    return a;
+  }));
   facts(document.getElementById("host-facts"), [
     ["Agent id", h.id],
     ["Identity", identityText(h)],
