@@ -14,6 +14,7 @@
 mod api;
 mod assets;
 pub mod auth;
+pub mod filter;
 mod metrics;
 mod sse;
 mod write;
