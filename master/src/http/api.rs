@@ -11,6 +11,7 @@ use hyper::StatusCode;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use super::filter::{self, HostFacts, Query};
 use super::{json_response, not_found, Resp};
 use crate::segment::boot_ms;
 use crate::status::Status;
@@ -142,6 +143,49 @@ fn stored_fs_fullest(bytes: &[u8]) -> Option<FsFullest> {
             )
         })),
     }
+}
+
+/// A host's labels as the table holds them (sorted by name).
+pub fn labels_of(_rec: &Record) -> Vec<(String, String)> {
+    Vec::new()
+}
+
+/// What a filter looks at in a record ([`filter::HostFacts`]).
+pub fn facts_of(rec: &Record, now: u64) -> HostFacts {
+    HostFacts::new(
+        rec.agent_id(),
+        rec.hostname.get(),
+        labels_of(rec),
+        status_of(rec, now),
+        rec.summary.cpu_percent,
+    )
+}
+
+/// The facts of every host in use (for the fleet-wide summaries).
+pub fn all_facts(table: &Table, now: u64) -> Vec<HostFacts> {
+    (0..table.host_count())
+        .filter_map(|i| table.read_record(i))
+        .filter(|r| r.in_use == 1)
+        .map(|r| facts_of(&r, now))
+        .collect()
+}
+
+/// GET /api/v1/labels.
+pub fn labels(table: &Table, now: u64, q: &Query) -> Resp {
+    let facts = all_facts(table, now);
+    json_response(
+        StatusCode::OK,
+        &filter::labels_json(facts.iter(), &q.filter),
+    )
+}
+
+/// GET /api/v1/groups.
+pub fn groups(table: &Table, now: u64, q: &Query) -> Resp {
+    let facts = all_facts(table, now);
+    json_response(
+        StatusCode::OK,
+        &filter::groups_json(facts.iter(), &q.filter, q.by.as_deref()),
+    )
 }
 
 pub fn status_of(rec: &Record, now: u64) -> Status {
@@ -476,7 +520,8 @@ struct CacheInner {
 
 struct CachedHost {
     state: SlotState,
-    key: (String, String),
+    /// What filters look at; its (hostname, id) is the sort key.
+    facts: HostFacts,
     /// `,` and the host's JSON object: the separator travels with the host, so the body is
     /// one part per host (the first host's part starts after the comma).
     json: Bytes,
@@ -524,21 +569,13 @@ impl CacheInner {
                 continue;
             };
             rendered += 1;
-            // The sort key, kept unless the host was renamed (or the slot is new).
-            let key = match old {
-                Some(h)
-                    if h.key.0 == rec.hostname.as_str() && h.key.1.as_bytes() == rec.agent_id =>
-                {
-                    h.key
-                }
-                _ => {
-                    reorder = true;
-                    (rec.hostname.get(), rec.agent_id())
-                }
-            };
+            let facts = facts_of(&rec, now);
+            // The order holds unless the host was renamed (or the slot is new).
+            reorder |=
+                old.is_none_or(|h| h.facts.hostname != facts.hostname || h.facts.id != facts.id);
             *cached = Some(CachedHost {
                 state: SlotState::of(&rec, version, now),
-                key,
+                facts,
                 json: Bytes::from(json),
             });
         }
@@ -553,6 +590,13 @@ impl HostsCache {
     /// The body of GET /api/v1/hosts (docs/CONTRACT.md), the same as [`hosts`] renders, as
     /// the parts to send one after another.
     pub fn render(&self, table: &Table, now: u64) -> SegmentedBuf<Bytes> {
+        self.render_query(table, now, &Query::default()).0
+    }
+
+    /// [`HostsCache::render`] of the hosts `q` selects (its filter, then its page), with the
+    /// count of matching hosts before paging (`X-Total-Count`). Without a filter and a page
+    /// this is the same loop as before filters existed.
+    pub fn render_query(&self, table: &Table, now: u64, q: &Query) -> (SegmentedBuf<Bytes>, usize) {
         self.last_request_ms.fetch_max(now, Ordering::Relaxed);
         self.requested.notify_one();
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -563,23 +607,35 @@ impl HostsCache {
             let hosts = &c.hosts;
             c.order = (0..hosts.len()).filter(|&i| hosts[i].is_some()).collect();
             c.order.sort_by(|&a, &b| {
-                let key = |i: usize| hosts[i].as_ref().map(|h| &h.key);
+                let key = |i: usize| hosts[i].as_ref().map(|h| (&h.facts.hostname, &h.facts.id));
                 key(a).cmp(&key(b))
             });
             c.order_valid = true;
         }
-        let mut parts = VecDeque::with_capacity(c.order.len() + 2);
-        parts.push_back(Bytes::from(format!("{{\"now_ms\":{now},\"hosts\":[")));
         let hosts = c.order.iter().filter_map(|&i| c.hosts[i].as_ref());
-        for (n, h) in hosts.enumerate() {
-            parts.push_back(if n == 0 {
-                h.json.slice(1..)
-            } else {
-                h.json.clone()
-            });
+        let (limit, offset) = (q.limit.unwrap_or(usize::MAX), q.offset);
+        let mut parts = VecDeque::with_capacity(c.order.len().min(limit) + 2);
+        parts.push_back(Bytes::from(format!("{{\"now_ms\":{now},\"hosts\":[")));
+        let mut total = 0;
+        let mut push = |h: &CachedHost| {
+            if (offset..offset.saturating_add(limit)).contains(&total) {
+                parts.push_back(if parts.len() == 1 {
+                    h.json.slice(1..)
+                } else {
+                    h.json.clone()
+                });
+            }
+            total += 1;
+        };
+        if q.filter.is_empty() {
+            hosts.for_each(&mut push);
+        } else {
+            hosts
+                .filter(|h| q.filter.matches(&h.facts))
+                .for_each(&mut push);
         }
         parts.push_back(Bytes::from_static(b"]}"));
-        SegmentedBuf::from(parts)
+        (SegmentedBuf::from(parts), total)
     }
 
     /// True if a request came in the last [`KEEP_WARM_MS`].
@@ -608,14 +664,28 @@ impl HostsCache {
 }
 
 /// The fleet, every host rendered now (the uncached form of [`HostsCache::render`]).
+#[cfg(test)]
 pub fn hosts(table: &Table, now: u64) -> Value {
+    hosts_query(table, now, &Query::default()).0
+}
+
+/// The uncached form of [`HostsCache::render_query`]: the body and the matching count.
+pub fn hosts_query(table: &Table, now: u64, q: &Query) -> (Value, usize) {
     let alive = collector_alive(table);
-    let mut hosts: Vec<(Record, Value)> = (0..table.host_count())
+    let mut hosts: Vec<(HostFacts, Value)> = (0..table.host_count())
         .filter_map(|i| fleet_host(table, i, now, alive))
+        .map(|(r, v)| (facts_of(&r, now), v))
+        .filter(|(f, _)| q.filter.matches(f))
         .collect();
-    hosts.sort_by_cached_key(|(r, _)| (r.hostname.get(), r.agent_id()));
-    let hosts: Vec<Value> = hosts.into_iter().map(|(_, v)| v).collect();
-    json!({"now_ms": now, "hosts": hosts})
+    hosts.sort_by(|(a, _), (b, _)| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
+    let total = hosts.len();
+    let hosts: Vec<Value> = hosts
+        .into_iter()
+        .skip(q.offset)
+        .take(q.limit.unwrap_or(usize::MAX))
+        .map(|(_, v)| v)
+        .collect();
+    (json!({"now_ms": now, "hosts": hosts}), total)
 }
 
 pub fn host_detail(table: &Table, id: &str, now: u64) -> Resp {

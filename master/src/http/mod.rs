@@ -14,6 +14,7 @@
 mod api;
 mod assets;
 pub mod auth;
+pub mod filter;
 mod metrics;
 mod sse;
 mod write;
@@ -37,6 +38,7 @@ use crate::config::Config;
 use crate::remote_write::{self, Forwarder};
 use crate::segment::{now_ms, Segment};
 use crate::table::Table;
+use filter::{FilterError, For, Query};
 
 /// Concurrent HTTP connections; more wait in the backlog. Well above what dashboards and
 /// scrapers use, so that slow clients holding connections (a slowloris: 2,000 of them in
@@ -235,6 +237,8 @@ enum Endpoint<'a> {
     Metrics,
     Hosts,
     HostDetail(&'a str),
+    Labels,
+    Groups,
     Events,
     NotFound,
     MethodNotAllowed,
@@ -251,6 +255,8 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         "/healthz" => Endpoint::Healthz,
         "/metrics" => Endpoint::Metrics,
         "/api/v1/hosts" => Endpoint::Hosts,
+        "/api/v1/labels" => Endpoint::Labels,
+        "/api/v1/groups" => Endpoint::Groups,
         "/api/v1/events" => Endpoint::Events,
         _ => match path.strip_prefix("/api/v1/hosts/") {
             Some(id) if !id.is_empty() && !id.contains('/') => Endpoint::HostDetail(id),
@@ -269,8 +275,43 @@ fn events_head<B>(body: B) -> Response<B> {
     r
 }
 
+/// The filter an endpoint takes, parsed from the query string (`None`: the endpoint takes
+/// none and ignores the query string, as before filters existed).
+fn query_of(endpoint: &Endpoint, query: Option<&str>) -> Option<Result<Query, FilterError>> {
+    let what = match endpoint {
+        Endpoint::Hosts => For::Hosts,
+        Endpoint::Labels => For::Labels,
+        Endpoint::Groups => For::Groups,
+        Endpoint::Events => For::Events,
+        _ => return None,
+    };
+    Some(filter::parse(query, what))
+}
+
+/// 400 `{"error": "..."}` for a refused query (the message names the parameter).
+fn bad_query(e: &FilterError) -> Resp {
+    json_response(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()}))
+}
+
+/// The `X-Total-Count` header of /api/v1/hosts: matching hosts before paging.
+fn set_total<B>(r: &mut Response<B>, total: usize) {
+    r.headers_mut()
+        .insert("x-total-count", HeaderValue::from(total));
+}
+
 /// The endpoints that need nothing but the table and the clock.
-fn render(table: &Table, endpoint: Endpoint, now: u64, metrics_extra: &str) -> Resp {
+fn render(
+    table: &Table,
+    endpoint: Endpoint,
+    query: Option<&str>,
+    now: u64,
+    metrics_extra: &str,
+) -> Resp {
+    let q = match query_of(&endpoint, query) {
+        Some(Err(e)) => return bad_query(&e),
+        Some(Ok(q)) => q,
+        None => Query::default(),
+    };
     match endpoint {
         Endpoint::MethodNotAllowed => {
             let mut r = json_response(
@@ -288,8 +329,15 @@ fn render(table: &Table, endpoint: Endpoint, now: u64, metrics_extra: &str) -> R
             "text/plain; version=0.0.4; charset=utf-8",
             metrics::render(table, now) + metrics_extra,
         ),
-        Endpoint::Hosts => json_response(StatusCode::OK, &api::hosts(table, now)),
+        Endpoint::Hosts => {
+            let (body, total) = api::hosts_query(table, now, &q);
+            let mut r = json_response(StatusCode::OK, &body);
+            set_total(&mut r, total);
+            r
+        }
         Endpoint::HostDetail(id) => api::host_detail(table, id, now),
+        Endpoint::Labels => api::labels(table, now, &q),
+        Endpoint::Groups => api::groups(table, now, &q),
         Endpoint::Events => events_head(Full::new(Data::new())),
         Endpoint::NotFound => not_found(),
     }
@@ -310,15 +358,27 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
     }
     let head = req.method() == Method::HEAD;
     let now = now_ms();
-    match resolve(req.method(), req.uri().path()) {
+    let endpoint = resolve(req.method(), req.uri().path());
+    let query = req.uri().query();
+    let q = match query_of(&endpoint, query) {
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "A request's filter was refused.");
+            return boxed(bad_query(&e));
+        }
+        Some(Ok(q)) => q,
+        None => Query::default(),
+    };
+    match endpoint {
         // Nothing to subscribe to for a head: an empty body (hyper sends the head only).
         Endpoint::Events if head => events_head(
             http_body_util::StreamBody::new(futures_util::stream::empty()).boxed_unsync(),
         ),
-        Endpoint::Events => events_head(sse::stream(state)),
+        Endpoint::Events => events_head(sse::stream(state, q)),
         Endpoint::Hosts => {
-            let mut r = Response::new(Full::new(state.hosts.render(state.table, now)));
+            let (body, total) = state.hosts.render_query(state.table, now, &q);
+            let mut r = Response::new(Full::new(body));
             set_common_headers(&mut r, "application/json");
+            set_total(&mut r, total);
             boxed(r)
         }
         endpoint => {
@@ -326,7 +386,7 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
                 (Endpoint::Metrics, Some(f)) => f.metrics_text(),
                 _ => String::new(),
             };
-            boxed(render(state.table, endpoint, now, &extra))
+            boxed(render(state.table, endpoint, query, now, &extra))
         }
     }
 }
@@ -384,15 +444,21 @@ pub fn route(table: &Table, method: &Method, path: &str, now: u64) -> Resp {
 
 /// `metrics_extra`: families of this process's own (the remote_write forwarder's counters).
 /// Public for `fuzz/` (the router as a pure function): the same [`resolve`] as production;
-/// /api/v1/hosts rendered without the cache, the event stream as its head only.
+/// /api/v1/hosts rendered without the cache, the event stream as its head only (its filter
+/// is checked: a refused one is the same 400). `target` is the path with an optional
+/// `?query`.
 pub fn route_with(
     table: &Table,
     method: &Method,
-    path: &str,
+    target: &str,
     now: u64,
     metrics_extra: &str,
 ) -> Resp {
-    render(table, resolve(method, path), now, metrics_extra)
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    render(table, resolve(method, path), query, now, metrics_extra)
 }
 
 #[cfg(test)]

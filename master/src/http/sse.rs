@@ -7,8 +7,15 @@
 //! connects, then the shared `hosts` events, `removed` events (`{"now_ms", "ids"}`: hosts
 //! whose slot was freed) and a `tick` with the master's clock every second. A client that falls behind the broadcast is
 //! disconnected; its EventSource reconnects and starts again from a fresh snapshot.
+//!
+//! Filtered streams (docs/CONTRACT.md "Filters"): the watcher renders each changed row once
+//! and broadcasts it with its [`HostFacts`] beside the rendered event; a stream with no filter
+//! sends the rendered event as is (the path it always had), a filtered one ([`Selection`])
+//! picks its rows from the shared set and joins only those. `groups` summaries are computed
+//! by the watcher once a second per distinct (group_by, filter) that some stream asked for,
+//! from the facts it already holds, and travel with the `tick`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +28,8 @@ use hyper::body::Frame;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
-use super::api::{collector_alive, fleet_row, SlotState};
+use super::api::{collector_alive, facts_of, fleet_row, SlotState};
+use super::filter::{groups_json, Filter, HostFacts, Query};
 use super::{Body, Data, State};
 use crate::segment::now_ms;
 use crate::table::Table;
@@ -37,9 +45,55 @@ const BACKLOG: usize = 64;
 /// The browser's reconnect delay after the stream breaks.
 const RETRY_MS: u64 = 1000;
 
+/// One host changed (or held by a snapshot): its fleet row rendered once, with what filters
+/// look at. Shared by every stream.
+pub struct Row {
+    slot: usize,
+    facts: Arc<HostFacts>,
+    /// The row's JSON object.
+    json: Bytes,
+}
+
+/// What the watcher broadcasts: the rendered event every unfiltered stream sends as is, and
+/// what a filtered stream selects from.
+#[derive(Clone)]
+enum Update {
+    Hosts {
+        bytes: Bytes,
+        now: u64,
+        rows: Arc<[Row]>,
+    },
+    Removed {
+        bytes: Bytes,
+        now: u64,
+        ids: Arc<[String]>,
+    },
+    Tick {
+        bytes: Bytes,
+        /// The `groups` event of each registered [`GroupKey`].
+        groups: Arc<HashMap<GroupKey, Bytes>>,
+    },
+}
+
+impl Update {
+    fn bytes(&self) -> &Bytes {
+        match self {
+            Update::Hosts { bytes, .. }
+            | Update::Removed { bytes, .. }
+            | Update::Tick { bytes, .. } => bytes,
+        }
+    }
+}
+
+/// A distinct `group_by` + filter some stream asked for.
+type GroupKey = (String, Filter);
+/// The [`GroupKey`]s of the open streams, each with how many streams want it.
+type GroupKeys = Arc<std::sync::Mutex<HashMap<GroupKey, usize>>>;
+
 /// The shared feed of rendered events.
 pub struct Feed {
-    tx: broadcast::Sender<Bytes>,
+    tx: broadcast::Sender<Update>,
+    group_keys: GroupKeys,
     /// Hosts a new client's snapshot held, by slot: the watcher takes them as its baseline
     /// for slots it has not looked at yet, so a host removed before the watcher's next look
     /// is still announced to that client (`removed`).
@@ -49,12 +103,13 @@ pub struct Feed {
     turns: Arc<tokio::sync::Semaphore>,
 }
 
-type Announced = std::sync::Arc<std::sync::Mutex<Vec<(usize, Seen)>>>;
+type Announced = std::sync::Arc<std::sync::Mutex<Vec<(usize, Seen, Arc<HostFacts>)>>>;
 
 impl Feed {
     pub fn start(table: &'static Table, stopping: watch::Receiver<bool>) -> Feed {
         let (tx, _) = broadcast::channel(BACKLOG);
         let announced = Announced::default();
+        let group_keys = GroupKeys::default();
         let snapshots = Arc::new(Snapshots {
             epoch: AtomicU64::new(0),
             recent: std::sync::Mutex::new(VecDeque::with_capacity(CATCH_UP)),
@@ -65,10 +120,12 @@ impl Feed {
             tx.clone(),
             announced.clone(),
             snapshots.clone(),
+            group_keys.clone(),
             stopping,
         ));
         Feed {
             tx,
+            group_keys,
             announced,
             snapshots,
             turns: Arc::new(tokio::sync::Semaphore::new(OPENINGS_AT_ONCE)),
@@ -76,15 +133,16 @@ impl Feed {
     }
 }
 
-/// The `snapshot` event's data (every host's fleet row), recording in `announced` what it
-/// held (bounded: one entry per slot per snapshot, drained every watcher tick).
-fn snapshot(table: &Table, now: u64, announced: &Announced) -> Value {
+/// Every host's fleet row (the `snapshot` event's), recording in `announced` what it held
+/// (bounded: one entry per slot per snapshot, drained every watcher tick).
+fn snapshot(table: &Table, now: u64, announced: &Announced) -> Vec<Row> {
     let alive = collector_alive(table);
     let mut held = Vec::new();
-    let hosts: Vec<Value> = (0..table.host_count())
+    let rows: Vec<Row> = (0..table.host_count())
         .filter_map(|i| {
             let version = table.slot_version(i);
             let (rec, row) = fleet_row(table, i, now, alive)?;
+            let facts = Arc::new(facts_of(&rec, now));
             held.push((
                 i,
                 Seen {
@@ -92,8 +150,13 @@ fn snapshot(table: &Table, now: u64, announced: &Announced) -> Value {
                     state: SlotState::of(&rec, version, now),
                     spark_n: rec.history_count,
                 },
+                facts.clone(),
             ));
-            Some(row)
+            Some(Row {
+                slot: i,
+                facts,
+                json: Bytes::from(serde_json::to_vec(&row).ok()?),
+            })
         })
         .collect();
     if let Ok(mut a) = announced.lock() {
@@ -101,7 +164,21 @@ fn snapshot(table: &Table, now: u64, announced: &Announced) -> Value {
             a.extend(held);
         }
     }
-    json!({"now_ms": now, "hosts": hosts})
+    rows
+}
+
+/// `event: NAME` with `{"hosts":[ROWS...],"now_ms":N}` (the rows joined, never re-rendered).
+fn rows_event<'a>(name: &str, rows: impl Iterator<Item = &'a Bytes>, now: u64) -> Bytes {
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(format!("event: {name}\ndata: {{\"hosts\":[").as_bytes());
+    for (n, row) in rows.enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(row);
+    }
+    out.extend_from_slice(format!("],\"now_ms\":{now}}}\n\n").as_bytes());
+    Bytes::from(out)
 }
 
 /// Bound on snapshot entries waiting for the watcher (a burst of new clients between two
@@ -123,10 +200,21 @@ const MAX_ANNOUNCED: usize = 1 << 16;
 struct Snapshots {
     epoch: AtomicU64,
     /// The last [`CATCH_UP`] `hosts` events with their epochs.
-    recent: std::sync::Mutex<VecDeque<(u64, Bytes)>>,
-    /// (epoch read before rendering, the rendered opening). The lock is held while
-    /// rendering: streams arriving meanwhile wait and then take the same bytes.
-    cached: tokio::sync::Mutex<Option<(u64, Bytes)>>,
+    recent: std::sync::Mutex<VecDeque<(u64, Update)>>,
+    /// The latest opening rendered. The lock is held while rendering: streams arriving
+    /// meanwhile wait and then take the same one.
+    cached: tokio::sync::Mutex<Option<Arc<Opening>>>,
+}
+
+/// A rendered opening, shared by the streams that open while it is recent.
+struct Opening {
+    /// The epoch read before rendering.
+    epoch: u64,
+    now: u64,
+    /// Retry hint + `snapshot` event of every host: what an unfiltered stream sends.
+    bytes: Bytes,
+    /// The same rows, for filtered streams to select from.
+    rows: Vec<Row>,
 }
 
 /// A cached snapshot serves new streams while at most this many events (1.6 s at the
@@ -135,7 +223,7 @@ const CATCH_UP: usize = 8;
 
 impl Snapshots {
     /// Numbers and keeps a `hosts` or `removed` event; call before sending it.
-    fn publish(&self, bytes: &Bytes) {
+    fn publish(&self, bytes: &Update) {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = self.epoch.load(Ordering::SeqCst) + 1;
         if recent.len() == CATCH_UP {
@@ -146,10 +234,10 @@ impl Snapshots {
     }
 
     /// The kept events after `from` up to the current epoch, if all of them are kept.
-    fn since(&self, from: u64) -> Option<Vec<Bytes>> {
+    fn since(&self, from: u64) -> Option<Vec<Update>> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let now = self.epoch.load(Ordering::SeqCst);
-        let events: Vec<Bytes> = recent
+        let events: Vec<Update> = recent
             .iter()
             .filter(|(e, _)| *e > from)
             .map(|(_, b)| b.clone())
@@ -158,11 +246,15 @@ impl Snapshots {
     }
 
     /// The opening for a stream that has subscribed: the snapshot and the events after it.
-    async fn opening(&self, table: &'static Table, announced: &Announced) -> VecDeque<Bytes> {
+    async fn opening(
+        &self,
+        table: &'static Table,
+        announced: &Announced,
+    ) -> (Arc<Opening>, Vec<Update>) {
         let mut cached = self.cached.lock().await;
-        if let Some((e, bytes)) = &*cached {
-            if let Some(events) = self.since(*e) {
-                return std::iter::once(bytes.clone()).chain(events).collect();
+        if let Some(open) = &*cached {
+            if let Some(events) = self.since(open.epoch) {
+                return (open.clone(), events);
             }
         }
         let epoch = self.epoch.load(Ordering::SeqCst);
@@ -171,15 +263,27 @@ impl Snapshots {
         let announced = announced.clone();
         let rendered = tokio::task::spawn_blocking(move || {
             let now = now_ms();
+            let rows = snapshot(table, now, &announced);
             let mut head = format!("retry: {RETRY_MS}\n\n").into_bytes();
-            head.extend_from_slice(&event("snapshot", &snapshot(table, now, &announced)));
-            Bytes::from(head)
+            head.extend_from_slice(&rows_event("snapshot", rows.iter().map(|r| &r.json), now));
+            Opening {
+                epoch,
+                now,
+                bytes: Bytes::from(head),
+                rows,
+            }
         })
         .await
-        .unwrap_or_default();
-        *cached = Some((epoch, rendered.clone()));
+        .unwrap_or(Opening {
+            epoch,
+            now: now_ms(),
+            bytes: Bytes::new(),
+            rows: Vec::new(),
+        });
+        let open = Arc::new(rendered);
+        *cached = Some(open.clone());
         let events = self.since(epoch).unwrap_or_default();
-        std::iter::once(rendered).chain(events).collect()
+        (open, events)
     }
 }
 
@@ -223,12 +327,15 @@ fn spark_delta(row: &mut Value, sent: u64) {
 
 async fn watch_table(
     table: &'static Table,
-    tx: broadcast::Sender<Bytes>,
+    tx: broadcast::Sender<Update>,
     announced: Announced,
     snapshots: Arc<Snapshots>,
+    group_keys: GroupKeys,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut seen: Vec<Option<Seen>> = Vec::new();
+    // The facts of the host each slot held when last rendered (what `groups` count).
+    let mut index: Vec<Option<Arc<HostFacts>>> = Vec::new();
     let mut last_alive = true;
     let mut last_tick = std::time::Instant::now();
     let mut every = tokio::time::interval(WATCH_EVERY);
@@ -250,18 +357,20 @@ async fn watch_table(
         last_alive = alive;
         let count = table.host_count();
         seen.resize(count, None);
+        index.resize(count, None);
         let held = announced
             .lock()
             .map(|mut a| std::mem::take(&mut *a))
             .unwrap_or_default();
-        for (i, s) in held {
+        for (i, s, facts) in held {
             if let Some(slot @ None) = seen.get_mut(i) {
                 *slot = Some(s);
+                index[i] = Some(facts);
             }
         }
         let mut changed = Vec::new();
         let mut removed = Vec::new();
-        for (i, slot) in seen.iter_mut().enumerate() {
+        for (i, (slot, facts_now)) in seen.iter_mut().zip(index.iter_mut()).enumerate() {
             let version = table.slot_version(i);
             let known = *slot;
             if !all && known.is_some_and(|s| s.state.unchanged(version, now)) {
@@ -282,6 +391,7 @@ async fn watch_table(
                 // Removed, expired, or the slot went to another host.
                 removed.push(String::from_utf8_lossy(&s.id).into_owned());
                 *slot = None;
+                *facts_now = None;
             }
             let Some((rec, mut host)) = row else {
                 continue;
@@ -294,21 +404,221 @@ async fn watch_table(
                 state: SlotState::of(&rec, version, now),
                 spark_n: rec.history_count,
             });
-            changed.push(host);
+            let facts = Arc::new(facts_of(&rec, now));
+            *facts_now = Some(facts.clone());
+            if let Ok(json) = serde_json::to_vec(&host) {
+                changed.push(Row {
+                    slot: i,
+                    facts,
+                    json: Bytes::from(json),
+                });
+            }
         }
         if !removed.is_empty() {
-            let bytes = event("removed", &json!({"now_ms": now, "ids": removed}));
-            snapshots.publish(&bytes); // before the send (see `Snapshots`)
-            let _ = tx.send(bytes);
+            let update = Update::Removed {
+                bytes: event("removed", &json!({"now_ms": now, "ids": removed})),
+                now,
+                ids: removed.into(),
+            };
+            snapshots.publish(&update); // before the send (see `Snapshots`)
+            let _ = tx.send(update);
         }
         if !changed.is_empty() {
-            let bytes = event("hosts", &json!({"now_ms": now, "hosts": changed}));
-            snapshots.publish(&bytes);
-            let _ = tx.send(bytes);
+            let update = Update::Hosts {
+                bytes: rows_event("hosts", changed.iter().map(|r| &r.json), now),
+                now,
+                rows: changed.into(),
+            };
+            snapshots.publish(&update);
+            let _ = tx.send(update);
         }
         if last_tick.elapsed() >= TICK_EVERY {
             last_tick = std::time::Instant::now();
-            let _ = tx.send(event("tick", &json!({"now_ms": now})));
+            let keys: Vec<GroupKey> = group_keys
+                .lock()
+                .map(|k| k.keys().cloned().collect())
+                .unwrap_or_default();
+            // Once a second per distinct summary asked for, however many streams ask.
+            let groups = keys
+                .into_iter()
+                .map(|key| {
+                    let v = groups_json(index.iter().flatten().map(|f| &**f), &key.1, Some(&key.0));
+                    (key, event("groups", &v))
+                })
+                .collect();
+            let _ = tx.send(Update::Tick {
+                bytes: event("tick", &json!({"now_ms": now})),
+                groups: Arc::new(groups),
+            });
+        }
+    }
+}
+
+/// Hosts entering a filtered stream in one event that it renders afresh from the table (so
+/// they arrive with their whole sparkline); beyond, they come as the shared row (its
+/// `spark_add`: the points since the previous event). Entering is rare (a label changed at a
+/// hello, a status crossed a `status` filter); the bound holds a burst (the collector came
+/// back: every host turns `up`) to a few hundred microseconds per stream.
+const ENTER_RENDERS: usize = 64;
+
+/// A stream's hold on a [`GroupKey`]: the watcher computes that summary while it lives.
+struct Registration {
+    keys: GroupKeys,
+    key: GroupKey,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = keys.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                keys.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What one stream sends of the shared feed: everything (no filter and no `ids`: the shared
+/// bytes as they are), or only the hosts it selects (`sent`: the ids it holds, so that a host
+/// that stops matching is sent in `removed` with `"reason":"filter"`), plus `groups` when it
+/// asked for `group_by`.
+struct Selection {
+    filter: Filter,
+    ids: Option<HashSet<String>>,
+    group: Option<Registration>,
+    sent: HashSet<String>,
+    /// The `groups` event last sent: another goes out only when it differs.
+    last_groups: Option<Bytes>,
+    table: &'static Table,
+}
+
+fn concat(a: &[u8], b: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+    Bytes::from(out)
+}
+
+impl Selection {
+    fn new(q: Query, table: &'static Table, keys: &GroupKeys) -> Selection {
+        let group = q.by.map(|by| {
+            let key = (by, q.filter.clone());
+            *keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(key.clone())
+                .or_default() += 1;
+            Registration {
+                keys: keys.clone(),
+                key,
+            }
+        });
+        Selection {
+            filter: q.filter,
+            ids: q.ids,
+            group,
+            sent: HashSet::new(),
+            last_groups: None,
+            table,
+        }
+    }
+
+    /// No filter and no `ids`: every host.
+    fn plain(&self) -> bool {
+        self.filter.is_empty() && self.ids.is_none()
+    }
+
+    fn wants(&self, f: &HostFacts) -> bool {
+        self.filter.matches(f) && self.ids.as_ref().is_none_or(|ids| ids.contains(&f.id))
+    }
+
+    /// The stream's opening: retry hint and `snapshot` of its hosts (the shared bytes when
+    /// plain), then its `groups`.
+    fn open(&mut self, o: &Opening) -> Bytes {
+        let out = if self.plain() {
+            o.bytes.clone()
+        } else {
+            let rows: Vec<&Row> = o.rows.iter().filter(|r| self.wants(&r.facts)).collect();
+            self.sent = rows.iter().map(|r| r.facts.id.clone()).collect();
+            let mut head = format!("retry: {RETRY_MS}\n\n").into_bytes();
+            head.extend_from_slice(&rows_event("snapshot", rows.iter().map(|r| &r.json), o.now));
+            Bytes::from(head)
+        };
+        let Some(g) = &self.group else {
+            return out;
+        };
+        let v = groups_json(o.rows.iter().map(|r| &*r.facts), &g.key.1, Some(&g.key.0));
+        let groups = event("groups", &v);
+        self.last_groups = Some(groups.clone());
+        concat(&out, &groups)
+    }
+
+    /// A host that starts matching, rendered now with its whole sparkline (`None`: the slot
+    /// holds another host now, or is unreadable).
+    fn full_row(&self, r: &Row) -> Option<Bytes> {
+        let (rec, row) = fleet_row(self.table, r.slot, now_ms(), collector_alive(self.table))?;
+        if rec.agent_id() != r.facts.id {
+            return None;
+        }
+        Some(Bytes::from(serde_json::to_vec(&row).ok()?))
+    }
+
+    /// What this stream sends of an update, if anything.
+    fn select(&mut self, u: &Update) -> Option<Bytes> {
+        match u {
+            Update::Tick { bytes, groups } => {
+                let fresh = self
+                    .group
+                    .as_ref()
+                    .and_then(|g| groups.get(&g.key))
+                    .filter(|ev| self.last_groups.as_ref() != Some(*ev));
+                match fresh {
+                    Some(ev) => {
+                        self.last_groups = Some(ev.clone());
+                        Some(concat(bytes, ev))
+                    }
+                    None => Some(bytes.clone()),
+                }
+            }
+            _ if self.plain() => Some(u.bytes().clone()),
+            Update::Removed { now, ids, .. } => {
+                let gone: Vec<&String> = ids.iter().filter(|id| self.sent.remove(*id)).collect();
+                (!gone.is_empty()).then(|| event("removed", &json!({"now_ms": now, "ids": gone})))
+            }
+            Update::Hosts { now, rows, .. } => {
+                let (mut picked, mut left, mut renders) = (Vec::new(), Vec::new(), 0);
+                for r in rows.iter() {
+                    if !self.wants(&r.facts) {
+                        if self.sent.remove(&r.facts.id) {
+                            left.push(r.facts.id.as_str());
+                        }
+                        continue;
+                    }
+                    if !self.sent.contains(&r.facts.id) {
+                        self.sent.insert(r.facts.id.clone());
+                        if renders < ENTER_RENDERS {
+                            renders += 1;
+                            if let Some(full) = self.full_row(r) {
+                                picked.push(full);
+                                continue;
+                            }
+                        }
+                    }
+                    picked.push(r.json.clone());
+                }
+                let hosts = (!picked.is_empty()).then(|| rows_event("hosts", picked.iter(), *now));
+                let left = (!left.is_empty()).then(|| {
+                    event(
+                        "removed",
+                        &json!({"now_ms": now, "ids": left, "reason": "filter"}),
+                    )
+                });
+                match (hosts, left) {
+                    (Some(h), Some(l)) => Some(concat(&h, &l)),
+                    (h, l) => h.or(l),
+                }
+            }
         }
     }
 }
@@ -331,16 +641,17 @@ enum Phase {
     Waiting,
     /// Sending what is left of `parts`; `turn` ends (dropped) with the opening.
     Opening {
-        rx: broadcast::Receiver<Bytes>,
+        rx: broadcast::Receiver<Update>,
         parts: VecDeque<Bytes>,
         turn: tokio::sync::oneshot::Sender<()>,
     },
-    Live(broadcast::Receiver<Bytes>),
+    Live(broadcast::Receiver<Update>),
 }
 
 /// What one stream needs from the feed.
 struct Ctx {
-    tx: broadcast::Sender<Bytes>,
+    tx: broadcast::Sender<Update>,
+    sel: Selection,
     snapshots: Arc<Snapshots>,
     announced: Announced,
     turns: Arc<tokio::sync::Semaphore>,
@@ -364,7 +675,7 @@ async fn take_turn(
 
 /// The next piece of an opening, and the phase after it.
 fn piece(
-    rx: broadcast::Receiver<Bytes>,
+    rx: broadcast::Receiver<Update>,
     mut parts: VecDeque<Bytes>,
     turn: tokio::sync::oneshot::Sender<()>,
 ) -> (Bytes, Phase) {
@@ -383,9 +694,10 @@ fn piece(
 
 /// The response body of one event stream: a turn, then retry hint and snapshot, then the
 /// shared feed until the client lags, goes away or the process stops.
-pub fn stream(state: &State) -> Body {
+pub fn stream(state: &State, query: Query) -> Body {
     let ctx = Ctx {
         tx: state.events.tx.clone(),
+        sel: Selection::new(query, state.table, &state.events.group_keys),
         snapshots: state.events.snapshots.clone(),
         announced: state.events.announced.clone(),
         turns: state.events.turns.clone(),
@@ -404,7 +716,10 @@ pub fn stream(state: &State) -> Body {
                         _ = ctx.stopping.changed() => return None,
                     };
                     let rx = ctx.tx.subscribe(); // before the snapshot: no change falls in between
-                    let parts = ctx.snapshots.opening(ctx.table, &ctx.announced).await;
+                    let (open, events) = ctx.snapshots.opening(ctx.table, &ctx.announced).await;
+                    let parts: VecDeque<Bytes> = std::iter::once(ctx.sel.open(&open))
+                        .chain(events.iter().filter_map(|u| ctx.sel.select(u)))
+                        .collect();
                     let (part, next) = piece(rx, parts, turn);
                     Some((part, (next, ctx)))
                 }
@@ -412,16 +727,20 @@ pub fn stream(state: &State) -> Body {
                     let (part, next) = piece(rx, parts, turn);
                     Some((part, (next, ctx)))
                 }
-                Phase::Live(mut rx) => {
+                Phase::Live(mut rx) => loop {
                     tokio::select! {
                         r = rx.recv() => match r {
-                            Ok(bytes) => Some((bytes, (Phase::Live(rx), ctx))),
+                            Ok(update) => match ctx.sel.select(&update) {
+                                Some(bytes) => return Some((bytes, (Phase::Live(rx), ctx))),
+                                // Nothing of this stream's hosts in it.
+                                None => continue,
+                            },
                             // Lagged or closed: end the stream; the browser reconnects to a snapshot.
-                            Err(_) => None,
+                            Err(_) => return None,
                         },
-                        _ = ctx.stopping.changed() => None,
+                        _ = ctx.stopping.changed() => return None,
                     }
-                }
+                },
             }
         });
     let frames = frames.map(|b| Ok::<_, Infallible>(Frame::data(Data::from_iter([b]))));
@@ -480,30 +799,35 @@ mod tests {
             cached: tokio::sync::Mutex::new(None),
         };
         let announced = Announced::default();
-        let first = snaps.opening(&t.table, &announced).await;
-        assert_eq!(first.len(), 1);
-        assert!(std::str::from_utf8(&first[0])
+        let ev = |b: &'static [u8]| Update::Removed {
+            bytes: Bytes::from_static(b),
+            now: 0,
+            ids: Arc::new([]),
+        };
+        let (first, events) = snaps.opening(&t.table, &announced).await;
+        assert!(events.is_empty());
+        assert!(std::str::from_utf8(&first.bytes)
             .unwrap()
             .contains("event: snapshot"));
-        // Two events later a new stream gets the same bytes (not rendered again) + both.
-        snaps.publish(&Bytes::from_static(b"e1"));
-        snaps.publish(&Bytes::from_static(b"e2"));
-        let second = snaps.opening(&t.table, &announced).await;
-        assert_eq!(second.len(), 3);
-        assert_eq!(second[0].as_ptr(), first[0].as_ptr(), "rendered again");
-        assert_eq!((&second[1][..], &second[2][..]), (&b"e1"[..], &b"e2"[..]));
+        // Two events later a new stream gets the same opening (not rendered again) + both.
+        snaps.publish(&ev(b"e1"));
+        snaps.publish(&ev(b"e2"));
+        let (second, events) = snaps.opening(&t.table, &announced).await;
+        assert!(Arc::ptr_eq(&first, &second), "rendered again");
+        let bytes: Vec<&[u8]> = events.iter().map(|u| &u.bytes()[..]).collect();
+        assert_eq!(bytes, [&b"e1"[..], &b"e2"[..]]);
         // More than CATCH_UP events after it: rendered again, nothing appended.
         for _ in 0..CATCH_UP {
-            snaps.publish(&Bytes::from_static(b"e"));
+            snaps.publish(&ev(b"e"));
         }
-        let third = snaps.opening(&t.table, &announced).await;
-        assert_eq!(third.len(), 1);
-        assert_ne!(third[0].as_ptr(), first[0].as_ptr());
+        let (third, events) = snaps.opening(&t.table, &announced).await;
+        assert!(events.is_empty());
+        assert!(!Arc::ptr_eq(&third, &first));
         // The new render is tagged with the current epoch: the next stream reuses it.
-        snaps.publish(&Bytes::from_static(b"e3"));
-        let fourth = snaps.opening(&t.table, &announced).await;
-        assert_eq!(fourth.len(), 2);
-        assert_eq!(fourth[0].as_ptr(), third[0].as_ptr());
+        snaps.publish(&ev(b"e3"));
+        let (fourth, events) = snaps.opening(&t.table, &announced).await;
+        assert_eq!(events.len(), 1);
+        assert!(Arc::ptr_eq(&fourth, &third));
     }
 
     #[tokio::test]
@@ -525,7 +849,7 @@ mod tests {
             access: Default::default(),
             control: crate::control::Client::start(None, table),
         };
-        let mut body = stream(&state);
+        let mut body = stream(&state, Query::default());
         async fn next(body: &mut Body) -> String {
             let frame = tokio::time::timeout(Duration::from_secs(2), body.frame())
                 .await
