@@ -117,7 +117,8 @@ async function main() {
     await page.fill("#filter", "web");
     await page.waitForFunction(() => document.querySelectorAll("#hosts tr[data-id]").length === 2);
     assert.deepEqual((await rowNames(page)).sort(), ["web-1", "web-2"]);
-    await page.fill("#filter", "0DD");
+    // `q` also matches ids (32 hex, issue 13): "0DD." cannot be part of one, "0DD" could.
+    await page.fill("#filter", "0DD.");
     await page.waitForFunction(() => document.querySelectorAll("#hosts tr[data-id]").length === 1);
     assert.deepEqual(await rowNames(page), [ODD]);
     await page.fill("#filter", "");
@@ -177,7 +178,8 @@ async function main() {
 
     // 7. Without the event stream (a proxy that breaks it, say) the page polls and stays live.
     const polled = await browser.newPage();
-    await polled.route("**/api/v1/events", (r) => r.abort());
+    // The fleet view's stream URL carries its filter and the page's ids (issue 13): match any query.
+    await polled.route(/\/api\/v1\/events(\?|$)/, (r) => r.abort());
     await polled.goto(master.url("/"));
     await polled.waitForFunction(() => document.getElementById("live").textContent === "live (polling)", null, { timeout: 10000 });
     await polled.waitForFunction((n) => document.querySelectorAll("#hosts tr[data-id]").length >= n, NAMES.length - 1);

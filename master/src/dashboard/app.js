@@ -531,8 +531,25 @@ function scheduleRefetch() {
   }, wait);
 }
 
+// Typing in the filter box applies after a pause (FILTER_DEBOUNCE_MS).
+let typing = null;
+
+// Applies the filter box's text to the view now; true if that changed the filter.
+function takeFilterBox() {
+  clearTimeout(typing);
+  typing = null;
+  const f = parseFilter(document.getElementById("filter").value);
+  if (f.q === view.q && JSON.stringify(f.labels) === JSON.stringify(view.labels)) return false;
+  view.q = f.q;
+  view.labels = f.labels;
+  view.page = 1;
+  return true;
+}
+
 // The user changed the view: record it (`push`: a new history entry) and read the page.
+// Text still pending in the filter box is part of the change.
 function viewChanged(push) {
+  if (typing) takeFilterBox();
   commitUrl(push);
   syncControls();
   reload();
@@ -1013,15 +1030,10 @@ function initFleet() {
   readUrl();
   document.getElementById("fleet-view").hidden = false;
   const filter = document.getElementById("filter");
-  let typing = null;
   filter.addEventListener("input", () => {
     clearTimeout(typing);
     typing = setTimeout(() => {
-      const f = parseFilter(filter.value);
-      if (f.q === view.q && JSON.stringify(f.labels) === JSON.stringify(view.labels)) return;
-      view.q = f.q;
-      view.labels = f.labels;
-      view.page = 1;
+      if (!takeFilterBox()) return;
       commitUrl(true);
       reload();
     }, FILTER_DEBOUNCE_MS);
@@ -1069,6 +1081,7 @@ function initFleet() {
       return;
     }
     const chip = e.target.closest("button.chip");
+    if (chip && typing) takeFilterBox();
     if (chip && !view.labels.includes(chip.dataset.label)) {
       view.labels = [...view.labels, chip.dataset.label];
       view.page = 1;
