@@ -173,7 +173,8 @@ function agentStateDir(dir, i) {
   return path.join(dir, "agent-" + i);
 }
 
-function startAgent(master, dir, hostname, i, interval = "500ms") {
+// `extra`: more agent flags, e.g. ["--label", "role=db"].
+function startAgent(master, dir, hostname, i, interval = "500ms", extra = []) {
   const state = agentStateDir(dir, i);
   fs.mkdirSync(state, { recursive: true });
   return start(BIN("sentinel-agent"), [
@@ -183,6 +184,7 @@ function startAgent(master, dir, hostname, i, interval = "500ms") {
     "--token-file", path.join(master.dir, "token"),
     "--state-dir", state,
     "--reconnect-max", "1s",
+    ...extra,
   ], "agent " + i, path.join(dir, "agent-" + i + ".log"));
 }
 

@@ -54,7 +54,7 @@ const STEPS: &[(&str, &str)] = &[
     ),
     (
         "browser",
-        "headless Chromium: the dashboard, hostile hostnames, viewer and operator, identities, 5,000 hosts (tests/browser/run.sh all)",
+        "headless Chromium: the dashboard, hostile hostnames, viewer and operator, identities, labels, 5,000 and 10,000 hosts (tests/browser/run.sh all)",
     ),
     (
         "fuzz",
