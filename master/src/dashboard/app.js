@@ -1,10 +1,12 @@
 // Sentinel dashboard: the fleet view (/) and the host view (/hosts/{id}).
 //
-// Everything an agent sends is hostile text: it reaches the page only through textContent,
-// createTextNode and setAttribute on inert attributes (data-*, title, aria-*), never as markup.
-// Live updates come over Server-Sent Events (/api/v1/events); when the stream fails the page
-// polls /api/v1/hosts and keeps trying the stream; when the master cannot be reached at all a
-// "connection lost, retrying" banner shows until it answers again.
+// Everything an agent sends (hostnames, label names and values included) is hostile text: it
+// reaches the page only through textContent, createTextNode and setAttribute on inert
+// attributes (data-*, title, aria-*, and href built from encodeURIComponent), never as markup.
+// Live updates come over Server-Sent Events (/api/v1/events, filtered to the rows of the page);
+// when the stream fails the page re-reads its page of /api/v1/hosts every 2 s and keeps trying
+// the stream; when the master cannot be reached at all a "connection lost, retrying" banner
+// shows until it answers again.
 "use strict";
 
 const STATUSES = ["up", "stale", "down", "stopped"];
