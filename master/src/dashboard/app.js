@@ -391,6 +391,12 @@ function applyCounts(body) {
 // should hold moved.
 function countsChanged(body) {
   applyCounts(body);
+  // The headers on the page show the new counts at once.
+  const byKey = new Map((fleet.groups || []).map((g) => [groupKey(g.value), g]));
+  for (const p of fleet.parts) {
+    const c = p.key === null ? fleet.total : byKey.get(p.key);
+    if (c) p.counts = c;
+  }
   if (signatureOf(planParts().parts) !== fleet.signature) scheduleRefetch();
   schedule();
 }
@@ -456,6 +462,7 @@ async function loadPage() {
     }
   });
   fleet.parts = onPage;
+  pruneCaches();
   fleet.matching = rows;
   fleet.pages = pages;
   fleet.signature = signatureOf(parts);
@@ -509,6 +516,7 @@ function onLoadError(e) {
     fleet.matching = 0;
     fleet.pages = 1;
     fleet.signature = "";
+    pruneCaches();
     recompute();
     renderRows();
     closeStream();
@@ -592,8 +600,12 @@ function countButton(value, text, cls) {
   return b;
 }
 
+let countsKey = "";
 function renderCounts() {
   const t = fleet.total || { hosts: 0, up: 0, stale: 0, down: 0, stopped: 0 };
+  const key = JSON.stringify([t, view.status]);
+  if (key === countsKey) return;
+  countsKey = key;
   const parts = [countButton("", (Number(t.hosts) || 0) + " hosts", "all")];
   for (const s of STATUSES) parts.push(countButton(s, (Number(t[s]) || 0) + " " + s, statusClass(s)));
   document.getElementById("counts").replaceChildren(...parts);
@@ -667,7 +679,7 @@ function hostRow(h, now) {
   let text = h.status;
   if (!h.connected && h.status !== "stopped") text += ", disconnected";
   st.appendChild(el("span", "st-text", text));
-  st.appendChild(el("span", "seen", "last seen " + ago(now - h.last_seen_ms)));
+  st.appendChild(el("span", "seen", seenText(h, now)));
   tr.appendChild(st);
 
   const cpu = el("td", "num");
@@ -708,14 +720,83 @@ function hostRow(h, now) {
   return tr;
 }
 
-function spacer(height) {
-  const tr = el("tr", "spacer");
-  tr.setAttribute("aria-hidden", "true");
-  const td = el("td");
-  td.colSpan = COLS;
-  tr.style.height = height + "px";
-  tr.appendChild(td);
+// The two spacer rows standing for the rows above and below the rendered ones (kept, only
+// their height changes).
+const spacers = { top: null, bottom: null };
+function spacer(which, height) {
+  let tr = spacers[which];
+  if (!tr) {
+    tr = el("tr", "spacer");
+    tr.setAttribute("aria-hidden", "true");
+    const td = el("td");
+    td.colSpan = COLS;
+    tr.appendChild(td);
+    spacers[which] = tr;
+  }
+  const h = height + "px";
+  if (tr.style.height !== h) tr.style.height = h;
   return tr;
+}
+
+// Rendered rows kept between renders: a host's row is rebuilt only when its object changed
+// (an update or a re-read replaces it), else only its "last seen" text moves; a group header
+// only when what it shows changed. An update renders the few rows that changed, not the page.
+const rowCache = new Map(); // id -> {h, tr, seen, seenText}
+const headCache = new Map(); // group key -> {sig, tr}
+
+function seenText(h, now) {
+  return "last seen " + ago(now - h.last_seen_ms);
+}
+
+function cachedHostRow(h, now) {
+  const text = seenText(h, now);
+  const c = rowCache.get(h.id);
+  if (c && c.h === h) {
+    if (c.seenText !== text) {
+      c.seen.textContent = text;
+      c.seenText = text;
+    }
+    return c.tr;
+  }
+  const tr = hostRow(h, now);
+  rowCache.set(h.id, { h, tr, seen: tr.querySelector(".seen"), seenText: text });
+  return tr;
+}
+
+function cachedGroupRow(p) {
+  const sig = JSON.stringify([view.group, p.value, p.collapsed, p.counts]);
+  const c = headCache.get(p.key);
+  if (c && c.sig === sig) return c.tr;
+  const tr = groupRow(p);
+  headCache.set(p.key, { sig, tr });
+  return tr;
+}
+
+// Drops kept rows of hosts and groups no longer on the page.
+function pruneCaches() {
+  for (const id of rowCache.keys()) if (!fleet.rows.has(id)) rowCache.delete(id);
+  const keys = new Set(fleet.parts.map((p) => p.key));
+  for (const k of headCache.keys()) if (!keys.has(k)) headCache.delete(k);
+}
+
+// Makes `body`'s children `want`: rows that stayed in place are left alone, new rows replace
+// old ones one by one; anything else (a scroll moved rows) is one replaceChildren.
+function reconcile(body, want) {
+  const have = body.children;
+  if (have.length === want.length) {
+    const swaps = [];
+    for (let i = 0; i < want.length; i++) {
+      if (have[i] === want[i]) continue;
+      if (want[i].isConnected) {
+        body.replaceChildren(...want);
+        return;
+      }
+      swaps.push(i);
+    }
+    for (const i of swaps) have[i].replaceWith(want[i]);
+    return;
+  }
+  body.replaceChildren(...want);
 }
 
 function renderPager() {
@@ -743,13 +824,13 @@ function renderRows() {
   const visible = Math.ceil((vp.clientHeight || 800) / rh) + 2 * OVERSCAN;
   const last = Math.min(total, first + visible);
   const now = serverNow();
-  const rows = [spacer(first * rh)];
+  const rows = [spacer("top", first * rh)];
   for (let i = first; i < last; i++) {
     const it = fleet.view[i];
-    rows.push(it.part ? groupRow(it.part) : hostRow(it.h, now));
+    rows.push(it.part ? cachedGroupRow(it.part) : cachedHostRow(it.h, now));
   }
-  rows.push(spacer((total - last) * rh));
-  body.replaceChildren(...rows);
+  rows.push(spacer("bottom", (total - last) * rh));
+  reconcile(body, rows);
   const filtered = view.q || view.labels.length || view.status.length;
   const empty = document.getElementById("empty");
   empty.hidden = total > 0 || fleet.total === null;
