@@ -32,11 +32,23 @@ pub enum FilterError {
     QueryTooLong { max: usize },
     #[error("query string: bad percent-encoding")]
     BadEncoding,
-    #[error("parameter \"{0}\": unknown here")]
+    #[error("parameter {0}: unknown here")]
     Unknown(String),
     #[error("parameter \"{name}\": {reason}")]
     Bad { name: &'static str, reason: String },
 }
+
+/// Text from the query as an error message shows it: quoted, at most [`SHOWN_CHARS`].
+fn shown(s: &str) -> String {
+    match s.char_indices().nth(SHOWN_CHARS) {
+        Some((i, _)) => format!("{:?}...", &s[..i]),
+        None => format!("{s:?}"),
+    }
+}
+
+/// Characters of a refused input an error message repeats: enough to recognise it, never a
+/// 16 KB echo.
+const SHOWN_CHARS: usize = 40;
 
 fn bad(name: &'static str, reason: impl Into<String>) -> FilterError {
     FilterError::Bad {
@@ -205,7 +217,7 @@ fn label_name(param: &'static str, n: &str) -> Result<String, FilterError> {
     } else {
         Err(bad(
             param,
-            format!("label name {n:?} must match [a-zA-Z_][a-zA-Z0-9_]*"),
+            format!("label name {} must match [a-zA-Z_][a-zA-Z0-9_]*", shown(n)),
         ))
     }
 }
@@ -253,7 +265,7 @@ fn parse_status(s: &str, into: &mut u8) -> Result<(), FilterError> {
             _ => {
                 return Err(bad(
                     "status",
-                    format!("unknown status {word:?} (up, stale, down, stopped)"),
+                    format!("unknown status {} (up, stale, down, stopped)", shown(word)),
                 ))
             }
         };
@@ -295,7 +307,7 @@ pub fn parse(query: Option<&str>, what: For) -> Result<Query, FilterError> {
             ("by", For::Groups) => "by",
             ("group_by", For::Events) => "group_by",
             ("ids", For::Events) => "ids",
-            _ => return Err(FilterError::Unknown(k)),
+            _ => return Err(FilterError::Unknown(shown(&k))),
         };
         if !matches!(key, "label" | "status") && !seen.insert(key) {
             return Err(bad(key, "given twice"));
@@ -333,7 +345,7 @@ pub fn parse(query: Option<&str>, what: For) -> Result<Query, FilterError> {
                 let mut ids = HashSet::new();
                 for id in v.split(',').filter(|id| !id.is_empty()) {
                     if !sentinel_protocol::is_valid_agent_id(id) {
-                        return Err(bad("ids", format!("{id:?} is not 32 lowercase hex")));
+                        return Err(bad("ids", format!("{} is not 32 lowercase hex", shown(id))));
                     }
                     if ids.len() == MAX_IDS {
                         return Err(bad("ids", format!("more than {MAX_IDS}")));

@@ -797,6 +797,83 @@ mod tests {
     }
 
     #[test]
+    fn filters_page_the_hosts_with_a_total_and_bad_ones_are_400_naming_the_parameter() {
+        let t = fleet();
+        add_host(&t.table, 2, &"c".repeat(32), "mid", NOW);
+        let names = |body: &str| -> Vec<String> {
+            json(body)["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["hostname"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let (code, headers, body) = get(&t.table, "/api/v1/hosts?status=up&limit=1&offset=1");
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(headers["x-total-count"], "2");
+        assert_eq!(names(&body), ["mid"]);
+        let (_, headers, body) = get(&t.table, "/api/v1/hosts?q=ZET");
+        assert_eq!(
+            (&headers["x-total-count"], names(&body)),
+            (&HeaderValue::from(1), vec!["zeta".to_owned()])
+        );
+        let (_, headers, body) = get(&t.table, "/api/v1/hosts?offset=9");
+        assert_eq!(
+            (&headers["x-total-count"], names(&body).len()),
+            (&HeaderValue::from(3), 0)
+        );
+        // The cached render selects and pages the same hosts.
+        let cache = api::HostsCache::default();
+        for query in [
+            "status=up&limit=1&offset=1",
+            "q=a",
+            "label=!role",
+            "limit=2",
+            "",
+        ] {
+            let q = filter::parse(Some(query), For::Hosts).unwrap();
+            let (mut body, total) = cache.render_query(&t.table, NOW, &q);
+            let cached: Value =
+                serde_json::from_slice(&body.copy_to_bytes(body.remaining())).unwrap();
+            assert_eq!(
+                (cached, total),
+                api::hosts_query(&t.table, NOW, &q),
+                "{query}"
+            );
+        }
+        let (code, _, body) = get(&t.table, "/api/v1/groups?status=up");
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(
+            json(&body),
+            json!({"total": {"hosts": 2, "up": 2, "stale": 0, "down": 0, "stopped": 0}})
+        );
+        let (code, _, body) = get(&t.table, "/api/v1/labels");
+        assert_eq!((code, json(&body)), (StatusCode::OK, json!({"labels": []})));
+        for (path, needle) in [
+            ("/api/v1/hosts?status=sleeping", "parameter \"status\""),
+            ("/api/v1/hosts?ids=x", "parameter \"ids\": unknown here"),
+            ("/api/v1/labels?label=a-b", "parameter \"label\""),
+            ("/api/v1/groups?by=", "parameter \"by\""),
+            ("/api/v1/events?ids=zz", "parameter \"ids\""),
+            ("/api/v1/hosts?q=%ff", "percent-encoding"),
+        ] {
+            let (code, headers, body) = get(&t.table, path);
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{path}");
+            assert_eq!(headers["content-security-policy"], CSP);
+            let e = json(&body)["error"].as_str().unwrap().to_owned();
+            assert!(e.contains(needle), "{path}: {e}");
+        }
+        for path in [
+            "/api/v1/labels?q=a",
+            "/api/v1/groups?by=role",
+            "/api/v1/events?label=a",
+        ] {
+            let r = route(&t.table, &Method::HEAD, path, NOW);
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+        }
+    }
+
+    #[test]
     fn only_get_and_head_are_allowed() {
         let t = fleet();
         let r = route(&t.table, &Method::POST, "/api/v1/hosts", NOW);

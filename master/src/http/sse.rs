@@ -830,6 +830,100 @@ mod tests {
         assert!(Arc::ptr_eq(&fourth, &third));
     }
 
+    fn row(slot: usize, name: &str, status: crate::status::Status) -> Row {
+        let facts = HostFacts::new(format!("{slot:032x}"), name.into(), Vec::new(), status, 1.0);
+        Row {
+            slot,
+            json: Bytes::from(format!(r#"{{"id":"{}","hostname":"{name}"}}"#, facts.id)),
+            facts: Arc::new(facts),
+        }
+    }
+
+    fn text(b: Option<Bytes>) -> String {
+        b.map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_filtered_stream_sends_only_its_hosts_and_says_when_one_stops_matching() {
+        use crate::status::Status::{Down, Up};
+        let t: &'static TestTable = Box::leak(Box::new(TestTable::new(4, 8)));
+        let keys = GroupKeys::default();
+        let q = |s: &str| {
+            crate::http::filter::parse(Some(s), crate::http::filter::For::Events).unwrap()
+        };
+        let mut sel = Selection::new(q("q=web&status=up&group_by=role"), &t.table, &keys);
+        let mut plain = Selection::new(Query::default(), &t.table, &keys);
+        assert_eq!(keys.lock().unwrap().len(), 1, "one summary registered");
+        let open = Opening {
+            epoch: 0,
+            now: 5,
+            bytes: Bytes::from_static(b"shared opening"),
+            rows: vec![
+                row(0, "web-1", Up),
+                row(1, "db-1", Up),
+                row(2, "web-2", Down),
+            ],
+        };
+        assert_eq!(text(Some(plain.open(&open))), "shared opening");
+        let first = text(Some(sel.open(&open)));
+        assert!(first.starts_with("retry: 1000\n\nevent: snapshot\ndata: {\"hosts\":[{\"id\":\"00000000000000000000000000000000\",\"hostname\":\"web-1\"}],\"now_ms\":5}\n\n"), "{first}");
+        assert!(
+            first.contains("event: groups\ndata: {\"by\":\"role\",\"groups\":[{\"busiest\""),
+            "{first}"
+        );
+        // web-1 goes down (leaves the filter), web-2 comes up (enters), db-1 changes (not ours).
+        let rows: Arc<[Row]> = vec![
+            row(0, "web-1", Down),
+            row(1, "db-1", Up),
+            row(2, "web-2", Up),
+        ]
+        .into();
+        let update = Update::Hosts {
+            bytes: Bytes::from_static(b"all"),
+            now: 9,
+            rows,
+        };
+        assert_eq!(text(plain.select(&update)), "all");
+        let got = text(sel.select(&update));
+        assert_eq!(
+            got,
+            "event: hosts\ndata: {\"hosts\":[{\"id\":\"00000000000000000000000000000002\",\"hostname\":\"web-2\"}],\"now_ms\":9}\n\n\
+             event: removed\ndata: {\"ids\":[\"00000000000000000000000000000000\"],\"now_ms\":9,\"reason\":\"filter\"}\n\n"
+        );
+        // Nothing of ours: nothing sent. A freed slot of ours: `removed` without a reason.
+        let other: Arc<[Row]> = vec![row(1, "db-1", Up)].into();
+        assert_eq!(
+            sel.select(&Update::Hosts {
+                bytes: Bytes::new(),
+                now: 10,
+                rows: other
+            }),
+            None
+        );
+        let ids: Arc<[String]> = vec![format!("{:032x}", 1), format!("{:032x}", 2)].into();
+        let gone = text(sel.select(&Update::Removed {
+            bytes: Bytes::new(),
+            now: 11,
+            ids,
+        }));
+        assert_eq!(gone, "event: removed\ndata: {\"ids\":[\"00000000000000000000000000000002\"],\"now_ms\":11}\n\n");
+        // `groups` travels with a tick only when it changed.
+        let key = sel.group.as_ref().unwrap().key.clone();
+        let tick = |g: &'static [u8]| Update::Tick {
+            bytes: Bytes::from_static(b"tick;"),
+            groups: Arc::new(HashMap::from([(key.clone(), Bytes::from_static(g))])),
+        };
+        assert_eq!(text(sel.select(&tick(b"g1"))), "tick;g1");
+        assert_eq!(text(sel.select(&tick(b"g1"))), "tick;");
+        assert_eq!(text(plain.select(&tick(b"g2"))), "tick;");
+        drop(sel);
+        assert!(
+            keys.lock().unwrap().is_empty(),
+            "unregistered with the stream"
+        );
+    }
+
     #[tokio::test]
     async fn a_client_gets_a_snapshot_then_each_new_sample_within_a_second() {
         let t: &'static TestTable = Box::leak(Box::new(TestTable::new(4, 8)));
