@@ -835,8 +835,8 @@ function renderRows() {
   const empty = document.getElementById("empty");
   empty.hidden = total > 0 || fleet.total === null;
   empty.textContent = filtered ? "No host matches the filter." : "No agents have reported yet.";
-  const all = fleet.total ? Number(fleet.total.hosts) || 0 : 0;
-  document.getElementById("shown").textContent = filtered ? fleet.matching + " of " + all + " match" : "";
+  const n = fleet.total ? matching(fleet.total) : 0;
+  document.getElementById("shown").textContent = filtered ? n + (n === 1 ? " host matches" : " hosts match") : "";
   renderCounts();
   renderPager();
   for (const th of document.querySelectorAll("#fleet th[data-sort]")) {
