@@ -145,17 +145,12 @@ fn stored_fs_fullest(bytes: &[u8]) -> Option<FsFullest> {
     }
 }
 
-/// A host's labels as the table holds them (sorted by name).
-pub fn labels_of(_rec: &Record) -> Vec<(String, String)> {
-    Vec::new()
-}
-
 /// What a filter looks at in a record ([`filter::HostFacts`]).
 pub fn facts_of(rec: &Record, now: u64) -> HostFacts {
     HostFacts::new(
         rec.agent_id(),
         rec.hostname.get(),
-        labels_of(rec),
+        rec.labels(),
         status_of(rec, now),
         rec.summary.cpu_percent,
     )

@@ -202,17 +202,10 @@ pub fn form_decode(s: &str) -> Result<String, FilterError> {
     String::from_utf8(out).map_err(|_| FilterError::BadEncoding)
 }
 
-/// Prometheus label-name syntax `[a-zA-Z_][a-zA-Z0-9_]*` (a filter on a name no host can
-/// have, such as a reserved one, is not an error: it matches what such a host would).
-pub fn valid_label_name(n: &str) -> bool {
-    let mut b = n.bytes();
-    b.next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
 fn label_name(param: &'static str, n: &str) -> Result<String, FilterError> {
-    if valid_label_name(n) {
+    // The label-name syntax of the protocol (a filter on a name no host can have, such as a
+    // reserved one, is not an error: it matches what such a host would).
+    if sentinel_protocol::labels::is_label_name(n) {
         Ok(n.to_owned())
     } else {
         Err(bad(
