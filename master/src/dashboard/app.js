@@ -672,6 +672,8 @@ function hostRow(h, now) {
   tr.appendChild(name);
   const labels = el("td", "labels");
   labels.replaceChildren(...labelChips(h.labels));
+  // Chips beyond the cell's width are cut off: the cell's title lists them all.
+  labels.title = Object.entries(h.labels || {}).map(([k, v]) => k + "=" + v).join("\n");
   tr.appendChild(labels);
 
   const st = el("td", "status");
