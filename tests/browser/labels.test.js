@@ -18,6 +18,8 @@
 // - hostile label values (markup, quotes) are text in chips, group headers, the filter box
 //   and the host page: no element created, no dialog; clicking such a chip filters by it;
 // - the host page shows the labels, each linking to the fleet filtered by it;
+// - the status chips at the top toggle statuses (several at once), the counts and a group's
+//   header count every status;
 // - compact mode shows 200 rows per page and streams those 200.
 "use strict";
 
@@ -122,7 +124,7 @@ async function main() {
   const step = (name) => { steps.push(name); L.log("ok: " + name); };
   try {
     await master.start();
-    REAL.forEach((h, i) => L.startAgent(master, dir, h.name, i, "500ms",
+    const agents = REAL.map((h, i) => L.startAgent(master, dir, h.name, i, "500ms",
       Object.entries(h.labels).flatMap(([k, v]) => ["--label", k + "=" + v])));
     const loadLog = path.join(dir, "loadgen.log");
     const load = L.start(L.BIN("sentinel-loadgen"), [
@@ -340,7 +342,35 @@ async function main() {
     await expectRows(page, "the fleet of role=web", expected(["role=web"], ""));
     step("host page shows web-1's labels; its role=web chip opens the fleet filtered by it");
 
-    // 12. Compact: 200 rows per page, a stream of those 200.
+    // 12. Status chips toggle (several at once); a stopped host is counted in its group.
+    await L.stop(agents[REAL.findIndex((h) => h.name === "plain-1")]); // goodbye -> "stopped"
+    await page.goto(master.url("/?label=!role&group=dc"));
+    await expectRows(page, "hosts without a role", ["evil-1", "plain-1"]);
+    const chip = (s) => page.click('#counts button[data-status="' + s + '"]');
+    await chip("stopped");
+    await expectRows(page, "stopped only", ["plain-1"], false, 20000);
+    assert.equal(new URL(page.url()).searchParams.get("status"), "stopped");
+    await chip("up");
+    await expectRows(page, "up and stopped", ["evil-1", "plain-1"]);
+    assert.equal(new URL(page.url()).searchParams.get("status"), "up,stopped");
+    assert.equal(await page.inputValue("#status-filter"), "several");
+    let noDc = null;
+    await L.waitFor("the no-dc header counting 1 up, 1 stopped", 5000, async () => {
+      noDc = (await shown(page)).find((i) => i.name === "no dc");
+      return noDc && noDc.hosts === 2 && noDc.counts.up === 1 && noDc.counts.stopped === 1;
+    }).catch(async (e) => {
+      const api = await L.getJson(master.httpPort, "/api/v1/groups?label=!role&by=dc");
+      throw new Error(e.message + ": shown " + JSON.stringify(noDc) + ", API " + JSON.stringify(api.body));
+    });
+    assert.match(await page.textContent("#counts"), /^2 hosts1 up0 stale0 down1 stopped$/);
+    await chip("stopped");
+    await expectRows(page, "up only", ["evil-1"]);
+    await page.click('#counts button[data-status=""]');
+    await expectRows(page, "every status again", ["evil-1", "plain-1"]);
+    assert.equal(new URL(page.url()).searchParams.get("status"), null);
+    step("status chips: stopped, up+stopped, up, all; the group counts 1 up 1 stopped");
+
+    // 13. Compact: 200 rows per page, a stream of those 200.
     await page.goto(master.url("/"));
     await expectRows(page, "page 1 again", order.slice(0, 100), true);
     await page.check("#compact");
