@@ -518,9 +518,9 @@ fn a_filtered_event_stream_gets_only_its_hosts_every_update_and_a_removed_when_o
     let groups_of = |e: &Events| {
         e.all()
             .into_iter()
-            .filter(|(n, _)| n == "groups")
+            .rev()
+            .find(|(n, _)| n == "groups")
             .map(|(_, d)| d)
-            .last()
     };
     let g = groups_of(&t).expect("a groups event");
     assert_eq!(
