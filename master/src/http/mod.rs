@@ -4,6 +4,8 @@
 //!
 //! - `api`: /api/v1/hosts, /api/v1/hosts/{id}, /healthz (JSON)
 //! - `sse`: /api/v1/events (live updates, one table watcher shared by every client)
+//! - `filter`: the host filters of /api/v1/hosts, /api/v1/labels, /api/v1/groups and the
+//!   event stream (one parser, one matcher)
 //! - `metrics`: /metrics (Prometheus text format)
 //! - `assets`: the dashboard files compiled into the binary
 //! - `auth`: optional basic authentication (everything but /healthz)
