@@ -79,7 +79,11 @@ write("handshake", {"hello": bodies["hello"], **{k: v for k, v in bodies.items()
 router_paths = ["/", "/index.html", "/app.js", "/style.css", "/healthz", "/metrics", "/api/v1/hosts",
                 "/api/v1/hosts/0123456789abcdef0123456789abcdef", "/api/v1/hosts/zzzz", "/hosts/0123456789abcdef0123456789abcdef",
                 "/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/api/v1/hosts/../../etc/passwd", "/api/v1/events",
-                "/app.js/../../etc/passwd", "/api/v1/hosts/" + "a" * 300]
+                "/app.js/../../etc/passwd", "/api/v1/hosts/" + "a" * 300,
+                # The filters (docs/CONTRACT.md "Filters"): good and refused.
+                "/api/v1/hosts?label=role=db&label=dc!=eu1&q=Web&status=up,down&limit=5&offset=1",
+                "/api/v1/labels?label=!role", "/api/v1/groups?by=role&q=%C3%A9", "/api/v1/events?ids=" + "ab" * 16 + "&group_by=dc",
+                "/api/v1/hosts?label=%zz&q=%00", "/api/v1/hosts?" + "&label=a" * 17]
 write("router", {**{"get-%02d" % i: b"\x00" + p.encode() for i, p in enumerate(router_paths)},
                  "post-hosts": b"\x04/api/v1/hosts", "head-healthz": b"\x03/healthz", "brew": b"\x07/"})
 print({t: len(os.listdir(os.path.join(here, "corpus", t))) for t in ("frame", "decode", "handshake", "router")})

@@ -107,7 +107,8 @@ fn hostnames(v: &Value) -> Vec<String> {
 
 /// A master with both generators' hosts all in the table, up, with their labels.
 fn fleet() -> (Master, Loadgen, Loadgen, BTreeMap<String, String>) {
-    let master = Master::start();
+    // Every simulated host connects from 127.0.0.1: no admission throttle.
+    let master = Master::start_with(&["--new-hosts-per-minute", "0"]);
     let args = labelled_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let a = Loadgen::start(&master, &args);
@@ -517,9 +518,9 @@ fn a_filtered_event_stream_gets_only_its_hosts_every_update_and_a_removed_when_o
     let groups_of = |e: &Events| {
         e.all()
             .into_iter()
-            .filter(|(n, _)| n == "groups")
+            .rev()
+            .find(|(n, _)| n == "groups")
             .map(|(_, d)| d)
-            .last()
     };
     let g = groups_of(&t).expect("a groups event");
     assert_eq!(

@@ -4,6 +4,8 @@
 //!
 //! - `api`: /api/v1/hosts, /api/v1/hosts/{id}, /healthz (JSON)
 //! - `sse`: /api/v1/events (live updates, one table watcher shared by every client)
+//! - `filter`: the host filters of /api/v1/hosts, /api/v1/labels, /api/v1/groups and the
+//!   event stream (one parser, one matcher)
 //! - `metrics`: /metrics (Prometheus text format)
 //! - `assets`: the dashboard files compiled into the binary
 //! - `auth`: optional basic authentication (everything but /healthz)
@@ -373,6 +375,15 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
         Endpoint::Events if head => events_head(
             http_body_util::StreamBody::new(futures_util::stream::empty()).boxed_unsync(),
         ),
+        Endpoint::Events if !state.events.has_room_for(&q) => {
+            let mut r = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": "parameter \"group_by\": too many distinct group summaries streamed; retry later"}),
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("10"));
+            boxed(r)
+        }
         Endpoint::Events => events_head(sse::stream(state, q)),
         Endpoint::Hosts => {
             let (body, total) = state.hosts.render_query(state.table, now, &q);

@@ -87,6 +87,11 @@ impl Update {
 
 /// A distinct `group_by` + filter some stream asked for.
 type GroupKey = (String, Filter);
+/// Distinct summaries the watcher computes each second: each costs a pass over every host's
+/// facts (10,000 hosts: ~0.5 ms), so a few hundred dashboards with their own filters are
+/// served, and thousands of hostile distinct ones cannot take the watcher's second. A stream
+/// asking for another one beyond this is refused (503).
+pub const MAX_GROUP_KEYS: usize = 256;
 /// The [`GroupKey`]s of the open streams, each with how many streams want it.
 type GroupKeys = Arc<std::sync::Mutex<HashMap<GroupKey, usize>>>;
 
@@ -106,6 +111,16 @@ pub struct Feed {
 type Announced = std::sync::Arc<std::sync::Mutex<Vec<(usize, Seen, Arc<HostFacts>)>>>;
 
 impl Feed {
+    /// False if `q` asks for a `groups` summary no stream has and [`MAX_GROUP_KEYS`] are
+    /// already computed.
+    pub fn has_room_for(&self, q: &Query) -> bool {
+        let Some(by) = &q.by else {
+            return true;
+        };
+        let keys = self.group_keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.len() < MAX_GROUP_KEYS || keys.contains_key(&(by.clone(), q.filter.clone()))
+    }
+
     pub fn start(table: &'static Table, stopping: watch::Receiver<bool>) -> Feed {
         let (tx, _) = broadcast::channel(BACKLOG);
         let announced = Announced::default();
@@ -923,6 +938,33 @@ mod tests {
             keys.lock().unwrap().is_empty(),
             "unregistered with the stream"
         );
+    }
+
+    #[tokio::test]
+    async fn distinct_group_summaries_are_bounded_and_freed_with_their_streams() {
+        let t: &'static TestTable = Box::leak(Box::new(TestTable::new(4, 8)));
+        let (_stop, stopping) = watch::channel(false);
+        let feed = Feed::start(&t.table, stopping);
+        let q = |s: &str| {
+            crate::http::filter::parse(Some(s), crate::http::filter::For::Events).unwrap()
+        };
+        let held: Vec<Selection> = (0..MAX_GROUP_KEYS)
+            .map(|i| {
+                Selection::new(
+                    q(&format!("group_by=role&q=h{i}")),
+                    &t.table,
+                    &feed.group_keys,
+                )
+            })
+            .collect();
+        assert!(!feed.has_room_for(&q("group_by=role&q=new")));
+        assert!(
+            feed.has_room_for(&q("group_by=role&q=h7")),
+            "a summary already computed"
+        );
+        assert!(feed.has_room_for(&q("q=new")), "no summary asked for");
+        drop(held);
+        assert!(feed.has_room_for(&q("group_by=role&q=new")));
     }
 
     #[tokio::test]
