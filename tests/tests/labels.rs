@@ -233,7 +233,8 @@ fn hostile_labels_are_refused_invalid_naming_the_label_and_a_good_host_is_undist
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     let long_value = "v".repeat(129);
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "reserved name",
             vec![("host", "x")],
