@@ -750,16 +750,26 @@ function seenText(h, now) {
   return "last seen " + ago(now - h.last_seen_ms);
 }
 
+// Rows on screen whose host changed are rebuilt at most this many per render (a frame); the
+// others keep their previous row until the next frame, so one render stays well inside a frame
+// however many of the page's hosts an update changed (a compact page streams 200 hosts).
+// Rows new to the screen (a scroll, a new page) are always built at once.
+const REFRESH_PER_RENDER = 8;
+const refresh = { done: 0, left: false };
+
 function cachedHostRow(h, now) {
   const text = seenText(h, now);
   const c = rowCache.get(h.id);
-  if (c && c.h === h) {
+  const stale = c && c.h !== h;
+  if (c && (!stale || refresh.done >= REFRESH_PER_RENDER)) {
+    if (stale) refresh.left = true;
     if (c.seenText !== text) {
       c.seen.textContent = text;
       c.seenText = text;
     }
     return c.tr;
   }
+  if (stale) refresh.done++;
   const tr = hostRow(h, now);
   rowCache.set(h.id, { h, tr, seen: tr.querySelector(".seen"), seenText: text });
   return tr;
@@ -826,6 +836,8 @@ function renderRows() {
   const visible = Math.ceil((vp.clientHeight || 800) / rh) + 2 * OVERSCAN;
   const last = Math.min(total, first + visible);
   const now = serverNow();
+  refresh.done = 0;
+  refresh.left = false;
   const rows = [spacer("top", first * rh)];
   for (let i = first; i < last; i++) {
     const it = fleet.view[i];
@@ -833,6 +845,7 @@ function renderRows() {
   }
   rows.push(spacer("bottom", (total - last) * rh));
   reconcile(body, rows);
+  if (refresh.left) schedule(); // the rest of the changed rows, next frame
   const filtered = view.q || view.labels.length || view.status.length;
   const empty = document.getElementById("empty");
   empty.hidden = total > 0 || fleet.total === null;
