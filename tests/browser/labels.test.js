@@ -211,6 +211,10 @@ async function main() {
     await page.waitForSelector("#filter-error:not([hidden])", { timeout: 10000 });
     assert.match(await page.textContent("#filter-error"), /label/);
     assert.equal((await hostNames(page)).length, 0);
+    // The master is still there: past the 5 s silence limit the page is live, no banner.
+    await new Promise((r) => setTimeout(r, 6500));
+    assert.equal(await page.textContent("#live"), "live", "still live after a refused filter");
+    assert.equal(await page.isHidden("#banner"), true, "no connection-lost banner after a refused filter");
     step("a refused filter shows the master's reason (" + (await page.textContent("#filter-error")).slice(0, 80) + "…)");
 
     // 5. Grouping by role within shard 0: cache, db, web, with counts and a busiest host each.

@@ -296,6 +296,7 @@ const fleet = {
   matching: 0, // rows of the view (status filter applied, collapsed groups excluded)
   pages: 1,
   signature: "", // the counts the page was loaded with (a change re-reads the page)
+  refused: false, // the master refused the filter (400): nothing to show or stream
   loadSeq: 0, // loads started; an answer to an older one is ignored
   loading: null, // the load in progress (a Promise)
   again: false, // another load was asked for while one ran
@@ -466,6 +467,7 @@ async function loadPage() {
   fleet.matching = rows;
   fleet.pages = pages;
   fleet.signature = signatureOf(parts);
+  fleet.refused = false;
   fleet.lastLoad = Date.now();
   showFilterError(null);
   recompute();
@@ -516,10 +518,11 @@ function onLoadError(e) {
     fleet.matching = 0;
     fleet.pages = 1;
     fleet.signature = "";
+    fleet.refused = true;
     pruneCaches();
     recompute();
     renderRows();
-    closeStream();
+    ensureStream();
     return;
   }
   setMode("lost");
@@ -957,6 +960,8 @@ function onEvent() {
 }
 
 function streamUrl() {
+  // A refused filter: a stream of no host, for the ticks (the master is still there).
+  if (fleet.refused) return "/api/v1/events?ids=" + NO_IDS;
   const p = filterParams(false);
   const ids = [...fleet.rows.keys()].sort();
   p.set("ids", ids.length ? ids.join(",") : NO_IDS);
