@@ -528,11 +528,31 @@ struct CacheInner {
 
 struct CachedHost {
     state: SlotState,
-    /// What filters look at; its (hostname, id) is the sort key.
-    facts: HostFacts,
+    /// (hostname, id): the sort key, kept unless the host was renamed.
+    key: (String, String),
+    /// The host's labels (no allocation for a host without any) and latest CPU figure.
+    labels: Vec<(String, String)>,
+    cpu_percent: f32,
+    /// What filters look at, built at the first filtered request after this render: an
+    /// unfiltered request never pays for it.
+    facts: std::sync::OnceLock<HostFacts>,
     /// `,` and the host's JSON object: the separator travels with the host, so the body is
     /// one part per host (the first host's part starts after the comma).
     json: Bytes,
+}
+
+impl CachedHost {
+    fn facts(&self) -> &HostFacts {
+        self.facts.get_or_init(|| {
+            HostFacts::new(
+                self.key.1.clone(),
+                self.key.0.clone(),
+                self.labels.clone(),
+                self.state.status,
+                self.cpu_percent,
+            )
+        })
+    }
 }
 
 impl CacheInner {
@@ -577,13 +597,24 @@ impl CacheInner {
                 continue;
             };
             rendered += 1;
-            let facts = facts_of(&rec, now);
-            // The order holds unless the host was renamed (or the slot is new).
-            reorder |=
-                old.is_none_or(|h| h.facts.hostname != facts.hostname || h.facts.id != facts.id);
+            // The sort key, kept unless the host was renamed (or the slot is new).
+            let key = match old {
+                Some(h)
+                    if h.key.0 == rec.hostname.as_str() && h.key.1.as_bytes() == rec.agent_id =>
+                {
+                    h.key
+                }
+                _ => {
+                    reorder = true;
+                    (rec.hostname.get(), rec.agent_id())
+                }
+            };
             *cached = Some(CachedHost {
                 state: SlotState::of(&rec, version, now),
-                facts,
+                key,
+                labels: rec.labels(),
+                cpu_percent: rec.summary.cpu_percent,
+                facts: std::sync::OnceLock::new(),
                 json: Bytes::from(json),
             });
         }
@@ -615,7 +646,7 @@ impl HostsCache {
             let hosts = &c.hosts;
             c.order = (0..hosts.len()).filter(|&i| hosts[i].is_some()).collect();
             c.order.sort_by(|&a, &b| {
-                let key = |i: usize| hosts[i].as_ref().map(|h| (&h.facts.hostname, &h.facts.id));
+                let key = |i: usize| hosts[i].as_ref().map(|h| &h.key);
                 key(a).cmp(&key(b))
             });
             c.order_valid = true;
@@ -639,7 +670,7 @@ impl HostsCache {
             hosts.for_each(&mut push);
         } else {
             hosts
-                .filter(|h| q.filter.matches(&h.facts))
+                .filter(|h| q.filter.matches(h.facts()))
                 .for_each(&mut push);
         }
         parts.push_back(Bytes::from_static(b"]}"));
