@@ -1,6 +1,7 @@
 //! /metrics in the Prometheus text format (0.0.4): `sentinel_` names with unit suffixes, HELP
-//! and TYPE for every family, per-host series labelled `host` and `id` only (bounded by the
-//! table's capacity), and the master's own health.
+//! and TYPE for every family, per-host series labelled `host` and `id` and then the host's own
+//! labels (PROTOCOL.md 1.2; bounded by the table's capacity times `MAX_LABELS`), and the
+//! master's own health.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -12,11 +13,61 @@ use crate::status::Status;
 use crate::table::layout::{CollectorCounters, NetTotals};
 use crate::table::{Record, Table};
 
-/// A Prometheus label value: backslash, double quote and newline escaped.
-pub fn label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Appends `s` to `out` escaped as the text format wants a label value: `\\`, `\"` and `\n`
+/// (the only three escapes it has; every other character, non-ASCII included, is itself).
+fn escape_into(out: &mut String, s: &str) {
+    let mut rest = s;
+    while let Some(i) = rest.find(['\\', '"', '\n']) {
+        out.push_str(&rest[..i]);
+        out.push_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        });
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+}
+
+/// Whether a host label may go on a series: Prometheus label-name syntax, not `__*`, and not
+/// `host` or `id` (Sentinel's own). The hello already refuses anything else
+/// (`sentinel_protocol::labels::validate`); this only keeps a damaged table image from
+/// producing a duplicate or unparsable label, which would fail the whole scrape.
+pub(crate) fn usable_host_label(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+        && !name.starts_with("__")
+        && name != "host"
+        && name != "id"
+}
+
+/// The label set of one host's series, without the braces: `host` and `id` first, then the
+/// host's labels in name order, values escaped. Rendered once per host per scrape and reused
+/// by all its series. A label the table holds twice (a damaged image) is printed once.
+pub(crate) fn host_label_set(hostname: &str, id: &str, labels: &[(String, String)]) -> String {
+    let extra: usize = labels.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let mut out = String::with_capacity(hostname.len() + id.len() + 12 + extra);
+    out.push_str("host=\"");
+    escape_into(&mut out, hostname);
+    out.push_str("\",id=\"");
+    escape_into(&mut out, id);
+    out.push('"');
+    let mut previous: Option<&str> = None;
+    for (name, value) in labels {
+        if !usable_host_label(name) || previous.is_some_and(|p| p >= name.as_str()) {
+            continue;
+        }
+        previous = Some(name);
+        out.push(',');
+        out.push_str(name);
+        out.push_str("=\"");
+        escape_into(&mut out, value);
+        out.push('"');
+    }
+    out
 }
 
 /// A sample value as /metrics prints it: an f32 the agent sent in its own shortest form
@@ -216,13 +267,7 @@ pub fn render(table: &Table, now: u64) -> String {
     let recs = records(table);
     let labels: Vec<String> = recs
         .iter()
-        .map(|r| {
-            format!(
-                "host=\"{}\",id=\"{}\"",
-                label(&r.hostname.get()),
-                label(&r.agent_id())
-            )
-        })
+        .map(|r| host_label_set(&r.hostname.get(), &r.agent_id(), &r.labels()))
         .collect();
     let mut out = String::with_capacity(4096 + recs.len() * 2600);
     for (name, kind, help, get) in HOST_FAMILIES {
@@ -435,6 +480,67 @@ mod tests {
             .find(|l| l.starts_with(&prefix))
             .unwrap_or_else(|| panic!("no {family} series"));
         line.rsplit(' ').next().unwrap()
+    }
+
+    fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+        labels
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn host_labels_follow_host_and_id_with_values_escaped() {
+        let id = "cccccccccccccccccccccccccccccccc";
+        let cases: [(&[(&str, &str)], &str); 6] = [
+            (&[], ""),
+            (&[("dc", "eu1"), ("role", "db")], r#",dc="eu1",role="db""#),
+            // The three escapes of the text format; everything else is itself.
+            (&[("note", r#"a"b\c"#)], r#",note="a\"b\\c""#),
+            (&[("note", "line\nnext")], r#",note="line\nnext""#),
+            (&[("city", "Zürich ☃ 東京")], r#",city="Zürich ☃ 東京""#),
+            (&[("x", r#"\""#)], r#",x="\\\"""#),
+        ];
+        for (labels, want) in cases {
+            assert_eq!(
+                host_label_set("web-1", id, &pairs(labels)),
+                format!("host=\"web-1\",id=\"{id}\"{want}"),
+                "{labels:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_label_a_damaged_table_could_hold_is_never_a_duplicate_or_unparsable() {
+        // What validation refuses at the hello, but a damaged image could still hold.
+        let labels = pairs(&[
+            ("1x", "a"),
+            ("__name__", "b"),
+            ("bad-name", "c"),
+            ("dc", "eu1"),
+            ("dc", "eu2"),
+            ("host", "evil"),
+            ("id", "evil"),
+            ("role", "db"),
+        ]);
+        assert_eq!(
+            host_label_set("h", "i", &labels),
+            r#"host="h",id="i",dc="eu1",role="db""#
+        );
+        for (name, ok) in [
+            ("role", true),
+            ("_x9", true),
+            ("Role_2", true),
+            ("", false),
+            ("9a", false),
+            ("__x", false),
+            ("a.b", false),
+            ("é", false),
+            ("host", false),
+            ("id", false),
+        ] {
+            assert_eq!(usable_host_label(name), ok, "{name:?}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@
 mod api;
 mod assets;
 pub mod auth;
-mod metrics;
+pub(crate) mod metrics;
 mod sse;
 mod write;
 
