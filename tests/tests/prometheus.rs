@@ -65,9 +65,11 @@ impl Prometheus {
         let before = reloads();
         write_prometheus_config(dir, Some(target));
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGHUP).unwrap();
-        wait_for(Duration::from_secs(30), "Prometheus to reload its config", || {
-            (reloads() > before).then_some(())
-        });
+        wait_for(
+            Duration::from_secs(30),
+            "Prometheus to reload its config",
+            || (reloads() > before).then_some(()),
+        );
     }
 }
 
@@ -387,7 +389,7 @@ const AGENT_HOSTILE: &str = r#"say "hi" \ bye ☃"#;
 /// A host's own labels as a Prometheus series shows them: everything but the ones named in
 /// `skip` (`__name__`, Sentinel's `host`/`id`, the scrape's `job`/`instance`).
 fn own_labels(metric: &Value, skip: &[&str]) -> Vec<(String, String)> {
-    metric
+    let mut labels: Vec<(String, String)> = metric
         .as_object()
         .map(|m| {
             m.iter()
@@ -395,10 +397,15 @@ fn own_labels(metric: &Value, skip: &[&str]) -> Vec<(String, String)> {
                 .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    labels.sort();
+    labels
 }
 
-fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+/// Label pairs, sorted by name.
+type Labels = Vec<(String, String)>;
+
+fn pairs(labels: &[(&str, &str)]) -> Labels {
     let mut v: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -427,7 +434,7 @@ fn prometheus_selects_hosts_by_label_in_scrapes_and_remote_write() {
             .flat_map(|x| ["--label".to_string(), x.to_string()])
             .collect()
     };
-    let hosts_and_opts: Vec<(&str, AgentOpts, Vec<(String, String)>)> = vec![
+    let hosts_and_opts: Vec<(&str, AgentOpts, Labels)> = vec![
         (
             "db-1",
             AgentOpts {
@@ -475,8 +482,8 @@ fn prometheus_selects_hosts_by_label_in_scrapes_and_remote_write() {
             Agent::start_opts(master.listen, &master.token_file, name, "500ms", opts)
         })
         .collect();
-    // hostname -> (id, labels it must carry)
-    let expect: Vec<(String, String, Vec<(String, String)>)> = wait_for(
+    // (hostname, id, the labels it must carry)
+    let expect: Vec<(String, String, Labels)> = wait_for(
         Duration::from_secs(20),
         "every agent in the table with its labels",
         || {
@@ -554,7 +561,10 @@ fn prometheus_selects_hosts_by_label_in_scrapes_and_remote_write() {
             (got == want).then_some(r)
         })
     };
-    let scraped = selected("sentinel_host_cpu_ratio{job=\"sentinel\",role=\"db\"}", &db_ids);
+    let scraped = selected(
+        "sentinel_host_cpu_ratio{job=\"sentinel\",role=\"db\"}",
+        &db_ids,
+    );
     for (m, _) in &scraped {
         let (name, _, labels) = expect.iter().find(|(_, id, _)| m["id"] == *id).unwrap();
         assert_eq!(m["host"], name.as_str());
@@ -579,14 +589,11 @@ fn prometheus_selects_hosts_by_label_in_scrapes_and_remote_write() {
         ),
         &[id_of("web-1")],
     );
-    selected(
-        "sentinel_host_up{job=\"sentinel\",role!=\"db\"}",
-        &{
-            let mut v = vec![id_of("web-1"), id_of("plain")];
-            v.sort();
-            v
-        },
-    );
+    selected("sentinel_host_up{job=\"sentinel\",role!=\"db\"}", &{
+        let mut v = vec![id_of("web-1"), id_of("plain")];
+        v.sort();
+        v
+    });
 
     // remote_write: the pushed series (no `job`) carry the same labels, plus the configured
     // `master`, which wins over web-1's own `master` (operator authority).
