@@ -1,6 +1,7 @@
 //! Command line and `agent.toml`: what the operator asked for, resolved into [`Settings`].
 //! Flags override the file; a wrong file fails at start naming the file and the key.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,6 +62,11 @@ pub struct Cli {
     /// Cap of the exponential reconnect backoff (default 10s).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub reconnect_max: Option<Duration>,
+    /// A label sent in every hello, KEY=VALUE (repeatable); overrides the config file's
+    /// `labels` entry of the same key. Names follow Prometheus label-name rules and may not be
+    /// one Sentinel sets itself (docs/PROTOCOL.md section 2).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// Print one real sample and exit (needs no master and no token).
     #[arg(long)]
     pub once: bool,
@@ -109,6 +115,13 @@ pub struct FileConfig {
     /// The name the master's certificate must carry (with `tls_ca_file`). Default: the host
     /// part of `master`.
     pub tls_server_name: Option<String>,
+    /// This host's labels, e.g. `labels = { role = "db", dc = "eu1" }`, sent in every hello
+    /// (a change takes effect at the next start). At most 16; names `[a-zA-Z_][a-zA-Z0-9_]*`,
+    /// not `__`-prefixed nor one Sentinel sets itself (`host`, `id`, ...); values 1..=128 bytes
+    /// without control characters (docs/PROTOCOL.md section 2). `--label` flags override
+    /// entries of the same key. A bad label fails the start naming it. Default: none.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +155,8 @@ pub struct Settings {
     pub reconnect_max: Duration,
     /// None = plaintext.
     pub tls: Option<TlsSettings>,
+    /// The file's labels with the flags' over them; sent in every hello.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// How the agent verifies the master's certificate (at least one of the two is set).
@@ -226,6 +241,7 @@ impl Settings {
                 .or(file.reconnect_max)
                 .unwrap_or(default_reconnect_max()),
             tls,
+            labels: merge_labels(file.labels, &cli.labels)?,
         };
         settings.validate(cli.once)?;
         Ok(settings)
@@ -326,6 +342,20 @@ fn tls_settings(
     }))
 }
 
+/// The file's labels, each `--label KEY=VALUE` over them, checked as the master will check them.
+fn merge_labels(
+    mut labels: BTreeMap<String, String>,
+    flags: &[String],
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    for flag in flags {
+        let (name, value) =
+            sentinel_protocol::labels::parse_assignment(flag).map_err(|e| invalid("--label", e))?;
+        labels.insert(name, value);
+    }
+    sentinel_protocol::labels::validate(&labels).map_err(|e| invalid("labels", e.to_string()))?;
+    Ok(labels)
+}
+
 fn invalid(key: &'static str, reason: String) -> ConfigError {
     ConfigError::Invalid { key, reason }
 }
@@ -401,6 +431,46 @@ mod tests {
         assert_eq!(s.spool_samples, 3600);
         assert_eq!(s.reconnect_max, Duration::from_secs(10));
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/sentinel"));
+    }
+
+    #[test]
+    fn label_flags_override_the_file_and_bad_labels_are_refused_by_name() {
+        let file = parse_file(
+            Path::new("a.toml"),
+            "labels = { role = \"db\", dc = \"eu1\" }\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(
+            &cli(&[
+                "--master", "m:1", "--label", "role=web", "--label", "team=a=b",
+            ]),
+            file,
+        )
+        .unwrap();
+        let got: Vec<_> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(got, ["dc=eu1", "role=web", "team=a=b"]);
+        let bad_file = parse_file(Path::new("a.toml"), "labels = { host = \"x\" }\n").unwrap();
+        let err = Settings::resolve(&cli(&["--master", "m:1"]), bad_file).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid labels: label \"host\": the name is reserved for a label Sentinel sets itself"
+        );
+        for (flag, needle) in [
+            ("a-b=1", "label \"a-b\""),
+            ("role", "expected KEY=VALUE"),
+            ("role=", "value is empty"),
+        ] {
+            let err = Settings::resolve(
+                &cli(&["--master", "m:1", "--label", flag]),
+                FileConfig::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("invalid --label: ") && err.contains(needle),
+                "{flag}: {err}"
+            );
+        }
     }
 
     #[test]

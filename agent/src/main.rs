@@ -115,6 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         run_id: fastrand::u64(..),
         interval: settings.interval,
         key,
+        labels: settings.labels.clone(),
     };
     let tls = match &settings.tls {
         Some(t) => Some(tls::Client::new(t).map_err(misconfigured)?),

@@ -60,6 +60,8 @@ pub struct Identity {
     /// The key pair whose public key the master pins to `agent_id`; `None` when it could not
     /// be persisted (the hello then carries no key, like a 0.1.0 agent's).
     pub key: Option<std::sync::Arc<ring::signature::Ed25519KeyPair>>,
+    /// The host's labels (agent.toml `labels` and `--label`), already validated.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// What the event loop needs besides the identity.
@@ -189,6 +191,7 @@ async fn handshake(
         proof: sentinel_protocol::proof(&id.token, &nonce, &id.agent_id).to_vec(),
         key,
         key_proof,
+        labels: id.labels.clone(),
     };
     conn.send(encode(&AgentMessage::Hello(hello))?).await?;
     match read_msg(&mut conn).await? {

@@ -52,6 +52,7 @@ fn table() -> &'static Table {
             proof: vec![0; 32],
             key: None,
             key_proof: None,
+            labels: Default::default(),
         };
         let mut rec = Record::zeroed();
         account::handshake(&mut rec, &hello, "10.0.0.1:5000", NOW);

@@ -126,6 +126,59 @@ struct RunArgs {
     /// mount point (hostile-input tests: the dashboard must show it as text).
     #[arg(long)]
     host_text: Option<String>,
+    /// A label every simulated host sends, NAME=VALUE (repeatable).
+    #[arg(long = "label", value_name = "NAME=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// NAME=V1,V2,...: simulated host n (the number in its hostname, `load-{n}`) gets the
+    /// value V[n % count] (repeatable).
+    #[arg(long = "label-cycle", value_name = "NAME=V1,V2,...", value_parser = parse_label_cycle)]
+    label_cycles: Vec<(String, Vec<String>)>,
+    /// NAME=DIV: simulated host n gets the value n / DIV in decimal, e.g. `shard=100` makes
+    /// shards of 100 hosts (repeatable).
+    #[arg(long = "label-index", value_name = "NAME=DIV", value_parser = parse_label_index)]
+    label_indexes: Vec<(String, u64)>,
+}
+
+fn parse_label(arg: &str) -> Result<(String, String), String> {
+    sentinel_protocol::labels::parse_assignment(arg)
+}
+
+fn parse_label_cycle(arg: &str) -> Result<(String, Vec<String>), String> {
+    let (name, values) = arg.split_once('=').ok_or("expected NAME=V1,V2,...")?;
+    let values: Vec<String> = values.split(',').map(str::to_owned).collect();
+    for v in &values {
+        sentinel_protocol::labels::validate_one(name, v).map_err(|e| e.to_string())?;
+    }
+    Ok((name.to_owned(), values))
+}
+
+fn parse_label_index(arg: &str) -> Result<(String, u64), String> {
+    let (name, div) = arg.split_once('=').ok_or("expected NAME=DIV")?;
+    let div: u64 = div
+        .parse()
+        .ok()
+        .filter(|&d| d > 0)
+        .ok_or("DIV must be a positive integer")?;
+    sentinel_protocol::labels::validate_one(name, "0").map_err(|e| e.to_string())?;
+    Ok((name.to_owned(), div))
+}
+
+/// Simulated host `n`'s labels: a pure function of `n` and the label flags (in the order
+/// --label, --label-cycle, --label-index; a later one of the same name wins), so a test can
+/// compute which hosts a filter matches.
+fn sim_labels(args: &RunArgs, n: u64) -> std::collections::BTreeMap<String, String> {
+    let mut labels: std::collections::BTreeMap<String, String> =
+        args.labels.iter().cloned().collect();
+    for (name, values) in &args.label_cycles {
+        labels.insert(
+            name.clone(),
+            values[(n % values.len() as u64) as usize].clone(),
+        );
+    }
+    for (name, div) in &args.label_indexes {
+        labels.insert(name.clone(), (n / div).to_string());
+    }
+    labels
 }
 
 fn unix_ms() -> u64 {
@@ -240,6 +293,7 @@ async fn connect(
         proof: proof(token, &nonce, &agent_id).to_vec(),
         key: None,
         key_proof: None,
+        labels: sim_labels(args, args.id_base + i),
     };
     let mut hello = hello;
     if let Some(text) = &args.host_text {
@@ -381,6 +435,10 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    for n in (0..args.agents as u64).map(|i| args.id_base + i) {
+        sentinel_protocol::labels::validate(&sim_labels(&args, n))
+            .map_err(|e| anyhow!("simulated host {n}: {e}"))?;
+    }
     let token = match &args.token_file {
         Some(p) => std::fs::read_to_string(p)
             .with_context(|| format!("token file {}", p.display()))?
@@ -692,6 +750,9 @@ fn probe_args(
         watch_pid: None,
         json: false,
         host_text: None,
+        labels: Vec::new(),
+        label_cycles: Vec::new(),
+        label_indexes: Vec::new(),
     }
 }
 

@@ -684,6 +684,7 @@ mod tests {
             proof: vec![0; 32],
             key: None,
             key_proof: None,
+            labels: Default::default(),
         };
         let mut rec = if t.host_count() == 0 {
             let mut r = Record::zeroed();
@@ -915,6 +916,7 @@ mod tests {
             proof: vec![0; 32],
             key: None,
             key_proof: None,
+            labels: Default::default(),
         };
         account::handshake(&mut rec, &hello, "x", 1);
         for seq in 1..=3 {

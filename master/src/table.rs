@@ -770,7 +770,7 @@ mod tests {
     #[test]
     fn layout_sizes_are_fixed() {
         assert_eq!(std::mem::size_of::<Header>(), 512);
-        assert_eq!(std::mem::size_of::<Record>(), 2192);
+        assert_eq!(std::mem::size_of::<Record>(), 2712);
         assert_eq!(std::mem::size_of::<HistoryPoint>(), 40);
         assert_eq!(slot_size(600) % 64, 0);
         assert_eq!(segment_size(4096, 600), 512 + 4096 * slot_size(600));

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod frame;
+pub mod labels;
 pub mod limits;
 pub mod message;
 pub mod text;

@@ -66,3 +66,41 @@ pub fn idle_timeout(interval_ms: u32) -> Duration {
         Duration::from_millis(u64::from(interval_ms) * u64::from(IDLE_TIMEOUT_INTERVALS));
     by_interval.max(MIN_IDLE_TIMEOUT)
 }
+
+/// Most labels one host carries (after the master adds its own from master.toml): enough for
+/// role, site, team, environment and a few more; every label multiplies nothing but costs
+/// bytes in the table, in every API host object and on every Prometheus series of the host.
+pub const MAX_LABELS: usize = 16;
+
+/// Longest label name: names are keys an operator types, not data.
+pub const MAX_LABEL_NAME_BYTES: usize = 64;
+
+/// Longest label value: fits a team, a rack or a URL-ish identifier; longer text is not a label.
+pub const MAX_LABEL_VALUE_BYTES: usize = 128;
+
+/// Largest label set, summed over labels as `name + value + 2` (`name=value\0`): the size of the
+/// master's fixed table field, so a host's record stays a fixed size.
+pub const MAX_LABELS_BYTES: usize = 512;
+
+/// Label names Sentinel sets on its own series, API objects or filters; a host label of one of
+/// these names would shadow or collide with it, so the hello is refused (never renamed).
+pub const RESERVED_LABELS: &[&str] = &[
+    "host",
+    "id",
+    "instance",
+    "job",
+    "status",
+    "code",
+    "alertname",
+    "alertstate",
+    "severity",
+    "le",
+    "quantile",
+    "device",
+    "mountpoint",
+    "fstype",
+    "interface",
+    "hostname",
+    "agent_id",
+    "group_by",
+];

@@ -2,6 +2,8 @@
 //! message travels as a one-entry map `{ "<kind>": { ...fields } }`. Unknown keys are ignored
 //! (so later minor additions stay readable by old peers); missing keys are an error.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::limits::*;
@@ -69,6 +71,11 @@ pub struct Hello {
     /// exactly when `key` is.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
     pub key_proof: Option<Vec<u8>>,
+    /// The host's labels, name -> value (docs/PROTOCOL.md section 2, `labels`); absent from a
+    /// 0.1.0 agent and from an agent without labels. Optional key (PROTOCOL.md 1.2): a master
+    /// that does not know it ignores it. Checked by [`crate::labels::validate`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Facts about the host that do not change while the agent runs.
@@ -255,6 +262,8 @@ pub enum Invalid {
     BatchTooLarge(usize),
     #[error("batch is empty")]
     EmptyBatch,
+    #[error("{0}")]
+    Label(#[from] crate::labels::LabelError),
 }
 
 fn text(field: &'static str, s: &str, max: usize) -> Result<(), Invalid> {
@@ -365,6 +374,7 @@ impl Hello {
             }
             _ => return Err(Invalid::KeyWithoutProof),
         }
+        crate::labels::validate(&self.labels)?;
         Ok(())
     }
 }
@@ -625,6 +635,7 @@ mod tests {
             proof: vec![0; crate::auth::PROOF_BYTES],
             key: None,
             key_proof: None,
+            labels: Default::default(),
         };
         assert_eq!(hello("web-1.example_x").validate(), Ok(()));
         let bad = hello("ab\u{202e}c").validate().unwrap_err();

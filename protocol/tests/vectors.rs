@@ -89,6 +89,7 @@ fn agent_vectors() -> Vec<(&'static str, AgentMessage)> {
         proof: proof(TOKEN, &nonce(), AGENT_ID).to_vec(),
         key: None,
         key_proof: None,
+        labels: Default::default(),
     };
     let small = |seq| Sample {
         cpu_cores_percent: vec![],

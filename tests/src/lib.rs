@@ -1194,6 +1194,24 @@ pub fn test_hello(agent_id: &str, hostname: &str, run_id: u64) -> sentinel_proto
         proof: vec![0; 32],
         key: None,
         key_proof: None,
+        labels: Default::default(),
+    }
+}
+
+/// [`test_hello`] carrying `labels` (name, value), for a [`Peer`] that sends labels. Nothing
+/// is checked here: hostile labels go out as they are.
+pub fn test_hello_with_labels(
+    agent_id: &str,
+    hostname: &str,
+    run_id: u64,
+    labels: &[(&str, &str)],
+) -> sentinel_protocol::Hello {
+    sentinel_protocol::Hello {
+        labels: labels
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        ..test_hello(agent_id, hostname, run_id)
     }
 }
 

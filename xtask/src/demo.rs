@@ -92,7 +92,7 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Resu
             let lines: Vec<&str> = text.lines().collect();
             msg.push_str(&format!("\n--- last lines of target/demo/{log}:"));
             for l in &lines[lines.len().saturating_sub(8)..] {
-                msg.push_str("\n");
+                msg.push('\n');
                 msg.push_str(l);
             }
         }

@@ -162,6 +162,7 @@ mod tests {
             proof: auth::proof(token, nonce, ID).to_vec(),
             key: None,
             key_proof: None,
+            labels: Default::default(),
         })
     }
 

@@ -452,6 +452,7 @@ mod tests {
             proof: vec![0; 32],
             key: key.map(|k| vec![k; 32]),
             key_proof: key.map(|_| vec![0; 64]),
+            labels: Default::default(),
         }
     }
 

@@ -186,9 +186,20 @@ pub struct Host<'a> {
     /// this host's key (unix ms); null otherwise.
     cloned_address: Option<Cow<'a, str>>,
     cloned_ms: Option<u64>,
+    /// The host's labels as the collector merged them at the last hello, `{}` when none.
+    labels: Labels<'a>,
     /// The latest sample's values.
     #[serde(flatten)]
     summary: Summary,
+}
+
+/// A record's labels as a JSON object in name order (CONTRACT.md: `labels`).
+pub struct Labels<'a>(pub &'a Record);
+
+impl Serialize for Labels<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.labels_iter())
+    }
 }
 
 /// A host's identity as the API and the dashboard show it (docs/PROTOCOL.md section 3.1).
@@ -249,6 +260,7 @@ impl<'a> Host<'a> {
             cloned_address: (identity_of(rec, now) == Identity::Cloned)
                 .then(|| rec.cloned_address.as_str()),
             cloned_ms: (identity_of(rec, now) == Identity::Cloned).then_some(rec.cloned_ms),
+            labels: Labels(rec),
             summary: rec.summary,
         }
     }
@@ -384,6 +396,7 @@ pub fn fleet_row(table: &Table, i: usize, now: u64, alive: bool) -> Option<(Reco
         "uptime_s": s.uptime_s,
         "identity": identity_of(rec, now),
         "cloned_address": (identity_of(rec, now) == Identity::Cloned).then(|| rec.cloned_address.get()),
+        "labels": Labels(rec),
     }) {
         Value::Object(m) => m,
         _ => Map::new(),

@@ -449,6 +449,7 @@ mod tests {
             proof: vec![0; 32],
             key: None,
             key_proof: None,
+            labels: Default::default(),
         };
         let mut rec = Record::zeroed();
         account::handshake(&mut rec, &hello, "10.0.0.1:5000", NOW);

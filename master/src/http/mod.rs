@@ -426,6 +426,7 @@ mod tests {
             proof: vec![0; 32],
             key: None,
             key_proof: None,
+            labels: Default::default(),
         };
         let mut rec = Record::zeroed();
         account::handshake(&mut rec, &hello, "10.0.0.1:5000", last_seen);
@@ -491,7 +492,7 @@ mod tests {
         assert_eq!(hosts[0]["cpu_percent"].as_f64(), Some(12.3));
         let fields = "id hostname address status connected first_seen_ms last_seen_ms interval_ms clock_offset_ms \
             agent_version os kernel arch cpu_model cpu_count run_id last_seq samples_received samples_replayed \
-            samples_dropped samples_missing duplicates reconnects samples_before_start identity key_sha256 cloned_address cloned_ms cpu_percent cpu_user_percent cpu_system_percent \
+            samples_dropped samples_missing duplicates reconnects samples_before_start identity key_sha256 cloned_address cloned_ms labels cpu_percent cpu_user_percent cpu_system_percent \
             cpu_iowait_percent cpu_steal_percent load1 load5 load15 mem_total_bytes mem_available_bytes \
             mem_used_bytes swap_total_bytes swap_used_bytes uptime_s processes";
         for f in fields.split_whitespace() {

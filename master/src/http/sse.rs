@@ -452,6 +452,7 @@ mod tests {
                 proof: vec![0; 32],
                 key: None,
                 key_proof: None,
+                labels: Default::default(),
             };
             let mut r = Record::zeroed();
             account::handshake(&mut r, &hello, "x", now_ms());

@@ -51,6 +51,9 @@ pub fn handshake(rec: &mut Record, hello: &Hello, address: &str, now_ms: u64) ->
     rec.kernel.set(&hello.host.kernel);
     rec.arch.set(&hello.host.arch);
     rec.cpu_model.set(&hello.host.cpu_model);
+    // The hello's labels are the host's whole set from now on (the session merged master.toml
+    // `[[host_labels]]` into them): a label the agent dropped is gone.
+    rec.set_labels(&hello.labels);
     rec.last_seq
 }
 
@@ -238,6 +241,7 @@ mod tests {
             proof: vec![0; 32],
             key: None,
             key_proof: None,
+            labels: Default::default(),
         }
     }
 

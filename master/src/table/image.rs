@@ -17,7 +17,7 @@
 //! | 4 | format version ([`IMAGE_FORMAT`]) |
 //! | 4 | endian mark `0x01020304` |
 //! | 4 | table layout version (`layout::LAYOUT_VERSION`): records are raw `Record` bytes of that layout |
-//! | 4 | `size_of::<Record>()` of that layout (layouts 1 and 2: 2032; 3: 2192) |
+//! | 4 | `size_of::<Record>()` of that layout (layouts 1 and 2: 2032; 3: 2192; 4: 2712) |
 //! | 4 | `size_of::<HistoryPoint>()` |
 //! | 4 | `SAMPLE_BYTES` |
 //! | 4 | history points per host of the table the image was taken from (information) |

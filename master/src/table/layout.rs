@@ -16,9 +16,16 @@ pub const MAGIC: [u8; 8] = *b"SNTLTBL\0";
 /// monotonic network totals ([`NetTotals`]) and the boot-clock receive time; images
 /// of layouts 1 and 2 are migrated on restore (`table::image`: old record bytes copied, the
 /// new tail zeroed, which means "no key pinned, never cloned").
-pub const LAYOUT_VERSION: u32 = 3;
+/// Version 4 appended the host's labels to [`Record`] (`labels_len`, `labels`); images and
+/// stale segments of layouts 1 to 3 migrate the same way (a zero tail = no labels).
+pub const LAYOUT_VERSION: u32 = 4;
 /// `size_of::<Record>()` of layouts 1 and 2: the shortest record an image may hold.
 pub const RECORD_BYTES_V1: usize = 2032;
+/// `size_of::<Record>()` of layout 3 (identity fields, no labels).
+pub const RECORD_BYTES_V3: usize = 2192;
+/// Bytes of a record's label field: `name=value\0` per label, sorted by name. The protocol's
+/// bound on a label set is this size, so every valid set fits.
+pub const LABELS_BYTES: usize = sentinel_protocol::limits::MAX_LABELS_BYTES;
 /// Bytes reserved for the latest sample's CBOR encoding (wire form, typically ~300 bytes); a
 /// larger one is stored with its per-core, filesystem and interface lists truncated.
 pub const SAMPLE_BYTES: usize = 8192;
@@ -332,8 +339,16 @@ pub struct Record {
     /// wall-clock step moves: liveness is judged by it (`status::seen_and_now`). 0 = none
     /// in this boot (a record restored from an image, until its next frame).
     pub last_seen_boot_ms: u64,
+    // --- Layout 4 (labels). All zero = no labels.
+    /// Bytes of `labels` in use (clamped to [`LABELS_BYTES`] by the reader).
+    pub labels_len: u16,
+    pub _pad_labels: [u8; 6],
+    /// The host's labels as the collector merged them at the last accepted hello (agent's,
+    /// then master.toml `[[host_labels]]` over them): `name=value\0` repeated, sorted by name.
+    pub labels: [u8; LABELS_BYTES],
 }
-const _: () = assert!(std::mem::size_of::<Record>() == 2032 + 32 + 24 + 72 + 24 + 8);
+const _: () = assert!(std::mem::size_of::<Record>() == RECORD_BYTES_V3 + 8 + LABELS_BYTES);
+const _: () = assert!(RECORD_BYTES_V3 == 2032 + 32 + 24 + 72 + 24 + 8);
 const _: () = assert!(std::mem::size_of::<Record>() % 8 == 0);
 
 impl Record {
@@ -349,6 +364,55 @@ impl Record {
     /// The pinned public key, if any.
     pub fn pinned_key(&self) -> Option<&[u8; 32]> {
         (self.key != [0; 32]).then_some(&self.key)
+    }
+
+    /// The stored labels in name order, borrowed. Tolerant of garbage (a torn copy, a hostile
+    /// image): it stops at the first entry that is not `name=value\0` with a label-syntax
+    /// name, a non-empty UTF-8 value, and a name after the previous one.
+    pub fn labels_iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let len = usize::from(self.labels_len).min(LABELS_BYTES);
+        let mut rest = &self.labels[..len];
+        let mut previous: Option<&str> = None;
+        std::iter::from_fn(move || {
+            let end = rest.iter().position(|&b| b == 0)?;
+            let entry = std::str::from_utf8(&rest[..end]).ok()?;
+            let (name, value) = entry.split_once('=')?;
+            if !sentinel_protocol::labels::is_label_name(name)
+                || value.is_empty()
+                || previous.is_some_and(|p| p >= name)
+            {
+                return None;
+            }
+            rest = &rest[end + 1..];
+            previous = Some(name);
+            Some((name, value))
+        })
+    }
+
+    /// The stored labels in name order (see [`labels_iter`](Self::labels_iter)).
+    pub fn labels(&self) -> Vec<(String, String)> {
+        self.labels_iter()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// Replaces the stored labels with `labels` (already validated, so they fit: a set beyond
+    /// [`LABELS_BYTES`] keeps only the labels that fit, whole, in name order).
+    pub fn set_labels(&mut self, labels: &std::collections::BTreeMap<String, String>) {
+        self.labels = [0; LABELS_BYTES];
+        let mut at = 0;
+        for (name, value) in labels {
+            let n = name.len() + value.len() + 2;
+            if at + n > LABELS_BYTES {
+                break;
+            }
+            let entry = &mut self.labels[at..at + n];
+            entry[..name.len()].copy_from_slice(name.as_bytes());
+            entry[name.len()] = b'=';
+            entry[name.len() + 1..n - 1].copy_from_slice(value.as_bytes());
+            at += n;
+        }
+        self.labels_len = at as u16;
     }
 }
 
@@ -379,4 +443,60 @@ pub const fn slot_size(history_points: u32) -> usize {
 /// Bytes of a whole segment.
 pub const fn segment_size(capacity: u32, history_points: u32) -> usize {
     std::mem::size_of::<Header>() + capacity as usize * slot_size(history_points)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn record_labels_round_trip_in_name_order() {
+        let mut r = Record::zeroed();
+        assert!(r.labels().is_empty(), "all zero = no labels");
+        let set: BTreeMap<String, String> = [("role", "db"), ("dc", "eu1"), ("team", "a=b c")]
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        r.set_labels(&set);
+        let got = r.labels();
+        let want: Vec<(String, String)> = set.clone().into_iter().collect();
+        assert_eq!(got, want);
+        assert_eq!(&r.labels[..7], b"dc=eu1\0");
+        // Replacing with fewer labels leaves nothing of the old set behind.
+        r.set_labels(&BTreeMap::from([("a".to_owned(), "1".to_owned())]));
+        assert_eq!(r.labels(), [("a".to_owned(), "1".to_owned())]);
+        assert!(r.labels[4..].iter().all(|&b| b == 0));
+        r.set_labels(&BTreeMap::new());
+        assert_eq!((r.labels_len, r.labels()), (0, vec![]));
+    }
+
+    #[test]
+    fn record_labels_stop_at_the_first_malformed_entry() {
+        type Case<'a> = (&'a [u8], &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
+            (b"a=1\0b=2\0", &[("a", "1"), ("b", "2")]),
+            (b"a=1\0b=2", &[("a", "1")]),
+            (b"a=1\0noequals\0c=3\0", &[("a", "1")]),
+            (b"a=1\0=x\0", &[("a", "1")]),
+            (b"a=1\0b=\0", &[("a", "1")]),
+            (b"a=1\x001b=2\0", &[("a", "1")]),
+            (b"b=1\0a=2\0", &[("b", "1")]),
+            (b"a=1\0a=2\0", &[("a", "1")]),
+            (b"a=\xff\0", &[]),
+            (b"\0\0\0", &[]),
+        ];
+        for (bytes, want) in cases {
+            let mut r = Record::zeroed();
+            r.labels[..bytes.len()].copy_from_slice(bytes);
+            r.labels_len = bytes.len() as u16;
+            let got: Vec<(&str, &str)> = r.labels_iter().collect();
+            assert_eq!(&got, want, "{:?}", String::from_utf8_lossy(bytes));
+        }
+        // A length beyond the field is clamped, never read past it.
+        let mut r = Record::zeroed();
+        r.labels = [b'a'; LABELS_BYTES];
+        r.labels_len = u16::MAX;
+        assert_eq!(r.labels_iter().count(), 0);
+    }
 }
