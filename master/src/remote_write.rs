@@ -799,6 +799,64 @@ mod tests {
     }
 
     #[test]
+    fn points_read_after_a_new_hello_carry_the_new_labels_and_earlier_ones_keep_theirs() {
+        let t = TestTable::new(2, 16);
+        let relabel = |labels: &[(&str, &str)]| {
+            let w = t.table.writer().unwrap();
+            let mut rec = w.record(0);
+            rec.set_labels(
+                &labels
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            );
+            w.commit(0, rec, None, None);
+        };
+        let (q, fwd) = (queue_with(HighWater::default()), Forwarder::default());
+        let mut cursors = Vec::new();
+        store(&t.table, 1..=2);
+        relabel(&[("role", "db")]);
+        store(&t.table, 3..=4);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
+        relabel(&[("dc", "eu1"), ("role", "web")]);
+        store(&t.table, 5..=5);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
+        let role = |p: &Pending| {
+            p.host
+                .labels
+                .iter()
+                .filter(|l| l.name == "role" || l.name == "dc")
+                .map(|l| format!("{}={}", l.name, l.value))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let got: Vec<(u64, String)> = q
+            .points
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| (p.point.ts_ms, role(p)))
+            .collect();
+        // Labels are read with the points: the first scan saw role=db for all four.
+        let db = "role=db".to_string();
+        assert_eq!(
+            got,
+            vec![
+                (1000, db.clone()),
+                (2000, db.clone()),
+                (3000, db.clone()),
+                (4000, db),
+                (5000, "dc=eu1,role=web".to_string()),
+            ]
+        );
+        // One request: a label change is a new series, never a series with two label sets.
+        let req = build_request(&q.points.lock().unwrap(), 5);
+        assert_eq!(req.timeseries.len(), 2 * SERIES);
+        assert_eq!(req.timeseries[0].samples.len(), 4);
+        assert_eq!(req.timeseries[SERIES].samples.len(), 1);
+    }
+
+    #[test]
     fn a_saved_high_water_mark_in_the_future_is_lowered_to_now_on_load() {
         let dir = std::env::temp_dir().join(format!("sentinel-rw-future-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

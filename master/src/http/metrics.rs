@@ -29,16 +29,13 @@ fn escape_into(out: &mut String, s: &str) {
     out.push_str(rest);
 }
 
-/// Whether a host label may go on a series: Prometheus label-name syntax, not `__*`, and not
-/// `host` or `id` (Sentinel's own). The hello already refuses anything else
-/// (`sentinel_protocol::labels::validate`); this only keeps a damaged table image from
-/// producing a duplicate or unparsable label, which would fail the whole scrape.
+/// Whether a host label may go on a series beside Sentinel's `host` and `id`: label-name
+/// syntax, not `__*`, not `host` or `id`. The hello already refuses anything else
+/// (`sentinel_protocol::labels::validate`, and `Record::labels_iter` skips a malformed entry);
+/// this keeps even a damaged table image from producing a duplicate or unparsable label, which
+/// would fail the whole scrape (or, in remote_write, the whole request).
 pub(crate) fn usable_host_label(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
-        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+    sentinel_protocol::labels::is_label_name(name)
         && !name.starts_with("__")
         && name != "host"
         && name != "id"
@@ -46,10 +43,13 @@ pub(crate) fn usable_host_label(name: &str) -> bool {
 
 /// The label set of one host's series, without the braces: `host` and `id` first, then the
 /// host's labels in name order, values escaped. Rendered once per host per scrape and reused
-/// by all its series. A label the table holds twice (a damaged image) is printed once.
-pub(crate) fn host_label_set(hostname: &str, id: &str, labels: &[(String, String)]) -> String {
-    let extra: usize = labels.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
-    let mut out = String::with_capacity(hostname.len() + id.len() + 12 + extra);
+/// by all its series. A label out of name order (so possibly a repeat) is left out.
+pub(crate) fn host_label_set<'a>(
+    hostname: &str,
+    id: &str,
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let mut out = String::with_capacity(hostname.len() + id.len() + 64);
     out.push_str("host=\"");
     escape_into(&mut out, hostname);
     out.push_str("\",id=\"");
@@ -57,7 +57,7 @@ pub(crate) fn host_label_set(hostname: &str, id: &str, labels: &[(String, String
     out.push('"');
     let mut previous: Option<&str> = None;
     for (name, value) in labels {
-        if !usable_host_label(name) || previous.is_some_and(|p| p >= name.as_str()) {
+        if !usable_host_label(name) || previous.is_some_and(|p| p >= name) {
             continue;
         }
         previous = Some(name);
@@ -267,7 +267,7 @@ pub fn render(table: &Table, now: u64) -> String {
     let recs = records(table);
     let labels: Vec<String> = recs
         .iter()
-        .map(|r| host_label_set(&r.hostname.get(), &r.agent_id(), &r.labels()))
+        .map(|r| host_label_set(&r.hostname.get(), &r.agent_id(), r.labels_iter()))
         .collect();
     let mut out = String::with_capacity(4096 + recs.len() * 2600);
     for (name, kind, help, get) in HOST_FAMILIES {
@@ -483,13 +483,6 @@ mod tests {
         line.rsplit(' ').next().unwrap()
     }
 
-    fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
-        labels
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
-    }
-
     #[test]
     fn host_labels_follow_host_and_id_with_values_escaped() {
         let id = "cccccccccccccccccccccccccccccccc";
@@ -504,7 +497,7 @@ mod tests {
         ];
         for (labels, want) in cases {
             assert_eq!(
-                host_label_set("web-1", id, &pairs(labels)),
+                host_label_set("web-1", id, labels.iter().copied()),
                 format!("host=\"web-1\",id=\"{id}\"{want}"),
                 "{labels:?}"
             );
@@ -512,9 +505,78 @@ mod tests {
     }
 
     #[test]
+    fn every_host_family_carries_the_hosts_labels_and_an_unlabelled_host_only_host_and_id() {
+        let t = TestTable::new(4, 4);
+        let w = t.table.writer().unwrap();
+        let hosts = [
+            ("a".repeat(32), "db-1", vec![("role", "db"), ("dc", "eu1")]),
+            ("b".repeat(32), "plain", vec![]),
+            ("c".repeat(32), "odd", vec![("note", "x\"y\\z ☃")]),
+        ];
+        for (slot, (id, hostname, labels)) in hosts.iter().enumerate() {
+            let hello = Hello {
+                version: 1,
+                agent_id: id.clone(),
+                run_id: 1,
+                hostname: (*hostname).into(),
+                interval_ms: 1000,
+                clock_ms: NOW,
+                agent_version: "1.0".into(),
+                host: HostInfo::default(),
+                proof: vec![0; 32],
+                key: None,
+                key_proof: None,
+                labels: labels
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            };
+            let mut rec = Record::zeroed();
+            account::handshake(&mut rec, &hello, "10.0.0.1:5000", NOW);
+            let sample = Sample {
+                seq: 1,
+                ts_ms: NOW,
+                ..Sample::default()
+            };
+            let (_, point) = account::apply_sample(&mut rec, &sample, false, NOW);
+            w.commit(slot, rec, None, point);
+        }
+        w.publish_host_count(hosts.len());
+        drop(w);
+        let text = render(&t.table, NOW);
+        let (a, b, c) = ("a".repeat(32), "b".repeat(32), "c".repeat(32));
+        let sets = [
+            format!(r#"{{host="db-1",id="{a}",dc="eu1",role="db"}} "#),
+            format!(r#"{{host="plain",id="{b}"}} "#),
+            format!(r#"{{host="odd",id="{c}",note="x\"y\\z ☃"}} "#),
+        ];
+        let mut families_with_series = 0;
+        for (family, ..) in HOST_FAMILIES {
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .collect();
+            if lines.is_empty() {
+                continue; // a family these hosts have no value for yet (net/disk counters)
+            }
+            families_with_series += 1;
+            // One line per host, each with exactly that host's label set.
+            assert_eq!(lines.len(), hosts.len(), "{family}\n{text}");
+            for set in &sets {
+                let line = format!("{family}{set}");
+                assert!(lines.iter().any(|l| l.starts_with(&line)), "{line}\n{text}");
+            }
+        }
+        assert!(
+            families_with_series >= HOST_FAMILIES.len() - 4,
+            "{families_with_series}"
+        );
+    }
+
+    #[test]
     fn a_label_a_damaged_table_could_hold_is_never_a_duplicate_or_unparsable() {
         // What validation refuses at the hello, but a damaged image could still hold.
-        let labels = pairs(&[
+        let labels = [
             ("1x", "a"),
             ("__name__", "b"),
             ("bad-name", "c"),
@@ -523,9 +585,9 @@ mod tests {
             ("host", "evil"),
             ("id", "evil"),
             ("role", "db"),
-        ]);
+        ];
         assert_eq!(
-            host_label_set("h", "i", &labels),
+            host_label_set("h", "i", labels),
             r#"host="h",id="i",dc="eu1",role="db""#
         );
         for (name, ok) in [
