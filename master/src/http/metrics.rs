@@ -269,7 +269,9 @@ pub fn render(table: &Table, now: u64) -> String {
         .iter()
         .map(|r| host_label_set(&r.hostname.get(), &r.agent_id(), r.labels_iter()))
         .collect();
-    let mut out = String::with_capacity(4096 + recs.len() * 2600);
+    // About 50 bytes per line besides the label set, so the text is built without regrowing.
+    let lines: usize = labels.iter().map(|l| l.len() + 50).sum();
+    let mut out = String::with_capacity(4096 + HOST_FAMILIES.len() * lines);
     for (name, kind, help, get) in HOST_FAMILIES {
         family(&mut out, name, kind, help);
         for (r, l) in recs.iter().zip(&labels) {
