@@ -414,6 +414,13 @@ fn pairs(labels: &[(&str, &str)]) -> Labels {
     v
 }
 
+/// Five real agents labelled from agent.toml, `--label` (one overriding the file), master.toml
+/// `[[host_labels]]` (a hostile value) or not at all: /metrics is promtool-valid with each
+/// host's labels after `host` and `id` on its series, escaped; a real Prometheus scraping it and
+/// receiving its remote_write answers PromQL by label with exactly the matching hosts on both
+/// paths (the hostile values matching as themselves, the configured remote_write label winning
+/// over a host's own of that name); a host restarted with other labels moves to new series, and
+/// the receiver rejects nothing.
 #[test]
 #[ignore = "needs Debian's prometheus package; run tests/prometheus/run.sh"]
 fn prometheus_selects_hosts_by_label_in_scrapes_and_remote_write() {
@@ -476,7 +483,7 @@ fn prometheus_selects_hosts_by_label_in_scrapes_and_remote_write() {
         ),
         ("plain", AgentOpts::default(), Vec::new()),
     ];
-    let _agents: Vec<Agent> = hosts_and_opts
+    let mut agents: Vec<Agent> = hosts_and_opts
         .iter()
         .map(|(name, opts, _)| {
             Agent::start_opts(master.listen, &master.token_file, name, "500ms", opts)
@@ -627,6 +634,34 @@ fn prometheus_selects_hosts_by_label_in_scrapes_and_remote_write() {
         &[id_of("web-1")],
     );
     assert_eq!(web[0].0["master"], "m1", "the configured label wins");
+
+    // A label change takes effect at the next hello and starts new series on both paths:
+    // db-2 restarted (same agent id) as role=web.
+    let at = hosts_and_opts
+        .iter()
+        .position(|(n, ..)| *n == "db-2")
+        .unwrap();
+    agents[at].signal(Signal::SIGTERM);
+    agents[at].wait_exit(Duration::from_secs(10));
+    let relabelled = AgentOpts {
+        args: flags(&["role=web", "dc=eu2"]),
+        ..AgentOpts::default()
+    };
+    let db2 = Agent::start_opts_with_state_of(&master, "db-2", "500ms", &relabelled, &agents[at]);
+    agents[at] = db2;
+    let mut web_ids = vec![id_of("web-1"), id_of("db-2")];
+    web_ids.sort();
+    selected(
+        "sentinel_host_cpu_ratio{job=\"sentinel\",role=\"web\"}",
+        &web_ids,
+    );
+    selected("sentinel_host_cpu_ratio{job=\"\",role=\"web\"}", &web_ids);
+    // The scrape's old db-2 series is marked stale once /metrics no longer has it.
+    selected("sentinel_host_cpu_ratio{job=\"sentinel\",role=\"db\"}", &{
+        let mut v = vec![id_of("db-1"), id_of("odd-1")];
+        v.sort();
+        v
+    });
     let (_, metrics) = master.get("/metrics", Duration::from_secs(10)).unwrap();
     let dropped = metrics
         .lines()
