@@ -374,3 +374,37 @@ fn a_master_with_a_bad_host_labels_table_refuses_to_start_naming_the_file_table_
         "{text}"
     );
 }
+
+#[test]
+fn loadgen_hosts_get_labels_that_are_a_pure_function_of_their_number() {
+    let m = Master::start();
+    m.wait_healthy(WAIT);
+    let _load = Loadgen::start(
+        &m,
+        &[
+            "--agents",
+            "6",
+            "--interval",
+            "1s",
+            "--duration",
+            "60s",
+            "--id-base",
+            "10",
+            "--label",
+            "env=test",
+            "--label-cycle",
+            "role=db,web,cache",
+            "--label-index",
+            "shard=4",
+        ],
+    );
+    for n in 10..16u64 {
+        let role = ["db", "web", "cache"][(n % 3) as usize];
+        let shard = (n / 4).to_string();
+        host_with_labels(
+            &m,
+            &format!("load-{n:05}"),
+            &labels_of(&[("env", "test"), ("role", role), ("shard", &shard)]),
+        );
+    }
+}
