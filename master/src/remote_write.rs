@@ -2,7 +2,9 @@
 //! process and only reads the table: every host's history ring holds one point per stored
 //! sample with the agent's own timestamp, replayed samples included, so the forwarder keeps a
 //! cursor per slot and sends every point past it (as `sentinel_host_cpu_ratio`,
-//! `sentinel_host_memory_used_bytes` and `sentinel_host_load1`, labelled `host` and `id`).
+//! `sentinel_host_memory_used_bytes` and `sentinel_host_load1`, labelled `host`, `id`, the
+//! `[remote_write] labels` and the host's own labels; a host label named like one of the
+//! configured labels is left out: the operator's value wins, see [`host_key`]).
 //!
 //! Delivery:
 //! - A bounded queue between the table scan and the sender. When it is full the scan stops
@@ -229,8 +231,16 @@ struct Cursor {
     version: u64,
     /// Points at or before this timestamp were already queued or accepted: never resend.
     floor_ts: u64,
-    /// (hostname, the host as labelled).
-    host: Option<(String, Arc<HostKey>)>,
+    /// The host as last labelled (rebuilt when its hostname or labels change).
+    host: Option<CachedHost>,
+}
+
+/// What a [`HostKey`] was built from, to notice a new hello's hostname or labels.
+#[derive(Clone)]
+struct CachedHost {
+    hostname: String,
+    labels: Vec<(String, String)>,
+    key: Arc<HostKey>,
 }
 
 async fn scan_loop(
@@ -280,7 +290,18 @@ async fn wait_for_collector_exit(table: &Table, deadline: Instant) {
     }
 }
 
-fn host_key(cfg: &RemoteWrite, host: &str, id: &str) -> Arc<HostKey> {
+/// The labels of a host's series: `host`, `id`, the configured `[remote_write] labels`, then
+/// the host's own labels (PROTOCOL.md 1.2). A receiver rejects a series that names a label
+/// twice (and with it the whole request), so a host label whose name is already taken is left
+/// out: `host` and `id` cannot be host labels (the hello refuses them), and a configured label
+/// is the operator's, who outranks the agent as `[[host_labels]]` does. Names a damaged table
+/// image could hold that are no usable label name are left out too.
+fn host_key(
+    cfg: &RemoteWrite,
+    host: &str,
+    id: &str,
+    host_labels: &[(String, String)],
+) -> Arc<HostKey> {
     let mut labels: Vec<wire::Label> = [("host", host), ("id", id)]
         .into_iter()
         .chain(cfg.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -289,6 +310,15 @@ fn host_key(cfg: &RemoteWrite, host: &str, id: &str) -> Arc<HostKey> {
             value: value.into(),
         })
         .collect();
+    for (name, value) in host_labels {
+        if crate::http::metrics::usable_host_label(name) && !labels.iter().any(|l| l.name == *name)
+        {
+            labels.push(wire::Label {
+                name: name.clone(),
+                value: value.clone(),
+            });
+        }
+    }
     labels.sort_by(|a, b| a.name.cmp(&b.name));
     Arc::new(HostKey {
         id: id.to_string(),
@@ -334,7 +364,7 @@ fn scan(
         if cursor
             .host
             .as_ref()
-            .is_some_and(|(_, k)| k.id != rec.agent_id())
+            .is_some_and(|c| c.key.id != rec.agent_id())
         {
             // The slot went to another host between two scans: start over at its point 0.
             *cursor = Cursor::default();
@@ -350,11 +380,13 @@ fn scan(
                 "remote_write: history points overwritten before they were sent"
             );
         }
-        let (hostname, id) = (rec.hostname.get(), rec.agent_id());
+        let (hostname, id, labels) = (rec.hostname.get(), rec.agent_id(), rec.labels());
         let host = match &cursor.host {
-            Some((h, k)) if *h == hostname && k.id == id => k.clone(),
+            Some(c) if c.hostname == hostname && c.key.id == id && c.labels == labels => {
+                c.key.clone()
+            }
             _ => {
-                if cursor.host.as_ref().is_none_or(|(_, k)| k.id != id) {
+                if cursor.host.as_ref().is_none_or(|c| c.key.id != id) {
                     cursor.floor_ts = queue
                         .high_water
                         .lock()
@@ -362,9 +394,13 @@ fn scan(
                         .and_then(|hw| hw.accepted.get(&id).copied())
                         .unwrap_or(0);
                 }
-                let k = host_key(cfg, &hostname, &id);
-                cursor.host = Some((hostname, k.clone()));
-                k
+                let key = host_key(cfg, &hostname, &id, &labels);
+                cursor.host = Some(CachedHost {
+                    hostname,
+                    labels,
+                    key: key.clone(),
+                });
+                key
             }
         };
         let take = recent.points.len().min(room);
@@ -726,6 +762,98 @@ mod tests {
         scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
         assert_eq!(queued_ts(&q), vec![9000, 10_000, just_within]);
         assert_eq!(fwd.future.load(Ordering::Relaxed), 3 * SERIES as u64);
+    }
+
+    #[test]
+    fn a_host_series_carries_its_labels_and_the_configured_ones_win_a_shared_name() {
+        let host_labels: Vec<(String, String)> = [
+            ("dc", "eu1"),
+            ("master", "agent-says"),
+            ("note", "a\"b\\c ü"),
+            ("role", "db"),
+            ("host", "damaged"),
+            ("__name__", "damaged"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        let key = host_key(&cfg(1000), "web-1", "aa", &host_labels);
+        let got: Vec<(&str, &str)> = key
+            .labels
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect();
+        // Values go unescaped into the protobuf; names sorted; each name once.
+        assert_eq!(
+            got,
+            vec![
+                ("dc", "eu1"),
+                ("host", "web-1"),
+                ("id", "aa"),
+                ("master", "dc1"),
+                ("note", "a\"b\\c ü"),
+                ("role", "db"),
+            ]
+        );
+        assert_eq!(host_key(&cfg(1000), "h", "i", &[]).labels.len(), 3);
+    }
+
+    #[test]
+    fn points_read_after_a_new_hello_carry_the_new_labels_and_earlier_ones_keep_theirs() {
+        let t = TestTable::new(2, 16);
+        let relabel = |labels: &[(&str, &str)]| {
+            let w = t.table.writer().unwrap();
+            let mut rec = w.record(0);
+            rec.set_labels(
+                &labels
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            );
+            w.commit(0, rec, None, None);
+        };
+        let (q, fwd) = (queue_with(HighWater::default()), Forwarder::default());
+        let mut cursors = Vec::new();
+        store(&t.table, 1..=2);
+        relabel(&[("role", "db")]);
+        store(&t.table, 3..=4);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
+        relabel(&[("dc", "eu1"), ("role", "web")]);
+        store(&t.table, 5..=5);
+        scan(&t.table, &cfg(1000), &mut cursors, &q, &fwd, NOW);
+        let role = |p: &Pending| {
+            p.host
+                .labels
+                .iter()
+                .filter(|l| l.name == "role" || l.name == "dc")
+                .map(|l| format!("{}={}", l.name, l.value))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let got: Vec<(u64, String)> = q
+            .points
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| (p.point.ts_ms, role(p)))
+            .collect();
+        // Labels are read with the points: the first scan saw role=db for all four.
+        let db = "role=db".to_string();
+        assert_eq!(
+            got,
+            vec![
+                (1000, db.clone()),
+                (2000, db.clone()),
+                (3000, db.clone()),
+                (4000, db),
+                (5000, "dc=eu1,role=web".to_string()),
+            ]
+        );
+        // One request: a label change is a new series, never a series with two label sets.
+        let req = build_request(&q.points.lock().unwrap(), 5);
+        assert_eq!(req.timeseries.len(), 2 * SERIES);
+        assert_eq!(req.timeseries[0].samples.len(), 4);
+        assert_eq!(req.timeseries[SERIES].samples.len(), 1);
     }
 
     #[test]

@@ -4,6 +4,9 @@
 #   - promtool check metrics on /metrics; a Prometheus scraping the master answers PromQL
 #     with every host's CPU and sentinel_host_up (~10 s)
 #   - remote_write across a 20 s master outage in a 60 s run: every sample in Prometheus (~65 s)
+#   - hosts labelled by agent.toml, --label and [[host_labels]] (hostile values included):
+#     promtool-valid /metrics, PromQL by label on scraped and remote-written series, a
+#     relabelled host on new series (~10 s)
 # Installs prometheus if missing; every process is started on 127.0.0.1 and stopped by PID.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"

@@ -50,7 +50,7 @@ const STEPS: &[(&str, &str)] = &[
     ),
     (
         "prometheus",
-        "promtool, a real Prometheus scraping /metrics, remote_write across an outage (tests/prometheus/run.sh)",
+        "promtool, a real Prometheus scraping /metrics, remote_write across an outage, PromQL by host label (tests/prometheus/run.sh)",
     ),
     (
         "browser",

@@ -1,6 +1,7 @@
 //! /metrics in the Prometheus text format (0.0.4): `sentinel_` names with unit suffixes, HELP
-//! and TYPE for every family, per-host series labelled `host` and `id` only (bounded by the
-//! table's capacity), and the master's own health.
+//! and TYPE for every family, per-host series labelled `host` and `id` and then the host's own
+//! labels (PROTOCOL.md 1.2; bounded by the table's capacity times `MAX_LABELS`), and the
+//! master's own health.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -12,11 +13,61 @@ use crate::status::Status;
 use crate::table::layout::{CollectorCounters, NetTotals};
 use crate::table::{Record, Table};
 
-/// A Prometheus label value: backslash, double quote and newline escaped.
-pub fn label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Appends `s` to `out` escaped as the text format wants a label value: `\\`, `\"` and `\n`
+/// (the only three escapes it has; every other character, non-ASCII included, is itself).
+fn escape_into(out: &mut String, s: &str) {
+    let mut rest = s;
+    while let Some(i) = rest.find(['\\', '"', '\n']) {
+        out.push_str(&rest[..i]);
+        out.push_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        });
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+}
+
+/// Whether a host label may go on a series beside Sentinel's `host` and `id`: label-name
+/// syntax, not `__*`, not `host` or `id`. The hello already refuses anything else
+/// (`sentinel_protocol::labels::validate`, and `Record::labels_iter` skips a malformed entry);
+/// this keeps even a damaged table image from producing a duplicate or unparsable label, which
+/// would fail the whole scrape (or, in remote_write, the whole request).
+pub(crate) fn usable_host_label(name: &str) -> bool {
+    sentinel_protocol::labels::is_label_name(name)
+        && !name.starts_with("__")
+        && name != "host"
+        && name != "id"
+}
+
+/// The label set of one host's series, without the braces: `host` and `id` first, then the
+/// host's labels in name order, values escaped. Rendered once per host per scrape and reused
+/// by all its series. A label out of name order (so possibly a repeat) is left out.
+pub(crate) fn host_label_set<'a>(
+    hostname: &str,
+    id: &str,
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let mut out = String::with_capacity(hostname.len() + id.len() + 64);
+    out.push_str("host=\"");
+    escape_into(&mut out, hostname);
+    out.push_str("\",id=\"");
+    escape_into(&mut out, id);
+    out.push('"');
+    let mut previous: Option<&str> = None;
+    for (name, value) in labels {
+        if !usable_host_label(name) || previous.is_some_and(|p| p >= name) {
+            continue;
+        }
+        previous = Some(name);
+        out.push(',');
+        out.push_str(name);
+        out.push_str("=\"");
+        escape_into(&mut out, value);
+        out.push('"');
+    }
+    out
 }
 
 /// A sample value as /metrics prints it: an f32 the agent sent in its own shortest form
@@ -216,15 +267,11 @@ pub fn render(table: &Table, now: u64) -> String {
     let recs = records(table);
     let labels: Vec<String> = recs
         .iter()
-        .map(|r| {
-            format!(
-                "host=\"{}\",id=\"{}\"",
-                label(&r.hostname.get()),
-                label(&r.agent_id())
-            )
-        })
+        .map(|r| host_label_set(&r.hostname.get(), &r.agent_id(), r.labels_iter()))
         .collect();
-    let mut out = String::with_capacity(4096 + recs.len() * 2600);
+    // About 50 bytes per line besides the label set, so the text is built without regrowing.
+    let lines: usize = labels.iter().map(|l| l.len() + 50).sum();
+    let mut out = String::with_capacity(4096 + HOST_FAMILIES.len() * lines);
     for (name, kind, help, get) in HOST_FAMILIES {
         family(&mut out, name, kind, help);
         for (r, l) in recs.iter().zip(&labels) {
@@ -436,6 +483,129 @@ mod tests {
             .find(|l| l.starts_with(&prefix))
             .unwrap_or_else(|| panic!("no {family} series"));
         line.rsplit(' ').next().unwrap()
+    }
+
+    #[test]
+    fn host_labels_follow_host_and_id_with_values_escaped() {
+        let id = "cccccccccccccccccccccccccccccccc";
+        let cases: [(&[(&str, &str)], &str); 6] = [
+            (&[], ""),
+            (&[("dc", "eu1"), ("role", "db")], r#",dc="eu1",role="db""#),
+            // The three escapes of the text format; everything else is itself.
+            (&[("note", r#"a"b\c"#)], r#",note="a\"b\\c""#),
+            (&[("note", "line\nnext")], r#",note="line\nnext""#),
+            (&[("city", "Zürich ☃ 東京")], r#",city="Zürich ☃ 東京""#),
+            (&[("x", r#"\""#)], r#",x="\\\"""#),
+        ];
+        for (labels, want) in cases {
+            assert_eq!(
+                host_label_set("web-1", id, labels.iter().copied()),
+                format!("host=\"web-1\",id=\"{id}\"{want}"),
+                "{labels:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_host_family_carries_the_hosts_labels_and_an_unlabelled_host_only_host_and_id() {
+        let t = TestTable::new(4, 4);
+        let w = t.table.writer().unwrap();
+        let hosts = [
+            ("a".repeat(32), "db-1", vec![("role", "db"), ("dc", "eu1")]),
+            ("b".repeat(32), "plain", vec![]),
+            ("c".repeat(32), "odd", vec![("note", "x\"y\\z ☃")]),
+        ];
+        for (slot, (id, hostname, labels)) in hosts.iter().enumerate() {
+            let hello = Hello {
+                version: 1,
+                agent_id: id.clone(),
+                run_id: 1,
+                hostname: (*hostname).into(),
+                interval_ms: 1000,
+                clock_ms: NOW,
+                agent_version: "1.0".into(),
+                host: HostInfo::default(),
+                proof: vec![0; 32],
+                key: None,
+                key_proof: None,
+                labels: labels
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            };
+            let mut rec = Record::zeroed();
+            account::handshake(&mut rec, &hello, "10.0.0.1:5000", NOW);
+            let sample = Sample {
+                seq: 1,
+                ts_ms: NOW,
+                ..Sample::default()
+            };
+            let (_, point) = account::apply_sample(&mut rec, &sample, false, NOW);
+            w.commit(slot, rec, None, point);
+        }
+        w.publish_host_count(hosts.len());
+        drop(w);
+        let text = render(&t.table, NOW);
+        let (a, b, c) = ("a".repeat(32), "b".repeat(32), "c".repeat(32));
+        let sets = [
+            format!(r#"{{host="db-1",id="{a}",dc="eu1",role="db"}} "#),
+            format!(r#"{{host="plain",id="{b}"}} "#),
+            format!(r#"{{host="odd",id="{c}",note="x\"y\\z ☃"}} "#),
+        ];
+        let mut families_with_series = 0;
+        for (family, ..) in HOST_FAMILIES {
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .collect();
+            if lines.is_empty() {
+                continue; // a family these hosts have no value for yet (net/disk counters)
+            }
+            families_with_series += 1;
+            // One line per host, each with exactly that host's label set.
+            assert_eq!(lines.len(), hosts.len(), "{family}\n{text}");
+            for set in &sets {
+                let line = format!("{family}{set}");
+                assert!(lines.iter().any(|l| l.starts_with(&line)), "{line}\n{text}");
+            }
+        }
+        assert!(
+            families_with_series >= HOST_FAMILIES.len() - 4,
+            "{families_with_series}"
+        );
+    }
+
+    #[test]
+    fn a_label_a_damaged_table_could_hold_is_never_a_duplicate_or_unparsable() {
+        // What validation refuses at the hello, but a damaged image could still hold.
+        let labels = [
+            ("1x", "a"),
+            ("__name__", "b"),
+            ("bad-name", "c"),
+            ("dc", "eu1"),
+            ("dc", "eu2"),
+            ("host", "evil"),
+            ("id", "evil"),
+            ("role", "db"),
+        ];
+        assert_eq!(
+            host_label_set("h", "i", labels),
+            r#"host="h",id="i",dc="eu1",role="db""#
+        );
+        for (name, ok) in [
+            ("role", true),
+            ("_x9", true),
+            ("Role_2", true),
+            ("", false),
+            ("9a", false),
+            ("__x", false),
+            ("a.b", false),
+            ("é", false),
+            ("host", false),
+            ("id", false),
+        ] {
+            assert_eq!(usable_host_label(name), ok, "{name:?}");
+        }
     }
 
     #[test]

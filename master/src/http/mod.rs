@@ -17,7 +17,7 @@ mod api;
 mod assets;
 pub mod auth;
 pub mod filter;
-mod metrics;
+pub(crate) mod metrics;
 mod sse;
 mod write;
 
