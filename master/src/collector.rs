@@ -3,6 +3,7 @@
 
 mod admission;
 pub mod handshake;
+pub mod host_labels;
 mod session;
 pub mod store;
 mod transport;
@@ -52,6 +53,8 @@ pub struct Shared {
     pub new_hosts_per_minute: u32,
     /// When the last table-full WARN line was written (unix ms), to rate-limit them.
     pub table_full_logged_ms: std::sync::atomic::AtomicU64,
+    /// master.toml `[[host_labels]]`, merged into every accepted hello's labels.
+    pub host_labels: host_labels::HostLabels,
 }
 
 impl Shared {
@@ -130,6 +133,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         admission: std::sync::Mutex::new(admission::NewHostRate::new(config.new_hosts_per_minute)),
         new_hosts_per_minute: config.new_hosts_per_minute,
         table_full_logged_ms: std::sync::atomic::AtomicU64::new(0),
+        host_labels: config.host_labels.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

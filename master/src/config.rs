@@ -162,6 +162,25 @@ pub struct FileConfig {
     /// minute (IPv6: per /64); more are refused `throttled`. 0 = no bound [default: 60]. A
     /// site with many new hosts behind one NAT address raises it for a rollout.
     pub new_hosts_per_minute: Option<u32>,
+    /// Labels the master adds to hosts by hostname, so agents that cannot be reconfigured
+    /// get labels too: `[[host_labels]]` tables, each `hostname = "GLOB"` (`*`, `?`, `[a-z]`,
+    /// `[!a-z]`, matching the whole hostname, case-sensitively) and `labels = { ... }`. Every
+    /// matching table applies, in file order, over the agent's own labels (a later one wins
+    /// for the same name); a merged set beyond the bounds (16 labels, 512 bytes) refuses the
+    /// hello `invalid`. Label rules as the agent's (docs/PROTOCOL.md section 2) [default: none].
+    #[serde(default)]
+    pub host_labels: Vec<HostLabelsFile>,
+}
+
+/// One `[[host_labels]]` table of master.toml.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostLabelsFile {
+    /// Required. Glob over the whole hostname, e.g. "db-*" or "web-[0-9]*.eu1.example".
+    pub hostname: String,
+    /// The labels to add, e.g. `{ role = "db", dc = "eu1" }`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `[remote_write]` in master.toml: the http process pushes every sample the table stores
@@ -316,6 +335,8 @@ pub struct Config {
     pub new_hosts_per_minute: u32,
     /// Where the supervisor reports the bound addresses (`--addr-file`; flag only).
     pub addr_file: Option<PathBuf>,
+    /// `[[host_labels]]`, checked.
+    pub host_labels: crate::collector::host_labels::HostLabels,
 }
 
 pub fn default_listen() -> String {
@@ -471,6 +492,10 @@ impl Config {
                 .or(file.new_hosts_per_minute)
                 .unwrap_or(default_new_hosts_per_minute()),
             addr_file: cli.addr_file.clone(),
+            host_labels: crate::collector::host_labels::HostLabels::new(
+                file.host_labels.into_iter().map(|t| (t.hostname, t.labels)),
+            )
+            .map_err(|e| anyhow::anyhow!("invalid config file {source}: {e}"))?,
         };
         if let (Some(viewer), Some(op)) = (&config.basic_auth, &config.operator) {
             if viewer.user == op.user {
@@ -769,6 +794,45 @@ mod tests {
             let err = load(text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn host_labels_tables_are_checked_at_load_naming_the_file_the_table_and_the_key() {
+        let dir = std::env::temp_dir().join(format!("sentinel-cfg6-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("labels.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Cli {
+                config: Some(path.clone()),
+                ..Cli::default()
+            })
+            .map_err(|e| format!("{e:#}"))
+        };
+        let ok = "[[host_labels]]\nhostname = \"db-*\"\nlabels = { role = \"db\" }\n\n\
+                  [[host_labels]]\nhostname = \"*\"\nlabels = { dc = \"eu1\" }\n";
+        let c = load(ok).unwrap();
+        assert!(!c.host_labels.is_empty());
+        assert!(load("").unwrap().host_labels.is_empty());
+        let file = path.display().to_string();
+        let cases = [
+            (
+                "[[host_labels]]\nhostname = \"*\"\nlabels = { dc = \"eu1\" }\n\n\
+                 [[host_labels]]\nhostname = \"db-*\"\nlabels = { \"a-b\" = \"x\" }\n",
+                "[[host_labels]] table 2 (counting from 1), key `labels`: label \"a-b\": name must match",
+            ),
+            (
+                "[[host_labels]]\nhostname = \"db-[0-9\"\n",
+                "[[host_labels]] table 1 (counting from 1), key `hostname`:",
+            ),
+            ("[[host_labels]]\nhostname = \"x\"\nlabel = {}\n", "key `label`"),
+            ("[[host_labels]]\nlabels = {}\n", "hostname"),
+        ];
+        for (text, want) in cases {
+            let err = load(text).unwrap_err();
+            assert!(err.contains(&file) && err.contains(want), "{text:?}: {err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

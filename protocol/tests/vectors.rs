@@ -70,6 +70,17 @@ fn keyed(hello: Hello) -> Hello {
     }
 }
 
+/// `hello` with the optional `labels` of section 4 ("Labels").
+fn labelled(hello: Hello) -> Hello {
+    Hello {
+        labels: [("dc", "eu1"), ("role", "db")]
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect(),
+        ..hello
+    }
+}
+
 fn agent_vectors() -> Vec<(&'static str, AgentMessage)> {
     let hello = Hello {
         version: PROTOCOL_VERSION,
@@ -99,7 +110,8 @@ fn agent_vectors() -> Vec<(&'static str, AgentMessage)> {
     };
     vec![
         ("hello", AgentMessage::Hello(hello.clone())),
-        ("hello_keyed", AgentMessage::Hello(keyed(hello))),
+        ("hello_keyed", AgentMessage::Hello(keyed(hello.clone()))),
+        ("hello_labelled", AgentMessage::Hello(labelled(hello))),
         ("sample", AgentMessage::Sample(sample(1))),
         (
             "batch",
@@ -279,4 +291,34 @@ fn documented_key_proof_verifies_and_a_0_1_0_decoder_ignores_the_keys() {
             to_hex_lines(hello.key_proof.as_deref().unwrap())
         );
     }
+}
+
+#[test]
+fn the_documented_labelled_hello_is_valid_and_a_0_1_0_decoder_ignores_the_labels() {
+    let (name, AgentMessage::Hello(hello)) = &agent_vectors()[2] else {
+        unreachable!()
+    };
+    assert_eq!(*name, "hello_labelled");
+    assert_eq!(hello.validate(), Ok(()));
+    #[derive(serde::Deserialize, PartialEq, Debug)]
+    struct OldHello {
+        agent_id: String,
+        hostname: String,
+    }
+    #[derive(serde::Deserialize, PartialEq, Debug)]
+    #[serde(rename_all = "snake_case")]
+    enum OldMessage {
+        Hello(OldHello),
+    }
+    let mut frame = Vec::new();
+    encode_frame(&agent_vectors()[2].1, &mut frame).unwrap();
+    let OldMessage::Hello(old) = decode_body::<OldMessage>(&frame[4..]).unwrap();
+    assert_eq!(
+        (old.agent_id.as_str(), old.hostname.as_str()),
+        (AGENT_ID, "web-01")
+    );
+    // The plain hello has no `labels` key at all (an empty set is not sent).
+    let mut plain = Vec::new();
+    encode_frame(&agent_vectors()[0].1, &mut plain).unwrap();
+    assert!(!plain.windows(6).any(|w| w == b"labels"));
 }

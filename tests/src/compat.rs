@@ -372,10 +372,24 @@ impl VersionedAgent {
         hostname: &str,
         interval: &str,
     ) -> VersionedAgent {
+        Self::start_with_config(bins, master, token_file, hostname, interval, "")
+    }
+
+    /// [`VersionedAgent::start`] with `config` as its agent.toml (a 0.1.0 agent refuses keys
+    /// it does not know, such as `labels`).
+    pub fn start_with_config(
+        bins: &Bins,
+        master: SocketAddr,
+        token_file: &Path,
+        hostname: &str,
+        interval: &str,
+        config: &str,
+    ) -> VersionedAgent {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("agent.log");
+        let config_text = config;
         let config = dir.path().join("agent.toml");
-        fs::write(&config, "").unwrap();
+        fs::write(&config, config_text).unwrap();
         let child = Command::new(&bins.agent)
             .arg("--config")
             .arg(&config)

@@ -667,6 +667,18 @@ impl Agent {
         interval: &str,
         from: &Agent,
     ) -> Agent {
+        Self::start_opts_with_state_of(master, hostname, interval, &AgentOpts::default(), from)
+    }
+
+    /// [`Agent::start_with_state_of`] with [`AgentOpts`] (the same host restarted with other
+    /// flags or another agent.toml).
+    pub fn start_opts_with_state_of(
+        master: &Master,
+        hostname: &str,
+        interval: &str,
+        opts: &AgentOpts,
+        from: &Agent,
+    ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         for name in ["agent-id", "agent-key"] {
             let src = from.state_dir().join(name);
@@ -680,7 +692,7 @@ impl Agent {
             &master.token_file,
             hostname,
             interval,
-            &AgentOpts::default(),
+            opts,
             dir,
         )
     }

@@ -129,6 +129,8 @@ fn release_agents_stream_to_the_new_master_with_every_sample_accounted() {
             "the agent's hello says 0.1.0: {h}"
         );
         assert_unpinned_if_shown(h);
+        // A 0.1.0 hello has no labels: an empty object, never a missing key.
+        assert_eq!(h["labels"], Value::Object(Default::default()), "{h}");
         assert_run_complete(h, *goodbye);
         assert_eq!(u64_field(h, "reconnects"), 0, "one connection: {h}");
     }
@@ -143,7 +145,20 @@ fn new_agents_stream_to_the_release_master_with_every_sample_accounted() {
     let master = VersionedMaster::start(&old, &home);
     let names = ["new-agent-1", "new-agent-2"];
     let new = Bins::current();
-    let mut agents = start_agents(&new, &master, &home, &names);
+    // With labels: the optional hello key the 0.1.0 master must ignore (PROTOCOL.md 1.2).
+    let mut agents: Vec<VersionedAgent> = names
+        .iter()
+        .map(|n| {
+            VersionedAgent::start_with_config(
+                &new,
+                master.listen,
+                &home.token_file,
+                n,
+                INTERVAL,
+                "labels = { role = \"compat\", dc = \"eu1\" }\n",
+            )
+        })
+        .collect();
     wait_streaming(&master, &names, WARM_SEQ, Duration::from_secs(20));
 
     let hosts = stop_all(&master, &mut agents);

@@ -241,6 +241,33 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_label_is_refused_invalid_naming_it_before_the_proof_is_checked() {
+        let nonce = [3u8; 32];
+        let with_label = |token: &[u8], name: &str, value: &str| {
+            let AgentMessage::Hello(mut h) = hello(1, token, &nonce) else {
+                unreachable!()
+            };
+            h.labels.insert(name.into(), value.into());
+            AgentMessage::Hello(h)
+        };
+        let ok = check_hello(with_label(b"t", "role", "db"), b"t", &nonce).unwrap();
+        assert_eq!(ok.labels.get("role").map(String::as_str), Some("db"));
+        // Limits come before the proof: even a wrong token gets the label's reason.
+        let r = check_hello(with_label(b"x", "job", "x"), b"t", &nonce).unwrap_err();
+        assert_eq!((r.code, r.decode_error), ("invalid", false));
+        assert_eq!(
+            r.reason,
+            "invalid hello: label \"job\": the name is reserved for a label Sentinel sets itself"
+        );
+        let r = check_hello(with_label(b"t", "a\nb", "x"), b"t", &nonce).unwrap_err();
+        assert!(
+            r.reason.contains("label \"a\\nb\""),
+            "escaped: {}",
+            r.reason
+        );
+    }
+
+    #[test]
     fn every_refusal_code_has_its_own_counter_and_round_trips_its_text() {
         let mut seen = std::collections::HashSet::new();
         let mut last = None;

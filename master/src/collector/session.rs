@@ -240,10 +240,22 @@ async fn handshake(
     {
         return Ok(None);
     }
-    let hello: Hello = match read_body(conn, limits::HANDSHAKE_TIMEOUT, "hello").await? {
+    let mut hello: Hello = match read_body(conn, limits::HANDSHAKE_TIMEOUT, "hello").await? {
         None => return Ok(None),
         Some(body) => check_hello_body(&body, &shared.token, &nonce)?,
     };
+    // The agent's labels were checked with the hello; the master's tables go over them and
+    // the sum is checked again. From here on the hello carries the host's effective labels.
+    let agent_labels = std::mem::take(&mut hello.labels);
+    hello.labels = shared
+        .host_labels
+        .apply(&hello.hostname, agent_labels)
+        .map_err(|e| {
+            refusal(
+                "invalid",
+                format!("invalid hello: labels with master.toml [[host_labels]] added: {e}"),
+            )
+        })?;
     let address = peer.to_string();
     let result = {
         let mut store = lock(shared);

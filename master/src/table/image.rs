@@ -405,6 +405,7 @@ fn parse(image: &[u8]) -> Result<(ImageInfo, Counters, Vec<HostEntry>), ImageErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::layout::RECORD_BYTES_V3;
     use crate::table::TestTable;
 
     fn point(n: u64) -> HistoryPoint {
@@ -488,6 +489,11 @@ mod tests {
     /// The same image with the records cut to their layout 1/2 size (2032 bytes: what a
     /// 0.1.0 master wrote), as `format` (1: without the collector counters) of `layout`.
     fn as_old_layout(image: &[u8], format: u32, layout: u32) -> Vec<u8> {
+        as_layout_of(image, format, layout, RECORD_BYTES_V1)
+    }
+
+    /// The same image with the records cut to `record_bytes` (an older layout's size).
+    fn as_layout_of(image: &[u8], format: u32, layout: u32, record_bytes: usize) -> Vec<u8> {
         let counters = 8 + 8 * COLLECTOR_COUNTER_WORDS;
         let hosts = u64::from_ne_bytes(image[40..48].try_into().unwrap());
         let mut body = if format >= 2 {
@@ -501,7 +507,7 @@ mod tests {
         };
         for _ in 0..hosts {
             let rec = c.take(std::mem::size_of::<Record>()).unwrap();
-            body.extend_from_slice(&rec[..RECORD_BYTES_V1]);
+            body.extend_from_slice(&rec[..record_bytes]);
             let sample_len = c.u32().unwrap();
             let count = c.u32().unwrap();
             body.extend_from_slice(&sample_len.to_ne_bytes());
@@ -513,7 +519,7 @@ mod tests {
         let mut out = image[..IMAGE_HEADER_BYTES].to_vec();
         out[8..12].copy_from_slice(&format.to_ne_bytes());
         out[16..20].copy_from_slice(&layout.to_ne_bytes());
-        out[20..24].copy_from_slice(&(RECORD_BYTES_V1 as u32).to_ne_bytes());
+        out[20..24].copy_from_slice(&(record_bytes as u32).to_ne_bytes());
         out[56..64].copy_from_slice(&(body.len() as u64).to_ne_bytes());
         out[64..72].copy_from_slice(&fnv1a(&body).to_ne_bytes());
         out.extend_from_slice(&body);
@@ -559,6 +565,43 @@ mod tests {
         let r = dst.table.read_record(1).unwrap();
         assert_eq!((r.pinned_key(), r.key_pinned_ms), (Some(&[9; 32]), 5));
         assert_eq!(r.cloned_address.get(), "10.0.0.1:1");
+    }
+
+    #[test]
+    fn a_layout_3_image_restores_its_hosts_with_no_labels_and_keeps_their_pins() {
+        let src = filled(2, 8);
+        let w = src.table.writer().unwrap();
+        let mut r = w.record(1);
+        r.key = [7; 32];
+        r.set_labels(&std::collections::BTreeMap::from([(
+            "role".to_owned(),
+            "db".to_owned(),
+        )]));
+        w.commit(1, r, None, None);
+        drop(w);
+        let image = src.table.image(1).unwrap();
+        let old = as_layout_of(&image, IMAGE_FORMAT, 3, RECORD_BYTES_V3);
+        let dst = TestTable::new(8, 8);
+        let (info, left_out) = dst.table.restore(&old).unwrap();
+        assert_eq!((info.layout, info.record_size), (3, 2192));
+        assert_eq!((info.hosts, left_out), (2, 0));
+        for h in 0..2 {
+            let d = dst.table.read_detail(h).unwrap();
+            assert_eq!(d.record.hostname.get(), format!("host-{h}"));
+            assert!(d.record.labels().is_empty(), "layout 3 had no labels");
+            assert_eq!(d.record.labels_len, 0);
+            assert_eq!(d.history.len(), 8);
+        }
+        // Layout 3's own fields survive the migration.
+        assert_eq!(
+            dst.table.read_record(1).unwrap().pinned_key(),
+            Some(&[7; 32])
+        );
+        // The current layout carries the labels.
+        let dst = TestTable::new(8, 8);
+        dst.table.restore(&image).unwrap();
+        let labels = dst.table.read_record(1).unwrap().labels();
+        assert_eq!(labels, [("role".to_owned(), "db".to_owned())]);
     }
 
     #[test]

@@ -161,19 +161,25 @@ mod tests {
 
     /// A layout 2 segment (0.1.0's) in memory: 3 hosts with samples and history.
     fn layout_2_segment(capacity: usize, points: usize) -> Vec<u64> {
-        let g = Geometry::new(RECORD_BYTES_V1, points);
+        older_segment(2, RECORD_BYTES_V1, capacity, points)
+    }
+
+    /// A segment of an older `layout` whose records are `record_bytes` long, hosts as above
+    /// (from layout 3 on, host 1 has a pinned key).
+    fn older_segment(layout: u32, record_bytes: usize, capacity: usize, points: usize) -> Vec<u64> {
+        let g = Geometry::new(record_bytes, points);
         let mut mem = vec![0u64; (std::mem::size_of::<Header>() + capacity * g.slot) / 8];
         let base = mem.as_mut_ptr() as *mut u8;
         // SAFETY: all writes are inside `mem`, which is 8-aligned.
         unsafe {
             let h = &mut *(base as *mut Header);
             h.magic = MAGIC;
-            h.layout_version = 2;
+            h.layout_version = layout;
             h.header_size = std::mem::size_of::<Header>() as u32;
             h.capacity = capacity as u32;
             h.history_points = points as u32;
             h.slot_size = g.slot as u64;
-            h.record_size = RECORD_BYTES_V1 as u32;
+            h.record_size = record_bytes as u32;
             h.sample_bytes = SAMPLE_BYTES as u32;
             h.counters.handshakes.store(7, Ordering::Relaxed);
             for i in 0..3usize {
@@ -189,10 +195,13 @@ mod tests {
                 r.sample_len = [0, 6];
                 r.history_count = 2;
                 r.pending_index = u64::MAX;
-                // The 0.1.0 record is the first 2032 bytes of this binary's.
+                if layout >= 3 && i == 1 {
+                    r.key = [5; 32];
+                }
+                // An older record is the first `record_bytes` of this binary's.
                 let bytes =
-                    std::slice::from_raw_parts(&r as *const Record as *const u8, RECORD_BYTES_V1);
-                ptr::copy_nonoverlapping(bytes.as_ptr(), slot.add(16), RECORD_BYTES_V1);
+                    std::slice::from_raw_parts(&r as *const Record as *const u8, record_bytes);
+                ptr::copy_nonoverlapping(bytes.as_ptr(), slot.add(16), record_bytes);
                 ptr::copy_nonoverlapping(b"samp-x".as_ptr(), slot.add(g.samples + SAMPLE_BYTES), 6);
                 let ring = slot.add(g.ring) as *mut HistoryPoint;
                 for k in 0..2 {
@@ -235,6 +244,27 @@ mod tests {
                 [100, 101]
             );
         }
+    }
+
+    #[test]
+    fn a_stale_layout_3_segment_restores_its_hosts_pinned_and_without_labels() {
+        let mem = older_segment(3, crate::table::layout::RECORD_BYTES_V3, 4, 8);
+        // SAFETY: `mem` is a whole layout 3 segment.
+        let image =
+            unsafe { image_of_older_segment(mem.as_ptr() as *const u8, mem.len() * 8, 1) }.unwrap();
+        let dst = TestTable::new(8, 8);
+        let (info, left_out) = dst.table.restore(&image).unwrap();
+        assert_eq!((info.hosts, left_out), (3, 0));
+        for i in 0..3 {
+            let d = dst.table.read_detail(i).unwrap();
+            assert_eq!(d.record.hostname.get(), format!("old-{i}"));
+            assert!(d.record.labels().is_empty());
+            assert_eq!(d.sample.as_deref(), Some(&b"samp-x"[..]));
+        }
+        assert_eq!(
+            dst.table.read_record(1).unwrap().pinned_key(),
+            Some(&[5; 32])
+        );
     }
 
     #[test]
