@@ -458,6 +458,7 @@ main() {
     log "packages $VERSION and $UPGRADE_VERSION staged"
 
     check "ansible-lint --profile production deploy/ansible" lint
+    check "sentinel_agent role: every label rule, case by case (tests/e2e/labels, on the controller)" label_rules
     net_up
     log "private LAN up (10.231.0.0/24)"
     boot_all
@@ -493,6 +494,10 @@ main() {
 lint() {
     (cd "$REPO/deploy/ansible" && PATH="$VENV/bin:$PATH" ansible-lint --offline --profile production -q) \
         > "$WORK/ansible-lint.log" 2>&1 || { tail -30 "$WORK/ansible-lint.log"; return 1; }
+}
+
+label_rules() {
+    PATH="$VENV/bin:$PATH" bash "$REPO/tests/e2e/labels/check.sh" "$WORK/label-cases"
 }
 
 all_active() {
