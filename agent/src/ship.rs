@@ -15,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use sentinel_protocol::frame::{codec, FrameError, PREFIX_BYTES};
 use sentinel_protocol::limits::{idle_timeout, HANDSHAKE_TIMEOUT, MAX_BATCH_SAMPLES};
 use sentinel_protocol::{
-    decode_master_body, encode_frame, escape, AgentMessage, Batch, Goodbye, Hello, HostInfo,
+    decode_body, encode_frame, escape, AgentMessage, Batch, Goodbye, Hello, HostInfo,
     MasterMessage, Nonce, Sample, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
@@ -118,7 +118,7 @@ pub fn unix_ms() -> u64 {
 
 async fn read_msg(conn: &mut Conn) -> Result<MasterMessage, ShipError> {
     let body = conn.next().await.ok_or(ShipError::Closed)??;
-    Ok(decode_master_body(&body)?)
+    Ok(decode_body(&body)?)
 }
 
 /// Encodes one message as a frame body for the length-delimited codec, with the protocol's
@@ -392,7 +392,7 @@ impl Agent {
             (Event::Handshake(Ok(session)), _) => self.established(session),
             (Event::Handshake(Err(e)), _) => self.failed(e),
             (Event::Frame(Some(Ok(body))), State::Up(mut live)) => {
-                match decode_master_body(&body) {
+                match decode_body::<MasterMessage>(&body) {
                     Ok(MasterMessage::Ack(ack)) => {
                         self.spool.ack(Seq(ack.seq));
                         live.last_progress = Instant::now();
@@ -718,7 +718,6 @@ fn encode_samples(mut samples: Vec<Sample>) -> (Option<Bytes>, Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sentinel_protocol::decode_body;
 
     #[test]
     fn one_pending_sample_goes_as_a_sample_frame_several_as_a_batch() {

@@ -9,14 +9,12 @@ pub mod auth;
 pub mod frame;
 pub mod labels;
 pub mod limits;
-pub mod master_frame;
 pub mod message;
 pub mod text;
 pub mod wire;
 
 pub use auth::{proof, verify_proof, Nonce, Proof};
 pub use frame::{decode_body, encode_frame, split_frame, FrameError};
-pub use master_frame::decode_master_body;
 pub use message::*;
 pub use text::{escape, is_valid_hostname, Escaped};
 pub use wire::{
