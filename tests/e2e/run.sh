@@ -378,10 +378,37 @@ all:
       hosts:
         $MASTER: {ansible_host: ${IP[$MASTER]}}
     sentinel_agents:
+      # Labels (issue 13): a group var, a host var merged over it, and the inventory-group
+      # label; the value with quotes, a backslash, non-ASCII and an astral character proves
+      # the TOML escaping. LABELS_EXPECTED (below) is what the master must show.
+      vars:
+        sentinel_labels_from_groups: true
+        sentinel_labels:
+          env: e2e
+          team: 'ops "on call" \ back ü 😀 it''s'
       hosts:
-$(for h in "${AGENTS[@]}"; do echo "        $h: {ansible_host: ${IP[$h]}}"; done)
+        $PFX-web1: {ansible_host: ${IP[$PFX-web1]}}
+        $PFX-web2: {ansible_host: ${IP[$PFX-web2]}}
+        $PFX-db1:
+          ansible_host: ${IP[$PFX-db1]}
+          sentinel_host_labels: {env: prod, role: primary, rack: 12, note: 'a=b, c'}
+    web:
+      hosts: {$PFX-web1: {}, $PFX-web2: {}}
+    canary:
+      hosts: {$PFX-web2: {}}
+    db:
+      hosts: {$PFX-db1: {}}
 EOF
 }
+# What /api/v1/hosts must show as each agent's labels after write_inventory's rollout: the
+# group var, db1's host var over it (env), `group` = the sorted inventory groups without
+# sentinel_agents, joined by ",", and the number 12 as the text "12".
+LABELS_EXPECTED='{
+ "se2e-web1": {"env": "e2e", "group": "web", "team": "ops \"on call\" \\ back ü 😀 it'"'"'s"},
+ "se2e-web2": {"env": "e2e", "group": "canary,web", "team": "ops \"on call\" \\ back ü 😀 it'"'"'s"},
+ "se2e-db1": {"env": "prod", "group": "db", "note": "a=b, c", "rack": "12", "role": "primary",
+              "team": "ops \"on call\" \\ back ü 😀 it'"'"'s"}
+}'
 
 # play NAME [ansible-playbook args...]: run site.yml from the client namespace; log in WORK.
 play() {
@@ -431,6 +458,7 @@ main() {
     log "packages $VERSION and $UPGRADE_VERSION staged"
 
     check "ansible-lint --profile production deploy/ansible" lint
+    check "sentinel_agent role: every label rule, case by case (tests/e2e/labels, on the controller)" label_rules
     net_up
     log "private LAN up (10.231.0.0/24)"
     boot_all
@@ -449,6 +477,8 @@ main() {
     check_agent_stop
     check_agent_sigkill
     check_interval_change
+    check_labels_refused
+    check_labels_change
     check_token_rotation
     check_upgrade
     check_rollback
@@ -464,6 +494,10 @@ main() {
 lint() {
     (cd "$REPO/deploy/ansible" && PATH="$VENV/bin:$PATH" ansible-lint --offline --profile production -q) \
         > "$WORK/ansible-lint.log" 2>&1 || { tail -30 "$WORK/ansible-lint.log"; return 1; }
+}
+
+label_rules() {
+    PATH="$VENV/bin:$PATH" bash "$REPO/tests/e2e/labels/check.sh" "$WORK/label-cases"
 }
 
 all_active() {
@@ -514,6 +548,8 @@ check_first_run() {
     check "first run: /api/v1/hosts lists exactly the 3 agents by hostname, all up" all_up 30
     check "first run: mem_total_bytes == MemTotal of each container" mem_matches
     check "first run: dashboard / served (200 text/html)" dashboard
+    check "first run: each agent shows exactly its inventory labels (group var, host var, inventory groups)" \
+        fleet labels "$LABELS_EXPECTED" --timeout 30
 }
 dashboard() {
     local r
@@ -759,6 +795,48 @@ check_interval_change() {
 pids_all_differ() {
     local i
     for i in "${!a0[@]}"; do [ "${a0[$i]}" != "${a1[$i]}" ] && [ "${a1[$i]}" != 0 ] || return 1; done
+}
+
+# A bad label on one host (a second inventory source adds it to db1) fails the play at the
+# role's check, before any agent is touched: no agent task changed, no agent restarted.
+check_labels_refused() {
+    local h a0=() a1=() ok=0
+    for h in "${AGENTS[@]}"; do a0+=("$(mainpid "$h" sentinel-agent)"); done
+    printf 'all:\n  children:\n    sentinel_agents:\n      hosts:\n        %s:\n          sentinel_host_labels: {Host-1: x}\n' \
+        "$PFX-db1" > "$WORK/inventory-bad-label.yml"
+    if play badlabel -i "$WORK/inventory-bad-label.yml" > /dev/null; then
+        fail "bad label: the playbook run succeeded"; return
+    fi
+    for h in "${AGENTS[@]}"; do a1+=("$(mainpid "$h" sentinel-agent)"); done
+    check "bad label: the run fails naming the host and the label" grep -qF \
+        "sentinel_labels of $PFX-db1: label \\\"Host-1\\\": name must match [a-zA-Z_][a-zA-Z0-9_]*" "$WORK/play-badlabel.log"
+    for h in "${AGENTS[@]}"; do
+        grep -qE "^$h +: .* changed=0 " "$WORK/play-badlabel.log" || { echo "    $h: changed in the failed run"; ok=1; }
+    done
+    [ "${a0[*]}" = "${a1[*]}" ] || { echo "    agent MainPIDs ${a0[*]} -> ${a1[*]}"; ok=1; }
+    check "bad label: no agent changed or restarted (MainPID ${a1[*]})" test $ok = 0
+}
+
+# A label change on one host (host var, from the command line here) restarts that agent only;
+# its next hello carries the new set, the others keep theirs.
+check_labels_change() {
+    local h t b0=() b1=() w0 w1 want
+    t=$(fleet now)
+    w0=$(mainpid "$PFX-web1" sentinel-agent)
+    for h in "$PFX-web2" "$PFX-db1"; do b0+=("$(mainpid "$h" sentinel-agent)"); done
+    if ! play relabel --limit "$PFX-web1" -e '{"sentinel_host_labels": {"rack": "r2"}}'; then
+        fail "label change: playbook run"; return
+    fi
+    w1=$(mainpid "$PFX-web1" sentinel-agent)
+    for h in "$PFX-web2" "$PFX-db1"; do b1+=("$(mainpid "$h" sentinel-agent)"); done
+    want=$(python3 -c 'import json, sys; w = json.loads(sys.argv[1]); w["se2e-web1"]["rack"] = "r2"
+print(json.dumps({"se2e-web1": w["se2e-web1"]}))' "$LABELS_EXPECTED")
+    check "label change: $PFX-web1 restarted (MainPID $w0 -> $w1) and its new hello carries rack=r2" \
+        eval 'test "$w0" != "$w1" -a "$w1" != 0 && fleet labels "$want" --timeout 20 --seen-after "$t"'
+    want=$(python3 -c 'import json, sys; w = json.loads(sys.argv[1]); w["se2e-web1"]["rack"] = "r2"
+print(json.dumps(w))' "$LABELS_EXPECTED")
+    check "label change: the other agents kept their labels and were not restarted (MainPID ${b0[*]} -> ${b1[*]})" \
+        eval 'test "${b0[*]}" = "${b1[*]}" && fleet labels "$want" --timeout 5'
 }
 
 check_token_rotation() {

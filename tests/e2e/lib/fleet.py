@@ -17,6 +17,10 @@ and the exit status is 1.
   fleet.py URL now                           print the master's now_ms
   fleet.py URL table FIELD...                print FIELDs of every host, one line each
   fleet.py URL get PATH                      print status code, content type, body size
+  fleet.py URL labels JSON [--timeout S] [--seen-after MS]
+                                             until each host named in JSON (an object
+                                             hostname -> labels object) shows exactly those
+                                             labels (and last_seen_ms > MS)
 """
 import json
 import sys
@@ -108,6 +112,35 @@ def sequence(base, args):
     return 0 if i == len(statuses) else 1
 
 
+def labels(base, args):
+    opts, rest = parse_opts(args)
+    want = json.loads(rest[0])
+    deadline = time.monotonic() + float(opts["--timeout"])
+    seen_after = int(opts["--seen-after"])
+    last = "no answer"
+    while True:
+        try:
+            hs = hosts(base)
+            got = {n: hs[n].get("labels") if n in hs else "(not listed)" for n in want}
+            fresh = all(n in hs and hs[n].get("last_seen_ms", 0) > seen_after for n in want)
+            last = got
+            if got == want and fresh:
+                for n in sorted(want):
+                    print(f"    {n}: {json.dumps(got[n], ensure_ascii=False, sort_keys=True)}")
+                return 0
+        except (OSError, ValueError) as e:
+            last = e
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    print("    timeout; last labels seen:")
+    for n in sorted(want):
+        g = last.get(n) if isinstance(last, dict) else last
+        print(f"    {n}: got {json.dumps(g, ensure_ascii=False, sort_keys=True)}")
+        print(f"    {' ' * len(n)}  want {json.dumps(want[n], ensure_ascii=False, sort_keys=True)}")
+    return 1
+
+
 def main(argv):
     base, cmd, args = argv[1].rstrip("/"), argv[2], argv[3:]
     if cmd == "hosts":
@@ -127,6 +160,8 @@ def main(argv):
     if cmd == "field":
         print(hosts(base)[args[0]][args[1]])
         return 0
+    if cmd == "labels":
+        return labels(base, args)
     if cmd == "get":
         try:
             code, ctype, body = fetch(base + args[0])
