@@ -2,7 +2,11 @@
 """Master-side benchmarks: ingest vs. a null sink, read side under load, freshness, scaling,
 filtered event streams.
 
-    bench/master_bench.py [ingest|read|scaling|filtered|all] [--runs R] [--seconds D]
+    bench/master_bench.py [ingest|read|scaling|filtered|all] [--runs R] [--seconds D] [--labels]
+
+--labels gives the read side's 5,000 simulated hosts three labels each (role cycling
+web/db/cache, dc cycling eu1/us1/ap1, shard = host number / 100), as a labelled fleet has, so
+/api/v1/hosts and /metrics render them; without it the hosts have none, as in 0.1.0.
 
 Everything runs on this machine over loopback: the static musl sentinel-master (the
 deployable, built here for x86_64-unknown-linux-musl) and the release sentinel-loadgen
@@ -188,6 +192,9 @@ def ingest(runs, seconds):
     print(f"| 10,000 agents at 1 Hz | {med(rate)} | | | {med(cpu)} % | |")
 
 
+READ_LABELS = []
+
+
 def read_side(runs, seconds):
     hosts_p50, hosts_p99, metrics_p50, metrics_p99, fresh_p50, fresh_p99, ingest_rate = ([] for _ in range(7))
     sse_p50, sse_p99, sse_got = [], [], []
@@ -197,7 +204,7 @@ def read_side(runs, seconds):
         # 5,000 agents at 500 ms: 10,000 samples/s of ingest in the background.
         bg = subprocess.Popen([LOADGEN, "run", "--master", f"127.0.0.1:{master.listen}", "--agents", "5000",
                                "--interval", "500ms", "--duration", f"{seconds + 150}s", "--token-file", master.token,
-                               "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                               "--json", *READ_LABELS], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         wait_for("5,000 hosts in the table", 60, lambda: len(http_json(master.http, "/api/v1/hosts")["hosts"]) >= 5000)
         # Steady state: every host's sparklines full (60 points, 30 s at 500 ms), so the body
         # is as large as a fleet's that has been up a minute.
@@ -224,7 +231,8 @@ def read_side(runs, seconds):
         fresh_p50.append(f["p50_ms"]); fresh_p99.append(f["p99_ms"])
         ingest_rate.append(g["acked_per_second"])
         sse_p50.append(e["p50_ms"]); sse_p99.append(e["p99_ms"]); sse_got.append(100 * e["count"] / e["expected"])
-    print(f"\n### Read side with 5,000 hosts under ~10,000 samples/s ingest ({datetime.date.today()}, {runs} runs, medians (min..max))\n")
+    labelled = ", 3 labels per host" if READ_LABELS else ", hosts without labels"
+    print(f"\n### Read side with 5,000 hosts under ~10,000 samples/s ingest ({datetime.date.today()}, {runs} runs{labelled}, medians (min..max))\n")
     print("| measure | p50 ms | p99 ms |")
     print("| --- | --- | --- |")
     print(f"| GET /api/v1/hosts (5,000 hosts), back to back | {med(hosts_p50)} | {med(hosts_p99)} |")
@@ -444,7 +452,11 @@ def main():
     p.add_argument("what", choices=["ingest", "read", "scaling", "filtered", "all"], nargs="?", default="all")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--seconds", type=int, default=15)
+    p.add_argument("--labels", action="store_true", help="the read side's hosts carry 3 labels each")
     a = p.parse_args()
+    if a.labels:
+        READ_LABELS.extend(["--label-cycle", "role=web,db,cache", "--label-cycle", "dc=eu1,us1,ap1",
+                            "--label-index", "shard=100"])
     # The deployable master (static musl, as packaged) and the load generator.
     subprocess.run(["cargo", "build", "--quiet", "--release", "--target", "x86_64-unknown-linux-musl", "-p", "sentinel-master"], cwd=ROOT, check=True)
     subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "sentinel-loadgen"], cwd=ROOT, check=True)

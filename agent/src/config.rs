@@ -455,6 +455,47 @@ mod tests {
     }
 
     #[test]
+    fn flag_values_that_do_not_parse_are_refused_naming_the_flag() {
+        for (args, needles) in [
+            (
+                &["--interval", "1x"][..],
+                &["invalid --interval", "\"1x\""][..],
+            ),
+            (
+                &["--reconnect-max", "soon"],
+                &["invalid --reconnect-max", "\"soon\""],
+            ),
+            (
+                &["--spool-samples", "many"],
+                &["invalid --spool-samples", "\"many\""],
+            ),
+        ] {
+            let err = Settings::resolve(&cli(args), FileConfig::default()).unwrap_err();
+            let msg = err.to_string();
+            for n in needles {
+                assert!(msg.contains(n), "{args:?}: {msg:?} should contain {n:?}");
+            }
+        }
+        let s = Settings::resolve(
+            &cli(&[
+                "--master",
+                "m:7410",
+                "--interval",
+                "250ms",
+                "--reconnect-max",
+                "3s",
+                "--spool-samples",
+                "7",
+            ]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(s.interval, Duration::from_millis(250));
+        assert_eq!(s.reconnect_max, Duration::from_secs(3));
+        assert_eq!(s.spool_samples, 7);
+    }
+
+    #[test]
     fn label_flags_override_the_file_and_bad_labels_are_refused_by_name() {
         let file = parse_file(
             Path::new("a.toml"),
