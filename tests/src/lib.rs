@@ -520,6 +520,32 @@ impl Master {
         self.json(&format!("/api/v1/hosts/{id}"))
     }
 
+    /// Follows `/api/v1/events` (unfiltered) in the background: the stream's text so far,
+    /// appended as it arrives until the master closes it.
+    pub fn follow_events(&self) -> std::sync::Arc<std::sync::Mutex<String>> {
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut s = TcpStream::connect(self.http).expect("connect to the http address");
+        write!(
+            s,
+            "GET /api/v1/events HTTP/1.0\r\nHost: {}\r\n\r\n",
+            self.http
+        )
+        .expect("send the events request");
+        let out = text.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        text
+    }
+
     pub fn segment_path(&self) -> PathBuf {
         PathBuf::from("/dev/shm").join(&self.shm_name)
     }

@@ -3,7 +3,6 @@
 //! the hello's label limits, each refused `invalid` naming the label. Real masters, agents
 //! and raw peers through the shared harness.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sentinel_protocol::{AgentMessage, MasterMessage};
@@ -55,7 +54,7 @@ fn labels_from_agent_toml_and_flags_appear_in_every_host_object() {
     let detail = m.host_detail(id).expect("host detail");
     assert_eq!(detail["labels"], want);
     // The event stream's fleet rows carry them too (the snapshot and later `hosts` events).
-    let events = follow_events(&m);
+    let events = m.follow_events();
     let row = wait_for(WAIT, "a fleet row of the labelled host", || {
         let text = events.lock().unwrap().clone();
         text.lines()
@@ -65,27 +64,6 @@ fn labels_from_agent_toml_and_flags_appear_in_every_host_object() {
             .find(|h| h["hostname"] == "labelled")
     });
     assert_eq!(row["labels"], want);
-}
-
-/// Collects an event stream's text in the background.
-fn follow_events(m: &Master) -> Arc<Mutex<String>> {
-    use std::io::{Read, Write};
-    let text = Arc::new(Mutex::new(String::new()));
-    let mut s = std::net::TcpStream::connect(m.http).unwrap();
-    write!(s, "GET /api/v1/events HTTP/1.0\r\nHost: {}\r\n\r\n", m.http).unwrap();
-    let out = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
 }
 
 fn labels_of(pairs: &[(&str, &str)]) -> Value {

@@ -3,7 +3,6 @@
 //! child kills. Real masters, agents and raw peers through the shared harness.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -91,31 +90,10 @@ fn metric(m: &Master, line_start: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
 }
 
-/// Collects an event stream's text in the background.
-fn follow_events(m: &Master) -> Arc<Mutex<String>> {
-    use std::io::{Read, Write};
-    let text = Arc::new(Mutex::new(String::new()));
-    let mut s = std::net::TcpStream::connect(m.http).unwrap();
-    write!(s, "GET /api/v1/events HTTP/1.0\r\nHost: {}\r\n\r\n", m.http).unwrap();
-    let out = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
-}
-
 #[test]
 fn removing_a_host_frees_its_slot_and_it_stays_gone_across_a_restart() {
     let mut m = master_with("capacity = 4\n");
-    let events = follow_events(&m);
+    let events = m.follow_events();
     let mut peers: Vec<Peer> = (1..=4)
         .map(|n| host(&m, &id(n), &format!("host-{n}")))
         .collect();
