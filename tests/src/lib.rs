@@ -7,12 +7,14 @@
 /// Either release of master and agent side by side (tests/tests/compat.rs).
 pub mod compat;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -518,32 +520,6 @@ impl Master {
 
     pub fn host_detail(&self, id: &str) -> Option<Value> {
         self.json(&format!("/api/v1/hosts/{id}"))
-    }
-
-    /// Follows `/api/v1/events` (unfiltered) in the background: the stream's text so far,
-    /// appended as it arrives until the master closes it.
-    pub fn follow_events(&self) -> std::sync::Arc<std::sync::Mutex<String>> {
-        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut s = TcpStream::connect(self.http).expect("connect to the http address");
-        write!(
-            s,
-            "GET /api/v1/events HTTP/1.0\r\nHost: {}\r\n\r\n",
-            self.http
-        )
-        .expect("send the events request");
-        let out = text.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = s.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                out.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        text
     }
 
     pub fn segment_path(&self) -> PathBuf {
@@ -1310,4 +1286,114 @@ pub fn skip_unless_ci(why: &str) {
         panic!("cannot run under CI: {why}");
     }
     eprintln!("SKIPPED: {why}");
+}
+
+/// `/api/v1/events` read in the background: (event name, data) in arrival order, the bytes
+/// received, and whether the master closed it.
+pub struct EventStream {
+    events: Arc<Mutex<Vec<(String, Value)>>>,
+    /// Bytes received so far, the response head included.
+    pub bytes: Arc<Mutex<usize>>,
+    /// Set when the master closed the stream.
+    pub ended: Arc<Mutex<bool>>,
+}
+
+impl EventStream {
+    /// Opens `/api/v1/events?QUERY` (`""` = unfiltered); the reader thread panics on a
+    /// status other than 200.
+    pub fn open(master: &Master, query: &str) -> EventStream {
+        let mut s = TcpStream::connect(master.http).expect("connect to the http address");
+        write!(
+            s,
+            "GET /api/v1/events?{query} HTTP/1.0\r\nHost: {}\r\n\r\n",
+            master.http
+        )
+        .unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let bytes = Arc::new(Mutex::new(0));
+        let ended = Arc::new(Mutex::new(false));
+        let (ev, by, end) = (events.clone(), bytes.clone(), ended.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let mut text = String::new();
+            let mut head_done = false;
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                *by.lock().unwrap() += n;
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if !head_done {
+                    let Some(i) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    assert!(
+                        text.lines().next().is_some_and(|l| l.contains(" 200 ")),
+                        "{text}"
+                    );
+                    text.drain(..i + 4);
+                    head_done = true;
+                }
+                while let Some(i) = text.find("\n\n") {
+                    let block: String = text.drain(..i + 2).collect();
+                    let mut name = String::new();
+                    let mut data = None;
+                    for line in block.lines() {
+                        if let Some(n) = line.strip_prefix("event: ") {
+                            name = n.to_owned();
+                        } else if let Some(d) = line.strip_prefix("data: ") {
+                            data = Some(serde_json::from_str(d).expect("event data is JSON"));
+                        }
+                    }
+                    if let Some(d) = data {
+                        ev.lock().unwrap().push((name, d));
+                    }
+                }
+            }
+            *end.lock().unwrap() = true;
+        });
+        EventStream {
+            events,
+            bytes,
+            ended,
+        }
+    }
+
+    pub fn all(&self) -> Vec<(String, Value)> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Ids of every host row this stream has received in `snapshot` and `hosts` events.
+    pub fn row_ids(&self) -> BTreeSet<String> {
+        self.all()
+            .iter()
+            .filter(|(n, _)| n == "snapshot" || n == "hosts")
+            .flat_map(|(_, d)| d["hosts"].as_array().unwrap().clone())
+            .map(|h| h["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Updates (`hosts` rows) received per host id.
+    pub fn updates(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for (_, d) in self.all().iter().filter(|(n, _)| n == "hosts") {
+            for h in d["hosts"].as_array().unwrap() {
+                *out.entry(h["id"].as_str().unwrap().to_owned()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    pub fn snapshot_ids(&self) -> Option<BTreeSet<String>> {
+        let all = self.all();
+        let (_, d) = all.iter().find(|(n, _)| n == "snapshot")?;
+        Some(
+            d["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["id"].as_str().unwrap().to_owned())
+                .collect(),
+        )
+    }
 }

@@ -4,11 +4,9 @@
 //! `/api/v1/groups` and filtered event streams return.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sentinel_tests::{http_call, wait_for, Loadgen, Master};
+use sentinel_tests::{http_call, wait_for, EventStream, Loadgen, Master};
 use serde_json::{json, Value};
 
 /// Hosts of the labelled generator (`load-00000` .. `load-00299`).
@@ -344,111 +342,6 @@ fn every_filter_form_returns_exactly_the_matching_hosts_with_exact_label_and_gro
     assert_eq!(hostnames(&v), Vec::<String>::new());
 }
 
-/// An event stream read in the background: (event name, data) in arrival order, and bytes.
-struct Events {
-    events: Arc<Mutex<Vec<(String, Value)>>>,
-    bytes: Arc<Mutex<usize>>,
-    ended: Arc<Mutex<bool>>,
-}
-
-impl Events {
-    fn open(master: &Master, query: &str) -> Events {
-        let mut s = std::net::TcpStream::connect(master.http).unwrap();
-        write!(
-            s,
-            "GET /api/v1/events?{query} HTTP/1.0\r\nHost: {}\r\n\r\n",
-            master.http
-        )
-        .unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let bytes = Arc::new(Mutex::new(0));
-        let ended = Arc::new(Mutex::new(false));
-        let (ev, by, end) = (events.clone(), bytes.clone(), ended.clone());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            let mut text = String::new();
-            let mut head_done = false;
-            while let Ok(n) = s.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                *by.lock().unwrap() += n;
-                text.push_str(&String::from_utf8_lossy(&buf[..n]));
-                if !head_done {
-                    let Some(i) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    assert!(
-                        text.lines().next().is_some_and(|l| l.contains(" 200 ")),
-                        "{text}"
-                    );
-                    text.drain(..i + 4);
-                    head_done = true;
-                }
-                while let Some(i) = text.find("\n\n") {
-                    let block: String = text.drain(..i + 2).collect();
-                    let mut name = String::new();
-                    let mut data = None;
-                    for line in block.lines() {
-                        if let Some(n) = line.strip_prefix("event: ") {
-                            name = n.to_owned();
-                        } else if let Some(d) = line.strip_prefix("data: ") {
-                            data = Some(serde_json::from_str(d).expect("event data is JSON"));
-                        }
-                    }
-                    if let Some(d) = data {
-                        ev.lock().unwrap().push((name, d));
-                    }
-                }
-            }
-            *end.lock().unwrap() = true;
-        });
-        Events {
-            events,
-            bytes,
-            ended,
-        }
-    }
-
-    fn all(&self) -> Vec<(String, Value)> {
-        self.events.lock().unwrap().clone()
-    }
-
-    /// Ids of every host row this stream has received in `snapshot` and `hosts` events.
-    fn row_ids(&self) -> BTreeSet<String> {
-        self.all()
-            .iter()
-            .filter(|(n, _)| n == "snapshot" || n == "hosts")
-            .flat_map(|(_, d)| d["hosts"].as_array().unwrap().clone())
-            .map(|h| h["id"].as_str().unwrap().to_owned())
-            .collect()
-    }
-
-    /// Updates (`hosts` rows) received per host id.
-    fn updates(&self) -> BTreeMap<String, usize> {
-        let mut out = BTreeMap::new();
-        for (_, d) in self.all().iter().filter(|(n, _)| n == "hosts") {
-            for h in d["hosts"].as_array().unwrap() {
-                *out.entry(h["id"].as_str().unwrap().to_owned()).or_default() += 1;
-            }
-        }
-        out
-    }
-
-    fn snapshot_ids(&self) -> Option<BTreeSet<String>> {
-        let all = self.all();
-        let (_, d) = all.iter().find(|(n, _)| n == "snapshot")?;
-        Some(
-            d["hosts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| h["id"].as_str().unwrap().to_owned())
-                .collect(),
-        )
-    }
-}
-
 #[test]
 fn a_filtered_event_stream_gets_only_its_hosts_every_update_and_a_removed_when_one_leaves() {
     let (master, _a, b, ids) = fleet();
@@ -469,13 +362,13 @@ fn a_filtered_event_stream_gets_only_its_hosts_every_update_and_a_removed_when_o
         .map(|i| ids[&format!("load-{i:05}")].clone())
         .collect();
 
-    let a = Events::open(&master, "label=role=web&label=dc=eu1");
-    let t = Events::open(&master, "label=team=core&status=up&group_by=team");
-    let c = Events::open(
+    let a = EventStream::open(&master, "label=role=web&label=dc=eu1");
+    let t = EventStream::open(&master, "label=team=core&status=up&group_by=team");
+    let c = EventStream::open(
         &master,
         &format!("ids={}&label=role=db&group_by=dc", chosen.join(",")),
     );
-    let plain = Events::open(&master, "");
+    let plain = EventStream::open(&master, "");
     wait_for(Duration::from_secs(10), "every snapshot", || {
         [&a, &t, &c, &plain]
             .iter()
@@ -515,7 +408,7 @@ fn a_filtered_event_stream_gets_only_its_hosts_every_update_and_a_removed_when_o
     );
 
     // `groups` for the group_by streams: exact counts.
-    let groups_of = |e: &Events| {
+    let groups_of = |e: &EventStream| {
         e.all()
             .into_iter()
             .rev()
@@ -577,7 +470,7 @@ fn a_filtered_event_stream_gets_only_its_hosts_every_update_and_a_removed_when_o
         },
     );
     assert_eq!(left, team);
-    let edge = Events::open(&master, "label=team=edge");
+    let edge = EventStream::open(&master, "label=team=edge");
     wait_for(
         Duration::from_secs(30),
         "the team hosts under their new label",

@@ -54,13 +54,13 @@ fn labels_from_agent_toml_and_flags_appear_in_every_host_object() {
     let detail = m.host_detail(id).expect("host detail");
     assert_eq!(detail["labels"], want);
     // The event stream's fleet rows carry them too (the snapshot and later `hosts` events).
-    let events = m.follow_events();
+    let events = EventStream::open(&m, "");
     let row = wait_for(WAIT, "a fleet row of the labelled host", || {
-        let text = events.lock().unwrap().clone();
-        text.lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .flat_map(|v| v["hosts"].as_array().cloned().unwrap_or_default())
+        events
+            .all()
+            .into_iter()
+            .filter(|(name, _)| name == "snapshot" || name == "hosts")
+            .flat_map(|(_, d)| d["hosts"].as_array().cloned().unwrap_or_default())
             .find(|h| h["hostname"] == "labelled")
     });
     assert_eq!(row["labels"], want);

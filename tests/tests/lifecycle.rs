@@ -93,7 +93,7 @@ fn metric(m: &Master, line_start: &str) -> Option<u64> {
 #[test]
 fn removing_a_host_frees_its_slot_and_it_stays_gone_across_a_restart() {
     let mut m = master_with("capacity = 4\n");
-    let events = m.follow_events();
+    let events = EventStream::open(&m, "");
     let mut peers: Vec<Peer> = (1..=4)
         .map(|n| host(&m, &id(n), &format!("host-{n}")))
         .collect();
@@ -101,7 +101,7 @@ fn removing_a_host_frees_its_slot_and_it_stays_gone_across_a_restart() {
         (ids(&m).len() == 4).then_some(())
     });
     wait_for(WAIT, "the snapshot event", || {
-        events.lock().unwrap().contains(&id(2)).then_some(())
+        events.row_ids().contains(&id(2)).then_some(())
     });
 
     // The table is full: a new host is refused busy, counted; a known one still gets in.
@@ -135,16 +135,16 @@ fn removing_a_host_frees_its_slot_and_it_stays_gone_across_a_restart() {
     assert_eq!(metric(&m, "sentinel_master_hosts "), Some(3));
     let deadline = Instant::now() + WAIT;
     loop {
-        let t = events.lock().unwrap().clone();
-        let seen = t
-            .split("\n\n")
-            .any(|e| e.starts_with("event: removed\n") && e.contains(&id(2)));
+        let all = events.all();
+        let seen = all
+            .iter()
+            .any(|(name, d)| name == "removed" && d.to_string().contains(&id(2)));
         if seen {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "no removed event for host-2 in the stream:\n{t}"
+            "no removed event for host-2 in the stream: {all:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
